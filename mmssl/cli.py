@@ -1,0 +1,92 @@
+"""`mmssl` command line: thin wrappers that parse arguments and call library functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from mmssl.errors import MmsslError
+
+
+def _train(args: argparse.Namespace) -> None:
+    from mmssl.recipes import load_recipe
+    from mmssl.train.loop import train
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    metrics = train(recipe)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"output_dir": recipe.output_dir, **metrics}, indent=2))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mmssl.errors import MmsslError
+    from mmssl.recipes import apply_overrides, parse_recipe, read_yaml
+    from mmssl.registry import get_objective
+
+    directory = Path(args.output_dir)
+    if not (directory / "recipe.yaml").is_file():
+        raise MmsslError(f"{str(directory)!r} is not an mmssl output folder (no recipe.yaml); pass the output_dir of a run")
+    recipe = parse_recipe(apply_overrides(read_yaml(directory / "recipe.yaml"), args.overrides))
+    metrics = get_objective(recipe.objective.name)(recipe).evaluate_export(directory)
+    print(json.dumps(metrics, indent=2))
+
+
+def _check(args: argparse.Namespace) -> None:
+    import yaml
+
+    from mmssl.recipes import load_recipe, recipe_to_dict
+
+    print(yaml.safe_dump(recipe_to_dict(load_recipe(args.recipe, args.overrides)), sort_keys=False), end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmssl", description="Self-supervised pretraining of text and image-text encoders.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library log messages and full tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="run a recipe: mmssl train configs/mlm_world.yaml train.max_steps=100")
+    train.add_argument("recipe", help="path of a YAML recipe (see configs/)")
+    train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.batch_size=16")
+    train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained output folder: mmssl eval runs/mlm_world")
+    evaluate.add_argument("output_dir", help="the output_dir of an mmssl run")
+    evaluate.add_argument("overrides", nargs="*", help="overrides of the saved recipe, e.g. data.eval_path=held_out.txt")
+    evaluate.set_defaults(func=_eval)
+
+    check = commands.add_parser("check", help="validate a recipe and print it with every default filled in")
+    check.add_argument("recipe")
+    check.add_argument("overrides", nargs="*")
+    check.set_defaults(func=_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        import datasets
+
+        datasets.disable_progress_bars()
+        logging.getLogger("mmssl").setLevel(logging.INFO)
+    try:
+        args.func(args)
+    except MmsslError as exc:
+        if args.verbose:
+            raise
+        print(f"mmssl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmssl: interrupted; completed checkpoints are intact (resume with train.resume_from=latest)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Transformers language models for pretraining, with output layers that do only the work the loss needs.
+
+* Masked LM: the prediction head runs on the masked positions only (about 15% of tokens) instead of
+  every position, which removes most of the vocabulary projection's cost.
+* Causal LM: the vocabulary projection and cross-entropy are fused and chunked
+  (`fused_linear_cross_entropy`), so the [tokens x vocabulary] logits are never held in memory.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from mmssl.errors import MmsslError, RecipeError
+from mmssl.recipes import ModelConfig
+
+LMKind = Literal["mlm", "clm"]
+_AUTO = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM}
+
+
+def build_language_model(cfg: ModelConfig, kind: LMKind, tokenizer) -> PreTrainedModel:
+    """Pretrained weights from `cfg.pretrained`, or a fresh `cfg.arch` model sized by `cfg.config`."""
+    auto = _AUTO[kind]
+    if cfg.pretrained:
+        try:
+            model = auto.from_pretrained(cfg.pretrained, attn_implementation="sdpa")
+        except Exception as exc:
+            raise MmsslError(
+                f"model.pretrained {cfg.pretrained!r} could not be loaded as a {kind.upper()} model "
+                f"({type(exc).__name__}: {exc}); give a local transformers folder or a Hub id (online)"
+            ) from None
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        return model
+    if not cfg.arch:
+        raise RecipeError("model: set model.pretrained (a folder or Hub id) or model.arch (e.g. 'bert', 'gpt2')")
+    if cfg.arch not in CONFIG_MAPPING:
+        hint = difflib.get_close_matches(cfg.arch, list(CONFIG_MAPPING.keys()), n=3)
+        raise RecipeError(
+            f"model.arch: unknown transformers model type {cfg.arch!r}"
+            + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "; use e.g. 'bert', 'roberta' or 'gpt2'")
+        )
+    special = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
+    }
+    try:
+        config = AutoConfig.for_model(cfg.arch, vocab_size=len(tokenizer), **special, **cfg.config)
+        model = auto.from_config(config, attn_implementation="sdpa")
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"model: cannot build a {kind.upper()} {cfg.arch!r} model from model.config: {exc}") from None
+    return model
+
+
+def max_positions(model: PreTrainedModel) -> int | None:
+    config = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden @ weight.T (+ bias)`` against `labels`, in chunks of rows.
+
+    The gradients are computed during the forward pass chunk by chunk (softmax minus one-hot, times the
+    inputs), so peak memory holds one [chunk x vocabulary] block instead of the whole logits tensor and
+    its gradient. Rows whose label is `ignore_index` contribute nothing.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, ignore_index: int, chunk_size: int):  # type: ignore[override]
+        valid = labels != ignore_index
+        count = valid.sum().clamp(min=1)
+        needs_grad = ctx.needs_input_grad
+        grad_hidden = torch.empty_like(hidden) if needs_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad[1] else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if (bias is not None and needs_grad[2]) else None
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start : start + chunk_size]
+            y = labels[start : start + chunk_size]
+            ok = valid[start : start + chunk_size]
+            logits = F.linear(h, weight, bias).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            safe_y = torch.where(ok, y, torch.zeros_like(y))
+            target_logit = logits.gather(1, safe_y[:, None]).squeeze(1)
+            total += ((lse - target_logit) * ok).sum()
+            if grad_hidden is None and grad_weight is None:
+                continue
+            grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            grad_logits[torch.arange(len(y), device=y.device), safe_y] -= 1.0
+            grad_logits.mul_((ok.float() / count)[:, None])
+            grad_logits = grad_logits.to(h.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start : start + chunk_size] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.t().float(), h.float())
+            if grad_bias is not None:
+                grad_bias += grad_logits.float().sum(0)
+        ctx.save_for_backward(
+            *(t if t is not None else torch.empty(0) for t in (grad_hidden, grad_weight, grad_bias))
+        )
+        ctx.has = (grad_hidden is not None, grad_weight is not None, grad_bias is not None)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        grads = [(g * grad_output).to(dtype) if has else None for g, has, dtype in zip(saved, ctx.has, ctx.dtypes)]
+        return grads[0], grads[1], grads[2], None, None, None
+
+
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Mean token cross-entropy of a linear output layer without materialising all logits."""
+    return FusedLinearCrossEntropy.apply(hidden, weight, bias, labels, ignore_index, chunk_size)
+
+
+_MLM_HEADS = ("cls", "lm_head", "predictions", "generator_lm_head")
+
+
+class MaskedLMModule(nn.Module):
+    """Wraps a ``*ForMaskedLM`` model; its forward returns the loss over masked positions only."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+        # The head's attribute name, not the module: registering it twice would duplicate its weights.
+        self.head_name = next((n for n in _MLM_HEADS if isinstance(getattr(model, n, None), nn.Module)), None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor) -> dict:
+        selected = labels != -100
+        if self.head_name is None:  # unknown head layout: fall back to the model's own (dense) loss
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+            return {"loss": out.loss}
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = getattr(self.model, self.head_name)(hidden[selected])
+        return {"loss": F.cross_entropy(logits.float(), labels[selected])}
+
+
+class CausalLMModule(nn.Module):
+    """Wraps a ``*ForCausalLM`` model; next-token loss through the fused, chunked output layer."""
+
+    def __init__(self, model: PreTrainedModel, chunk_size: int = 1024):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor) -> dict:
+        output_layer = self.model.get_output_embeddings()
+        if not isinstance(output_layer, nn.Linear):  # unusual head: use the model's own loss
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+            return {"loss": out.loss}
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        targets = labels[:, 1:].reshape(-1)
+        loss = fused_linear_cross_entropy(hidden, output_layer.weight, targets, output_layer.bias, -100, self.chunk_size)
+        return {"loss": loss}

@@ -1,0 +1,92 @@
+"""The contract between the trainer and an objective.
+
+An objective owns its data preparation, model and loss; the trainer owns the loop (optimisation,
+accumulation, precision, checkpoints, logging, processes). One trainer runs every objective.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import datasets
+import torch
+from torch import nn
+
+from mmssl.data.world import Kind
+from mmssl.recipes import ObjectiveParams, Recipe
+
+
+class Objective:
+    """Subclass, set the class attributes, and register with ``@register_objective("name")``."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[ObjectiveParams]] = ObjectiveParams
+    data_kind: ClassVar[Kind] = "text"
+    roles: ClassVar[list[str]] = ["text"]
+    throughput_unit: ClassVar[str] = "examples"
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.params = recipe.objective
+        self.module: nn.Module
+        self.train_dataset: datasets.Dataset
+        self.eval_dataset: datasets.Dataset | None = None
+
+    # -- setup -----------------------------------------------------------------------------------
+    def setup(self, resume_dir: Path | None) -> None:
+        """Load data, build tokenizer and model; set `module`, `train_dataset`, `eval_dataset`.
+
+        `resume_dir` is the checkpoint being resumed, whose saved artefacts (e.g. a trained tokenizer)
+        must be reused so that the run continues exactly.
+        """
+        raise NotImplementedError
+
+    # -- per step --------------------------------------------------------------------------------
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Random per-step transforms (masking, views). Uses torch's global RNG, seeded by the trainer."""
+        return batch
+
+    def forward(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Return at least ``{"loss": scalar}``; other scalar entries are logged."""
+        return module(**batch)
+
+    def training_step(
+        self, module: nn.Module, batch: dict[str, Any], backward: Callable[[torch.Tensor], None]
+    ) -> dict[str, torch.Tensor]:
+        """Compute the loss and call `backward(loss)` exactly once (the trainer's backward checks the loss
+        is finite, scales it for accumulation and handles precision). Objectives that need a custom
+        backward (e.g. cached/GradCache losses) override this. Returns detached scalars to log."""
+        out = self.forward(module, batch)
+        backward(out["loss"])
+        return {k: v.detach() for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
+
+    def batch_size_of(self, batch: dict[str, Any]) -> tuple[int, int]:
+        """(examples, tokens) in a batch, for throughput."""
+        ids = batch.get("input_ids")
+        if ids is None:
+            return 0, 0
+        mask = batch.get("attention_mask")
+        return ids.shape[0], int(mask.sum()) if mask is not None else ids.numel()
+
+    # -- evaluation and export -------------------------------------------------------------------
+    def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
+        return {}
+
+    def evaluate_export(self, directory: Path) -> dict[str, float]:
+        """Evaluate a model exported by `export` (``mmssl eval DIR``) on this recipe's eval data."""
+        raise NotImplementedError(f"objective {self.name!r} has no standalone evaluation")
+
+    def save_artifacts(self, directory: Path) -> None:
+        """Save what a resumed run needs besides model/optimiser state (e.g. the tokenizer)."""
+
+    def export(self, module: nn.Module, directory: Path) -> None:
+        """Save the trained model in its ecosystem's native format."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about data and model for metrics.json and model cards."""
+        return {}

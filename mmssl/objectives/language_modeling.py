@@ -1,0 +1,233 @@
+"""BERT-style masked LM and GPT-style causal LM on a text corpus."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmssl.data.sources import load_splits
+from mmssl.data.text_blocks import TextBlocks, collate_blocks, pack, truncate
+from mmssl.data.tokenizers import build_tokenizer, load_pretrained_tokenizer
+from mmssl.errors import DataError, RecipeError
+from mmssl.models.lm import CausalLMModule, LMKind, MaskedLMModule, build_language_model, max_positions
+from mmssl.objectives.base import Objective
+from mmssl.recipes import ObjectiveParams
+from mmssl.registry import register_objective
+
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass
+class LanguageModelParams(ObjectiveParams):
+    max_length: int = 128
+    packing: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ValueError("max_length must be >= 2")
+
+
+@dataclass
+class MaskedLMParams(LanguageModelParams):
+    mask_probability: float = 0.15
+    mask_token_fraction: float = 0.8
+    random_token_fraction: float = 0.1
+    whole_word_masking: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.mask_probability < 1.0:
+            raise ValueError("mask_probability must lie in (0, 1)")
+        if self.mask_token_fraction + self.random_token_fraction > 1.0 or min(
+            self.mask_token_fraction, self.random_token_fraction
+        ) < 0:
+            raise ValueError("mask_token_fraction + random_token_fraction must lie in [0, 1]")
+
+
+class LanguageModeling(Objective):
+    """Shared by masked and causal LM: corpus -> tokenizer -> packed blocks -> model."""
+
+    kind: LMKind
+    tokenizer_kind: str
+    throughput_unit = "tokens"
+
+    def setup(self, resume_dir: Path | None) -> None:
+        recipe = self.recipe
+        splits = load_splits(recipe.data, "text", ["text"], seed=recipe.seed)
+        saved = resume_dir / TOKENIZER_DIR if resume_dir else None
+        if saved is not None and saved.is_dir():
+            self.tokenizer = load_pretrained_tokenizer(str(saved))
+        else:
+            self.tokenizer = build_tokenizer(recipe.tokenizer, self.tokenizer_kind, splits.train["text"])
+        self._check_tokenizer()
+        self.model = build_language_model(recipe.model, self.kind, self.tokenizer)
+        limit = max_positions(self.model)
+        if limit is not None and self.params.max_length > limit:
+            raise RecipeError(
+                f"objective.max_length={self.params.max_length} exceeds the model's {limit} positions; "
+                f"lower objective.max_length or enlarge the model's max_position_embeddings"
+            )
+        self.blocks = self._blocks(splits.train)
+        self.train_dataset = self.blocks.dataset
+        self.eval_dataset = self._blocks(splits.eval).dataset if splits.eval is not None and len(splits.eval) else None
+        self.module = self._wrap(self.model)
+
+    def _blocks(self, ds) -> TextBlocks:
+        special = self.kind == "mlm"
+        eos = self.kind == "clm"
+        if self.params.packing:
+            return pack(ds, self.tokenizer, self.params.max_length, add_special_tokens=special, append_eos=eos)
+        return truncate(ds, self.tokenizer, self.params.max_length, add_special_tokens=special, append_eos=eos)
+
+    def _check_tokenizer(self) -> None:
+        pass
+
+    def _wrap(self, model) -> nn.Module:
+        raise NotImplementedError
+
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_blocks(rows, self.tokenizer.pad_token_id or 0)
+
+    def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
+        total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        module.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            for index, batch in enumerate(loader):
+                if self.recipe.train.eval_batches is not None and index >= self.recipe.train.eval_batches:
+                    break
+                torch.manual_seed(10_000 + index)  # the same masks at every evaluation
+                batch = self.prepare_batch(batch)
+                loss = module(**batch)["loss"].double()
+                count = (batch["labels"] != -100).sum()
+                if self.kind == "clm":
+                    count = (batch["labels"][:, 1:] != -100).sum()
+                total += torch.stack([loss * count, count.double()])
+        module.train()
+        total = accelerator.reduce(total, reduction="sum")
+        mean = (total[0] / total[1].clamp(min=1)).item()
+        return {"loss": mean, "perplexity": math.exp(min(mean, 50.0))}
+
+    def evaluate_export(self, directory: Path) -> dict[str, float]:
+        from accelerate import Accelerator
+        from torch.utils.data import DataLoader
+
+        recipe = self.recipe
+        recipe.tokenizer.path = str(directory)
+        recipe.model.pretrained = str(directory)
+        self.setup(None)
+        if self.eval_dataset is None:
+            raise DataError("no eval data: set data.eval_path, or data.eval_fraction > 0 with at least 20 examples")
+        accelerator = Accelerator(cpu=recipe.train.cpu or not torch.cuda.is_available())
+        loader = DataLoader(self.eval_dataset, batch_size=recipe.train.batch_size, collate_fn=self.collate)
+        module, loader = accelerator.prepare(self.module, loader)
+        return self.evaluate(module, loader, accelerator)
+
+    def save_artifacts(self, directory: Path) -> None:
+        self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+
+    def export(self, module: nn.Module, directory: Path) -> None:
+        model = module.model
+        model.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "vocab_size": len(self.tokenizer),
+            "train_texts": self.blocks.num_texts,
+            "train_tokens": self.blocks.num_tokens,
+            "train_sequences": len(self.train_dataset),
+            "truncated_texts": self.blocks.num_truncated,
+            "architecture": type(self.model).__name__,
+        }
+
+
+def _lookup(size: int, ids: list[int]) -> torch.Tensor:
+    table = torch.zeros(size, dtype=torch.bool)
+    table[[i for i in ids if i is not None and i < size]] = True
+    return table
+
+
+@register_objective("mlm")
+class MaskedLM(LanguageModeling):
+    """BERT-style masked LM: dynamic masking (15%, 80/10/10 by default), optional whole-word masking.
+
+    Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding".
+    """
+
+    Params = MaskedLMParams
+    kind = "mlm"
+    tokenizer_kind = "wordpiece"
+
+    def _check_tokenizer(self) -> None:
+        tok = self.tokenizer
+        if tok.mask_token_id is None:
+            raise RecipeError(
+                f"tokenizer {self.recipe.tokenizer.path!r} has no mask token, which masked LM needs; "
+                "use a BERT-style tokenizer or remove tokenizer.path to train one"
+            )
+        vocab = tok.get_vocab()
+        size = max(len(tok), max(vocab.values()) + 1)
+        self.special = _lookup(size, list(tok.all_special_ids))
+        # A token starts a word unless it continues one (WordPiece '##', SentencePiece without '▁',
+        # byte-level BPE without 'Ġ'); used by whole-word masking.
+        prefix_markers = any(t.startswith("Ġ") or t.startswith("▁") for t in vocab)
+        starts = [i for t, i in vocab.items() if (t.startswith(("Ġ", "▁")) if prefix_markers else not t.startswith("##"))]
+        self.word_start = _lookup(size, starts + list(tok.all_special_ids))
+
+    def _wrap(self, model) -> nn.Module:
+        return MaskedLMModule(model)
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        ids = batch["input_ids"]
+        p = self.params
+        special = self.special.to(ids.device)[ids]
+        if batch.get("attention_mask") is not None:
+            special |= batch["attention_mask"] == 0
+        if p.whole_word_masking:
+            starts = self.word_start.to(ids.device)[ids]
+            starts[:, 0] = True
+            word_index = starts.flatten().cumsum(0) - 1
+            draws = torch.rand(int(starts.sum()), device=ids.device)
+            chosen = (draws[word_index] < p.mask_probability).view_as(ids)
+        else:
+            chosen = torch.rand(ids.shape, device=ids.device) < p.mask_probability
+        chosen &= ~special
+        if not chosen.any():  # always predict at least one token
+            candidates = (~special).flatten().nonzero()
+            chosen.view(-1)[candidates[torch.randint(len(candidates), (1,))]] = True
+        labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+        corrupted = ids.clone()
+        r = torch.rand(ids.shape, device=ids.device)
+        use_mask = chosen & (r < p.mask_token_fraction)
+        use_random = chosen & (r >= p.mask_token_fraction) & (r < p.mask_token_fraction + p.random_token_fraction)
+        corrupted[use_mask] = self.tokenizer.mask_token_id
+        corrupted[use_random] = torch.randint(len(self.tokenizer), (int(use_random.sum()),), device=ids.device)
+        return {"input_ids": corrupted, "attention_mask": batch.get("attention_mask"), "labels": labels}
+
+
+@register_objective("clm")
+class CausalLM(LanguageModeling):
+    """GPT-style causal LM: predict every next token (Radford et al. 2019, "Language Models are
+    Unsupervised Multitask Learners")."""
+
+    Params = LanguageModelParams
+    kind = "clm"
+    tokenizer_kind = "bpe"
+
+    def _check_tokenizer(self) -> None:
+        if self.tokenizer.pad_token_id is None and not self.params.packing:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def _wrap(self, model) -> nn.Module:
+        return CausalLMModule(model)
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        labels = ids if mask is None else ids.masked_fill(mask == 0, -100)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -1,0 +1,216 @@
+"""Recipes: typed schema, YAML loading, dotted ``key=value`` overrides, and saving the resolved recipe."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mmssl.errors import RecipeError
+from mmssl.schema import from_dict, to_dict
+
+
+@dataclass
+class WorldConfig:
+    """The built-in procedural world of coloured shapes (see `mmssl.data.world`)."""
+
+    num_scenes: int = 2000
+    image_size: int = 32
+    num_colours: int = 6
+    num_shapes: int = 4
+    pair_fraction: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_scenes < 1:
+            raise ValueError("world.num_scenes must be >= 1")
+        if self.image_size < 16:
+            raise ValueError("world.image_size must be >= 16 pixels")
+        if not 0.0 <= self.pair_fraction <= 1.0:
+            raise ValueError("world.pair_fraction must lie in [0, 1]")
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from and how their columns map to the roles an objective needs."""
+
+    source: Literal["world", "files", "hub"] = "world"
+    path: str | None = None
+    format: Literal["auto", "txt", "jsonl", "csv", "parquet"] = "auto"
+    split: str = "train"
+    columns: dict[str, str] = field(default_factory=dict)
+    eval_path: str | None = None
+    eval_fraction: float = 0.05
+    max_examples: int | None = None
+    world: WorldConfig = field(default_factory=WorldConfig)
+
+    def __post_init__(self) -> None:
+        if self.source in ("files", "hub") and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError("data.eval_fraction must lie in [0, 1)")
+
+
+@dataclass
+class TokenizerConfig:
+    """A pretrained tokenizer (`path`: local folder or Hub id) or one trained on the recipe's corpus."""
+
+    path: str | None = None
+    vocab_size: int = 4096
+    min_frequency: int = 2
+    lowercase: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """Pretrained weights (`pretrained`: local folder or Hub id) or a fresh model (`arch` + `config`)."""
+
+    pretrained: str | None = None
+    arch: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, evaluation, checkpointing and logging: shared by every objective."""
+
+    batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    max_steps: int | None = None
+    epochs: float = 1.0
+    max_grad_norm: float | None = 1.0
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    eval_every: int = 0
+    eval_batches: int | None = None
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    resume_from: str | None = None
+    overwrite: bool = False
+    trackers: list[str] = field(default_factory=list)
+    cpu: bool = False
+    num_workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("train.batch_size must be >= 1")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError("train.gradient_accumulation_steps must be >= 1")
+        if self.learning_rate <= 0:
+            raise ValueError("train.learning_rate must be > 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("train.max_steps must be >= 1 (or null to train for train.epochs)")
+        if self.epochs <= 0:
+            raise ValueError("train.epochs must be > 0")
+        if len(self.adam_betas) != 2:
+            raise ValueError("train.adam_betas must be a list of two numbers, e.g. [0.9, 0.999]")
+        if self.keep_checkpoints < 1:
+            raise ValueError("train.keep_checkpoints must be >= 1")
+
+
+@dataclass
+class ObjectiveParams:
+    """Base of every objective's parameters; `name` selects the objective from the registry."""
+
+    name: str = ""
+
+
+@dataclass
+class Recipe:
+    """A whole training run: data, tokenizer, model, objective and training settings."""
+
+    output_dir: str
+    objective: ObjectiveParams
+    name: str = ""
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _parse_objective(raw: Any) -> ObjectiveParams:
+    from mmssl.registry import objective_names, get_objective
+
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise RecipeError(
+            f"objective.name: required key is missing; choose one of {', '.join(map(repr, objective_names()))}"
+        )
+    raw = dict(raw)
+    name = raw["name"]
+    if name not in objective_names():
+        hint = difflib.get_close_matches(str(name), objective_names(), n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise RecipeError(
+            f"objective.name: unknown objective {name!r}{extra}; choose one of {', '.join(map(repr, objective_names()))}"
+        )
+    return from_dict(get_objective(name).Params, raw, "objective")
+
+
+def parse_recipe(raw: Any) -> Recipe:
+    """Validate a plain dict (as read from YAML) into a `Recipe`."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = dict(raw)
+    objective = _parse_objective(raw.pop("objective", None))
+    recipe = from_dict(Recipe, {**raw, "objective": {}})
+    recipe.objective = objective
+    return recipe
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides (values parsed as YAML) to a raw recipe dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. train.batch_size=16")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            value = text
+        parts = key.strip().split(".")
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"override {item!r}: {'.'.join(parts[: depth + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} does not exist; pass the path of a YAML recipe (see configs/)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"recipe file {str(path)!r} is not valid YAML: {exc}") from None
+    return raw or {}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply overrides and validate it."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return parse_recipe(raw)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    return to_dict(recipe)
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the resolved recipe (every default filled in) as YAML."""
+    Path(path).write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,321 @@
+"""One Accelerate training loop for every objective: accumulation, precision, clipping, schedules,
+evaluation, atomic checkpoints, exact mid-epoch resume, logging. Runs unchanged on one CPU, one GPU,
+or many processes under ``accelerate launch`` / ``torchrun``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from mmssl.errors import DataError, RecipeError, TrainingDiverged
+from mmssl.recipes import Recipe, recipe_to_dict, save_recipe
+from mmssl.registry import get_objective
+from mmssl.train import checkpoints as ckpt
+from mmssl.train.metrics_log import MetricsLog, flatten
+
+log = logging.getLogger(__name__)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation that depends only on (seed, epoch): the data order survives a resume exactly."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def step_seed(seed: int, epoch: int, micro_batch: int, rank: int) -> int:
+    """Seed for the global RNG before each micro-batch (masking, dropout): a pure function of position."""
+    return ((seed * 1_000_003 + epoch) * 1_000_033 + micro_batch) * 257 + rank
+
+
+def make_accelerator(recipe: Recipe) -> Accelerator:
+    cfg = recipe.train
+    cpu = cfg.cpu or not torch.cuda.is_available()
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if not cpu and torch.cuda.is_bf16_supported() else "no"
+    if precision == "fp16" and cpu:
+        raise RecipeError("train.mixed_precision=fp16 needs a GPU; use 'bf16' or 'no' on CPU")
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    for name in cfg.trackers:
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise RecipeError(f"train.trackers: unknown tracker {name!r}; choose from {sorted(LOGGER_TYPE_TO_CLASS)}")
+    try:
+        return Accelerator(
+            cpu=cpu,
+            mixed_precision=precision,
+            log_with=cfg.trackers or None,
+            project_config=ProjectConfiguration(
+                project_dir=recipe.output_dir, logging_dir=str(Path(recipe.output_dir) / "tracking")
+            ),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        )
+    except (ImportError, ValueError) as exc:
+        raise RecipeError(f"train: could not set up training ({exc})") from None
+
+
+def _optimizer(module: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _check_output_dir(recipe: Recipe, output_dir: Path) -> None:
+    if recipe.train.resume_from or recipe.train.overwrite:
+        return
+    if ckpt.list_checkpoints(output_dir) or (output_dir / "metrics.json").exists():
+        raise RecipeError(
+            f"output_dir {str(output_dir)!r} already holds a run; resume it with train.resume_from=latest, "
+            "replace it with train.overwrite=true, or choose another output_dir"
+        )
+
+
+def export(objective, module: torch.nn.Module, output_dir: Path) -> None:
+    """Write the final model files to a temporary folder, then move each into place atomically."""
+    tmp = output_dir / ".tmp-export"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    objective.export(module, tmp)
+    for path in sorted(tmp.rglob("*")):
+        target = output_dir / path.relative_to(tmp)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            os.replace(path, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train(recipe: Recipe) -> dict[str, Any]:
+    """Run `recipe` to completion and return its final metrics (also written to metrics.json)."""
+    cfg = recipe.train
+    output_dir = Path(recipe.output_dir)
+    accelerator = make_accelerator(recipe)
+    main = accelerator.is_main_process
+    set_seed(recipe.seed)
+    recipe_dict = recipe_to_dict(recipe)
+    signature = {key: recipe_dict[key] for key in ckpt.RESUME_KEYS}
+
+    resume_dir = ckpt.resolve_resume(cfg.resume_from, output_dir)
+    state = ckpt.TrainerState(signature=signature)
+    if resume_dir is not None:
+        state = ckpt.read_state(resume_dir)
+        ckpt.check_signature(state.signature, signature, resume_dir)
+    else:
+        _check_output_dir(recipe, output_dir)
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_temporaries(output_dir)
+        save_recipe(recipe, output_dir / "recipe.yaml")
+    accelerator.wait_for_everyone()
+
+    objective = get_objective(recipe.objective.name)(recipe)
+    with accelerator.main_process_first():
+        objective.setup(resume_dir)
+    module = objective.module
+
+    dataset = objective.train_dataset
+    world = accelerator.num_processes
+    sampler = EpochShuffleSampler(len(dataset), recipe.seed)
+    drop_last = len(dataset) >= cfg.batch_size * world
+    train_loader = DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=objective.collate,
+        num_workers=cfg.num_workers, drop_last=drop_last,
+    )
+    eval_loader = None
+    if objective.eval_dataset is not None:
+        eval_loader = DataLoader(objective.eval_dataset, batch_size=cfg.batch_size, collate_fn=objective.collate)
+
+    optimizer = _optimizer(module, cfg)
+    module, optimizer, train_loader = accelerator.prepare(module, optimizer, train_loader)
+    if eval_loader is not None:
+        eval_loader = accelerator.prepare(eval_loader)
+    batches_per_epoch = len(train_loader)
+    if batches_per_epoch == 0:
+        raise DataError(f"no training batches: {len(dataset)} examples for batch size {cfg.batch_size} x {world}")
+    ga = cfg.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(batches_per_epoch / ga)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    if resume_dir is not None:
+        try:
+            accelerator.load_state(str(resume_dir))
+        except (RuntimeError, KeyError, ValueError, FileNotFoundError) as exc:
+            raise ckpt.CheckpointError(
+                f"checkpoint {str(resume_dir)!r} does not match this recipe's model or optimiser ({exc})"
+            ) from None
+
+    metrics_log = MetricsLog(output_dir / "log.jsonl", accelerator, enabled=main)
+    if cfg.trackers:
+        accelerator.init_trackers(recipe.name or "mmssl", config=flatten(recipe_dict))
+    description = objective.describe()
+    metrics_log.write(state.step, {"total_steps": total_steps, "processes": world, **description}, event="start")
+    if main:
+        log.info("training %s for %d steps on %d process(es), %s", recipe.objective.name, total_steps, world,
+                 accelerator.device)
+
+    def save_checkpoint() -> None:
+        tmp = ckpt.temporary_dir(output_dir, state.step)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if main:
+            objective.save_artifacts(tmp)
+            ckpt.write_state(tmp, state)
+            ckpt.commit(tmp, ckpt.final_dir(output_dir, state.step))
+            ckpt.prune(output_dir, cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    def run_eval() -> dict[str, float]:
+        if eval_loader is None:
+            return {}
+        result = objective.evaluate(module, eval_loader, accelerator)
+        metrics_log.write(state.step, result, event="eval")
+        return result
+
+    progress = tqdm(total=total_steps, initial=state.step, disable=not (main and cfg.progress), desc="train")
+    window: dict[str, Any] = {"sums": {}, "micro": 0}  # logged scalars summed since the last log
+    counted = torch.zeros(2, dtype=torch.float64)  # examples, tokens since last log (this process)
+    last_log_time = time.perf_counter()
+    started = time.perf_counter()
+    last_eval: dict[str, float] = {}
+    window_size = 1  # micro-batches in the current accumulation window
+
+    def backward(loss: torch.Tensor) -> None:
+        """Check the loss is finite on every process, then backpropagate it scaled for accumulation."""
+        finite = torch.isfinite(loss.detach())
+        if world > 1:
+            finite = accelerator.reduce(finite.float(), reduction="sum") == world
+        if not bool(finite):
+            latest = ckpt.list_checkpoints(output_dir)
+            where = f"the last good checkpoint is {str(latest[-1])!r}" if latest else "no checkpoint was saved yet"
+            accelerator.end_training()
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at step {state.step + 1}; {where}. "
+                "Lower train.learning_rate, add warmup (train.warmup_steps) or keep train.max_grad_norm set"
+            )
+        accelerator.backward(loss / window_size)
+
+    module.train()
+    while state.step < total_steps:
+        sampler.set_epoch(state.epoch)
+        train_loader.set_epoch(state.epoch)
+        loader = accelerator.skip_first_batches(train_loader, state.batch_in_epoch) if state.batch_in_epoch else train_loader
+        for batch in loader:
+            micro = state.batch_in_epoch
+            window_start = micro - micro % ga
+            window_size = min(ga, batches_per_epoch - window_start)
+            sync = micro + 1 == window_start + window_size
+            torch.manual_seed(step_seed(recipe.seed, state.epoch, micro, accelerator.process_index))
+            batch = objective.prepare_batch(batch)
+            examples, tokens = objective.batch_size_of(batch)
+            with contextlib.nullcontext() if sync else accelerator.no_sync(module):
+                logged = objective.training_step(module, batch, backward)
+            for key, value in logged.items():
+                window["sums"][key] = window["sums"].get(key, 0.0) + value.double()
+            window["micro"] += 1
+            counted += torch.tensor([examples, tokens], dtype=torch.float64)
+            state.examples += examples
+            state.tokens += tokens
+            state.batch_in_epoch += 1
+            if micro + 1 == batches_per_epoch:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+            if not sync:
+                continue
+            if cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            progress.update(1)
+            if state.step % cfg.log_every == 0 or state.step == total_steps:
+                keys = sorted(window["sums"])
+                means = accelerator.reduce(
+                    torch.stack([window["sums"][k] for k in keys]).to(accelerator.device) / window["micro"], reduction="mean"
+                ).tolist()
+                scalars = dict(zip(keys, means))
+                mean_loss = scalars["loss"]
+                totals = accelerator.reduce(counted.to(accelerator.device), reduction="sum").tolist()
+                elapsed = time.perf_counter() - last_log_time
+                values = {
+                    **scalars,
+                    "lr": scheduler.get_last_lr()[0],
+                    "epoch": state.epoch + state.batch_in_epoch / batches_per_epoch,
+                    "examples_per_s": totals[0] / elapsed,
+                    "tokens_per_s": totals[1] / elapsed,
+                }
+                metrics_log.write(state.step, values)
+                unit = "tokens_per_s" if objective.throughput_unit == "tokens" else "examples_per_s"
+                progress.set_postfix(loss=f"{mean_loss:.4f}", **{unit.split("_")[0] + "/s": f"{values[unit]:.0f}"})
+                window = {"sums": {}, "micro": 0}
+                counted.zero_()
+                last_log_time = time.perf_counter()
+            if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
+                last_eval = run_eval()
+            if cfg.save_every and state.step % cfg.save_every == 0:
+                save_checkpoint()
+            if state.step >= total_steps:
+                break
+    progress.close()
+    train_seconds = time.perf_counter() - started
+    last_eval = run_eval()
+    if cfg.save_every and not ckpt.final_dir(output_dir, state.step).exists():
+        save_checkpoint()
+    accelerator.wait_for_everyone()
+    metrics = {
+        "objective": recipe.objective.name,
+        "steps": state.step,
+        "processes": world,
+        "train_seconds": round(train_seconds, 3),
+        "examples_seen_per_process": state.examples,
+        "tokens_seen_per_process": state.tokens,
+        "eval": last_eval,
+        **description,
+    }
+    if main:
+        export(objective, accelerator.unwrap_model(module), output_dir)
+        _atomic_write(output_dir / "metrics.json", json.dumps(metrics, indent=2))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
