@@ -39,7 +39,7 @@ class DataConfig:
 
     source: Literal["world", "files", "hub"] = "world"
     path: str | None = None
-    format: Literal["auto", "txt", "jsonl", "csv", "parquet"] = "auto"
+    format: Literal["auto", "txt", "jsonl", "csv", "parquet", "imagefolder", "webdataset"] = "auto"
     split: str = "train"
     columns: dict[str, str] = field(default_factory=dict)
     eval_path: str | None = None
