@@ -73,6 +73,8 @@ def _load_files(path: str, fmt: str) -> datasets.Dataset:
     files = _files(path)
     fmt = _format(files, fmt)
     _check_utf8(files, fmt)
+    if all(os.path.getsize(f) == 0 for f in files):
+        raise DataError(f"data.path {path!r}: no examples found (the files are empty); add examples or fix data.path")
     try:
         ds = datasets.load_dataset(_BUILDERS[fmt], data_files=files, split="train")
     except Exception as exc:  # datasets raises many types for malformed files

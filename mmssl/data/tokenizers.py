@@ -29,6 +29,9 @@ def load_pretrained_tokenizer(path: str) -> PreTrainedTokenizerFast:
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int, min_frequency: int, lowercase: bool) -> PreTrainedTokenizerFast:
+    """Note: `tokenizers`' WordPiece trainer breaks ties between equally frequent merges in a per-process
+    order, so two processes may learn slightly different vocabularies from one corpus. Resumed runs
+    therefore reuse the tokenizer saved in the checkpoint; pass tokenizer.path to pin one across runs."""
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, clean_text=True, handle_chinese_chars=True)

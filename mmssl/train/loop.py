@@ -89,6 +89,12 @@ def _optimizer(module: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
 
 
+def _parameter_checksum(module: torch.nn.Module) -> torch.Tensor:
+    """(sum, sum of squares) of all parameters, to confirm every process ends with the same weights."""
+    params = [p.detach().double() for p in module.parameters()]
+    return torch.stack([sum(p.sum() for p in params), sum((p * p).sum() for p in params)])
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -303,11 +309,14 @@ def train(recipe: Recipe) -> dict[str, Any]:
     if cfg.save_every and not ckpt.final_dir(output_dir, state.step).exists():
         save_checkpoint()
     accelerator.wait_for_everyone()
+    checksums = accelerator.gather(_parameter_checksum(module).to(accelerator.device)).view(world, 2).tolist()
     metrics = {
         "objective": recipe.objective.name,
         "steps": state.step,
         "processes": world,
         "train_seconds": round(train_seconds, 3),
+        "parameter_checksums": checksums,
+        "parameters_in_sync": all(c == checksums[0] for c in checksums),
         "examples_seen_per_process": state.examples,
         "tokens_seen_per_process": state.tokens,
         "eval": last_eval,

@@ -1,0 +1,50 @@
+import random
+
+import numpy as np
+
+from mmssl.data.world import captions, class_names, generate_scenes, hard_negatives, world_columns
+from mmssl.recipes import WorldConfig
+
+
+def test_seeded_and_held_out():
+    cfg = WorldConfig(num_scenes=50, seed=3)
+    assert generate_scenes(cfg) == generate_scenes(cfg)
+    assert generate_scenes(cfg) != generate_scenes(WorldConfig(num_scenes=50, seed=4))
+    assert generate_scenes(cfg, "eval") != generate_scenes(cfg, "train")[: len(generate_scenes(cfg, "eval"))]
+
+
+def test_vocabulary_and_classes_follow_the_config():
+    cfg = WorldConfig(num_scenes=200, num_colours=3, num_shapes=2)
+    names = class_names(cfg)
+    assert names == ["red circle", "red square", "green circle", "green square", "blue circle", "blue square"]
+    words = {w for t in world_columns(cfg, "text")["text"] for w in t.split()}
+    assert "yellow" not in words and "triangle" not in words
+    assert {"red", "green", "blue", "circle", "square"} <= words
+
+
+def test_paraphrases_share_meaning_and_negatives_change_it():
+    cfg = WorldConfig(num_scenes=100, pair_fraction=1.0)
+    rng = random.Random(0)
+    for scene in generate_scenes(cfg)[:20]:
+        caps = captions(scene)
+        assert len(set(caps)) == len(caps) >= 4
+        a, b = scene.first, scene.second
+        for cap in caps:  # every paraphrase names both things
+            assert a.colour in cap and b.shape in cap
+        for neg in hard_negatives(scene, cfg, rng):
+            assert neg not in caps
+            assert set(neg.split()) <= set(" ".join(caps).split()) | {"a", "an", "below", "above", "to", "the", "left", "right", "of"}
+
+
+def test_tables_have_the_documented_columns():
+    cfg = WorldConfig(num_scenes=30, image_size=24)
+    pairs = world_columns(cfg, "pairs")
+    assert set(pairs) == {"anchor", "positive", "negative", "label"} and len(pairs["anchor"]) == 30
+    assert all(a != p for a, p in zip(pairs["anchor"], pairs["positive"]))
+    images = world_columns(cfg, "image_text")
+    assert images["image"][0].size == (24, 24) and images["image"][0].mode == "RGB"
+    assert len(images["captions"][0]) == 5
+    assert all(0 <= label < len(class_names(cfg)) for label in images["label"])
+    # something is drawn in colour on the white background
+    pixels = np.asarray(images["image"][0]).reshape(-1, 3)
+    assert (pixels.min(1) < 200).sum() > 10

@@ -1,0 +1,104 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmssl.errors import RecipeError
+from mmssl.recipes import apply_overrides, load_recipe, parse_recipe, save_recipe, recipe_to_dict
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def base() -> dict:
+    return {"output_dir": "out", "objective": {"name": "mlm"}, "model": {"arch": "bert"}}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_recipes_validate(path):
+    recipe = load_recipe(path)
+    assert recipe.objective.name
+
+
+def test_defaults_filled_and_typed():
+    recipe = parse_recipe(base())
+    assert recipe.train.batch_size == 32
+    assert recipe.objective.mask_probability == 0.15
+    assert recipe.data.source == "world"
+
+
+def test_unknown_key_names_dotted_path_and_suggestion():
+    raw = base()
+    raw["train"] = {"batch_szie": 4}
+    with pytest.raises(RecipeError, match=r"train\.batch_szie: unknown key \(did you mean 'batch_size'\?\)"):
+        parse_recipe(raw)
+
+
+def test_unknown_objective_key_is_rejected():
+    raw = base()
+    raw["objective"]["mask_prob"] = 0.2
+    with pytest.raises(RecipeError, match=r"objective\.mask_prob: unknown key.*mask_probability"):
+        parse_recipe(raw)
+
+
+def test_wrong_type_and_literal_values():
+    raw = base()
+    raw["train"] = {"batch_size": "many"}
+    with pytest.raises(RecipeError, match=r"train\.batch_size: expected an integer, got 'many'"):
+        parse_recipe(raw)
+    raw["train"] = {"scheduler": "cosin"}
+    with pytest.raises(RecipeError, match=r"'linear', 'cosine', 'constant'.*did you mean 'cosine'"):
+        parse_recipe(raw)
+
+
+def test_missing_required_fields():
+    with pytest.raises(RecipeError, match=r"output_dir: required key is missing"):
+        parse_recipe({"objective": {"name": "mlm"}})
+    with pytest.raises(RecipeError, match=r"objective.name: required key is missing; choose one of 'clm'"):
+        parse_recipe({"output_dir": "x", "objective": {}})
+
+
+def test_unknown_objective_lists_choices():
+    with pytest.raises(RecipeError, match=r"unknown objective 'mlx' \(did you mean 'mlm'\?\); choose one of"):
+        parse_recipe({"output_dir": "x", "objective": {"name": "mlx"}})
+
+
+def test_value_checks_name_the_key():
+    raw = base()
+    raw["objective"]["mask_probability"] = 1.5
+    with pytest.raises(RecipeError, match="mask_probability must lie in"):
+        parse_recipe(raw)
+    raw = base()
+    raw["data"] = {"source": "files"}
+    with pytest.raises(RecipeError, match="data.path is required"):
+        parse_recipe(raw)
+
+
+def test_overrides_parse_yaml_values_and_create_sections():
+    raw = apply_overrides(base(), ["train.batch_size=8", "train.trackers=[tensorboard]", "model.config.hidden_size=64",
+                                   "train.cpu=true", "objective.max_length=16"])
+    recipe = parse_recipe(raw)
+    assert recipe.train.batch_size == 8 and recipe.train.cpu is True
+    assert recipe.train.trackers == ["tensorboard"]
+    assert recipe.model.config == {"hidden_size": 64}
+    assert recipe.objective.max_length == 16
+    with pytest.raises(RecipeError, match="expected KEY=VALUE"):
+        apply_overrides(base(), ["train.batch_size"])
+    with pytest.raises(RecipeError, match="train.batch_size is not a section"):
+        apply_overrides({"train": {"batch_size": 3}}, ["train.batch_size.x=1"])
+
+
+def test_resolved_recipe_round_trips(tmp_path):
+    recipe = parse_recipe(apply_overrides(base(), ["train.max_steps=7"]))
+    save_recipe(recipe, tmp_path / "recipe.yaml")
+    again = load_recipe(tmp_path / "recipe.yaml")
+    assert recipe_to_dict(again) == recipe_to_dict(recipe)
+    assert yaml.safe_load((tmp_path / "recipe.yaml").read_text())["train"]["max_steps"] == 7
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(bad)
