@@ -52,7 +52,12 @@ def build_language_model(cfg: ModelConfig, kind: LMKind, tokenizer) -> PreTraine
         "eos_token_id": tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
     }
     try:
-        config = AutoConfig.for_model(cfg.arch, vocab_size=len(tokenizer), **special, **cfg.config)
+        settings = {"vocab_size": len(tokenizer), **special, **cfg.config}
+        if settings["vocab_size"] < len(tokenizer):
+            raise RecipeError(
+                f"model.config.vocab_size={settings['vocab_size']} is smaller than the tokenizer's {len(tokenizer)} tokens"
+            )
+        config = AutoConfig.for_model(cfg.arch, **settings)
         model = auto.from_config(config, attn_implementation="sdpa")
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"model: cannot build a {kind.upper()} {cfg.arch!r} model from model.config: {exc}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,15 @@ class MetricsLog:
         self.path = path
         self.accelerator = accelerator
         self.enabled = enabled
+        self.started = time.perf_counter()
 
     def write(self, step: int, values: dict[str, Any], event: str = "train") -> None:
         if not self.enabled:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"event": event, "step": step, **clean}) + "\n")
+            elapsed = round(time.perf_counter() - self.started, 4)
+            handle.write(json.dumps({"event": event, "step": step, "elapsed_s": elapsed, **clean}) + "\n")
         numeric = {f"{event}/{k}": v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if numeric and self.accelerator.trackers:
             self.accelerator.log(numeric, step=step)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import lm_recipe
+from helpers import ROOT, lm_recipe
 from transformers import pipeline
 
 from mmssl.models.lm import MaskedLMModule
@@ -142,3 +142,28 @@ def test_eval_cli_matches_training_eval(tmp_path, capsys):
     assert printed["perplexity"] == pytest.approx(metrics["eval"]["perplexity"], rel=1e-5)
     assert main(["eval", str(tmp_path / "nothing")]) == 2
     assert "not an mmssl output folder" in capsys.readouterr().err
+
+
+def test_continue_pretraining_from_a_saved_model_and_tokenizer(tmp_path):
+    first = tmp_path / "first"
+    run(lm_recipe(first, "mlm", max_steps=10))
+    raw = lm_recipe(tmp_path / "second", "mlm", max_steps=10)
+    raw["model"] = {"pretrained": str(first)}
+    raw["tokenizer"] = {"path": str(first)}
+    metrics = run(raw)
+    before = json.loads((first / "metrics.json").read_text())["eval"]["loss"]
+    assert metrics["vocab_size"] == json.loads((first / "metrics.json").read_text())["vocab_size"]
+    assert metrics["eval"]["loss"] < before  # it continued from the trained weights
+
+
+def test_cli_prints_one_line_errors_without_traceback(tmp_path):
+    import subprocess
+
+    from helpers import PYTHON
+
+    done = subprocess.run([PYTHON, "-m", "mmssl.cli", "train", "configs/mlm_world.yaml", "train.batchsize=3",
+                           f"output_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        done.stderr.strip().splitlines()[0]] and "train.batchsize: unknown key" in done.stderr
+    assert "Traceback" not in done.stderr
