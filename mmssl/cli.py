@@ -36,12 +36,29 @@ def _eval(args: argparse.Namespace) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def _mine(args: argparse.Namespace) -> None:
+    from mmssl.mining.config import load_mining_config
+    from mmssl.mining.run import mine, write
+
+    cfg = load_mining_config(args.config, args.overrides)
+    result = mine(cfg)
+    path = write(result, cfg)
+    print(json.dumps({"output": str(path), **result.stats}, indent=2))
+
+
 def _check(args: argparse.Namespace) -> None:
     import yaml
 
     from mmssl.recipes import load_recipe, recipe_to_dict
 
     print(yaml.safe_dump(recipe_to_dict(load_recipe(args.recipe, args.overrides)), sort_keys=False), end="")
+
+
+def _add_augment_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmssl import augment
+
+    augment.add_arguments(parser)
+    parser.set_defaults(func=augment.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("output_dir", help="the output_dir of an mmssl run")
     evaluate.add_argument("overrides", nargs="*", help="overrides of the saved recipe, e.g. data.eval_path=held_out.txt")
     evaluate.set_defaults(func=_eval)
+
+    mine = commands.add_parser("mine", help="mine hard negatives (BM25, dense or hybrid) for (query, positive) pairs")
+    mine.add_argument("config", help="mining recipe (YAML), e.g. configs/mine_world_bm25.yaml")
+    mine.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. num_negatives=3")
+    mine.set_defaults(func=_mine)
+
+    augment = commands.add_parser("augment", help="make positive views (back-translation, lexical edits) into a dataset")
+    _add_augment_arguments(augment)
 
     check = commands.add_parser("check", help="validate a recipe and print it with every default filled in")
     check.add_argument("recipe")

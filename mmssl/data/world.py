@@ -72,6 +72,15 @@ class Scene:
     def label(self) -> str:
         return f"{self.first.colour} {self.first.shape}"
 
+    @property
+    def meaning(self) -> str:
+        """What every caption of the scene says (sizes aside): equal meanings make captions paraphrases."""
+        a = f"{self.first.colour} {self.first.shape}"
+        if self.second is None:
+            return f"{a} {self.position}"
+        b = f"{self.second.colour} {self.second.shape}"
+        return min(f"{a} {self.relation} {b}", f"{b} {RELATIONS[self.relation][0]} {a}")
+
 
 def class_names(cfg: WorldConfig) -> list[str]:
     """The colour x shape classes of the world, e.g. 'red circle'."""
@@ -206,13 +215,14 @@ def world_columns(cfg: WorldConfig, kind: Kind, split: str = "train") -> dict[st
         rng.shuffle(texts)
         return {"text": texts}
     if kind == "pairs":
-        rows: dict[str, list] = {"anchor": [], "positive": [], "negative": [], "label": []}
+        rows: dict[str, list] = {"anchor": [], "positive": [], "negative": [], "label": [], "meaning": []}
         for scene in scenes:
             anchor, positive = rng.sample(captions(scene), 2)
             rows["anchor"].append(anchor)
             rows["positive"].append(positive)
             rows["negative"].append(rng.choice(hard_negatives(scene, cfg, rng)))
             rows["label"].append(scene.label)
+            rows["meaning"].append(scene.meaning)
         return rows
     if kind == "image_text":
         names = class_names(cfg)

@@ -39,7 +39,7 @@ def test_paraphrases_share_meaning_and_negatives_change_it():
 def test_tables_have_the_documented_columns():
     cfg = WorldConfig(num_scenes=30, image_size=24)
     pairs = world_columns(cfg, "pairs")
-    assert set(pairs) == {"anchor", "positive", "negative", "label"} and len(pairs["anchor"]) == 30
+    assert set(pairs) == {"anchor", "positive", "negative", "label", "meaning"} and len(pairs["anchor"]) == 30
     assert all(a != p for a, p in zip(pairs["anchor"], pairs["positive"]))
     images = world_columns(cfg, "image_text")
     assert images["image"][0].size == (24, 24) and images["image"][0].mode == "RGB"

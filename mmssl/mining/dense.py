@@ -1,0 +1,120 @@
+"""Dense candidates: any sentence encoder, an on-disk embedding cache, exact top-k in memory-bounded chunks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmssl.errors import MmsslError
+from mmssl.mining.config import DenseConfig
+
+
+def _key(text: str) -> bytes:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest().encode()  # hex: numpy "S" arrays drop trailing NULs
+
+
+class EmbeddingCache:
+    """Embeddings of one model, keyed by the text's SHA-1; written atomically."""
+
+    def __init__(self, directory: Path, fingerprint: str):
+        self.dir = directory / hashlib.sha1(fingerprint.encode()).hexdigest()[:16]
+        self.keys: dict[bytes, int] = {}
+        self.vectors = np.zeros((0, 0), dtype=np.float32)
+        if (self.dir / "keys.npy").is_file():
+            keys = np.load(self.dir / "keys.npy")
+            self.vectors = np.load(self.dir / "vectors.npy", mmap_mode="r")
+            self.keys = {bytes(k): i for i, k in enumerate(keys)}
+
+    def lookup(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        """Row index per text (-1 when missing) and the positions of the missing texts."""
+        rows = np.array([self.keys.get(_key(t), -1) for t in texts], dtype=np.int64)
+        return rows, [i for i, r in enumerate(rows) if r < 0]
+
+    def add(self, texts: list[str], vectors: np.ndarray) -> None:
+        fresh = [(t, v) for t, v in zip(texts, vectors) if _key(t) not in self.keys]
+        if not fresh:
+            return
+        old = np.asarray(self.vectors) if len(self.keys) else np.zeros((0, vectors.shape[1]), np.float32)
+        new = np.concatenate([old, np.stack([v for _, v in fresh])]).astype(np.float32)
+        for t, _ in fresh:
+            self.keys[_key(t)] = len(self.keys)
+        keys = np.array(list(self.keys), dtype="S40")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name, array in (("vectors", new), ("keys", keys)):
+            tmp = self.dir / f".{name}.tmp.npy"
+            np.save(tmp, array)
+            os.replace(tmp, self.dir / f"{name}.npy")
+        self.vectors = new
+
+
+class DenseEncoder:
+    def __init__(self, cfg: DenseConfig):
+        from sentence_transformers import SentenceTransformer
+
+        self.cfg = cfg
+        try:
+            self.model = SentenceTransformer(cfg.model, device="cuda" if torch.cuda.is_available() else "cpu")
+        except Exception as exc:
+            raise MmsslError(f"dense.model {cfg.model!r} could not be loaded as a SentenceTransformer ({exc}); "
+                             "give a sentence-transformers folder (e.g. an mmssl SimCSE output) or a Hub id") from None
+        if cfg.max_seq_length:
+            self.model.max_seq_length = cfg.max_seq_length
+        fingerprint = f"{Path(cfg.model).resolve() if Path(cfg.model).exists() else cfg.model}|{self.model.max_seq_length}"
+        self.cache = EmbeddingCache(Path(cfg.cache_dir), fingerprint) if cfg.cache_dir else None
+        self.encoded = 0  # texts actually run through the model (cache misses)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Normalised embeddings; each distinct text is encoded once, cached texts not at all."""
+        unique = list(dict.fromkeys(texts))
+        if self.cache is not None:
+            rows, missing = self.cache.lookup(unique)
+            if missing:
+                todo = [unique[i] for i in missing]
+                self.cache.add(todo, self._run(todo))
+                rows, _ = self.cache.lookup(unique)
+            table = np.asarray(self.cache.vectors)[rows]
+        else:
+            table = self._run(unique)
+        where = {t: i for i, t in enumerate(unique)}
+        return table[[where[t] for t in texts]]
+
+    def _run(self, texts: list[str]) -> np.ndarray:
+        self.encoded += len(texts)
+        return self.model.encode(texts, batch_size=self.cfg.batch_size, convert_to_numpy=True,
+                                 normalize_embeddings=True, show_progress_bar=False).astype(np.float32)
+
+
+def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, budget: int = 1 << 26, use_faiss: bool = False):
+    """Exact inner-product top-k, in query x corpus chunks whose score block holds at most `budget` floats."""
+    k = min(k, len(corpus))
+    if use_faiss:
+        try:
+            import faiss
+        except ImportError:
+            raise MmsslError("dense.use_faiss needs faiss: pip install faiss-cpu (or set dense.use_faiss=false)") from None
+        index = faiss.IndexFlatIP(corpus.shape[1])
+        index.add(np.ascontiguousarray(corpus, dtype=np.float32))
+        scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return ids, scores
+    corpus_t = torch.from_numpy(np.ascontiguousarray(corpus))
+    doc_chunk = max(k, min(len(corpus), budget // 256))
+    query_chunk = max(1, budget // doc_chunk)
+    all_ids, all_scores = [], []
+    for qs in range(0, len(queries), query_chunk):
+        q = torch.from_numpy(np.ascontiguousarray(queries[qs : qs + query_chunk]))
+        best_s = torch.full((len(q), 0), float("-inf"))
+        best_i = torch.zeros((len(q), 0), dtype=torch.long)
+        for ds in range(0, len(corpus_t), doc_chunk):
+            s = q @ corpus_t[ds : ds + doc_chunk].T
+            s_top, i_top = s.topk(min(k, s.shape[1]), dim=1)
+            merged_s = torch.cat([best_s, s_top], 1)
+            merged_i = torch.cat([best_i, i_top + ds], 1)
+            best_s, order = merged_s.topk(min(k, merged_s.shape[1]), dim=1)
+            best_i = merged_i.gather(1, order)
+        all_ids.append(best_i.numpy())
+        all_scores.append(best_s.numpy())
+    return np.concatenate(all_ids), np.concatenate(all_scores)
