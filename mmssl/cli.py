@@ -46,6 +46,14 @@ def _mine(args: argparse.Namespace) -> None:
     print(json.dumps({"output": str(path), **result.stats}, indent=2))
 
 
+def _push(args: argparse.Namespace) -> None:
+    from mmssl.export.hub import push_model
+
+    result = push_model(args.path, args.repo_id, endpoint=args.endpoint, private=args.private, revision=args.revision,
+                        commit_message=args.message, overwrite=args.overwrite, license=args.license)
+    print(json.dumps({"repo_id": result.repo_id, "commit_url": result.commit_url, "files": result.files}, indent=2))
+
+
 def _check(args: argparse.Namespace) -> None:
     import yaml
 
@@ -68,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("output_dir", help="the output_dir of an mmssl run")
     evaluate.add_argument("overrides", nargs="*", help="overrides of the saved recipe, e.g. data.eval_path=held_out.txt")
     evaluate.set_defaults(func=_eval)
+
+    push = commands.add_parser("push", help="publish an output folder to the Hugging Face Hub with a model card")
+    push.add_argument("path", help="an mmssl output folder")
+    push.add_argument("--repo-id", required=True, help="namespace/name")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision", help="branch to publish to (created if missing)")
+    push.add_argument("--message", help="commit message")
+    push.add_argument("--overwrite", action="store_true", help="publish over a repo that already has files")
+    push.add_argument("--license", help="license for the card metadata, e.g. apache-2.0")
+    push.add_argument("--endpoint", help="Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
+    push.set_defaults(func=_push)
 
     mine = commands.add_parser("mine", help="mine hard negatives (BM25, dense or hybrid) for (query, positive) pairs")
     mine.add_argument("config", help="mining recipe (YAML), e.g. configs/mine_world_bm25.yaml")

@@ -89,6 +89,14 @@ def _optimizer(module: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
 
 
+def _hardware(accelerator: Accelerator) -> str:
+    if accelerator.device.type == "cuda":
+        name = torch.cuda.get_device_name(accelerator.device)
+    else:
+        name = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    return f"{accelerator.num_processes} x {name}"
+
+
 def _parameter_checksum(module: torch.nn.Module) -> torch.Tensor:
     """(sum, sum of squares) of all parameters, to confirm every process ends with the same weights."""
     params = [p.detach().double() for p in module.parameters()]
@@ -315,6 +323,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
         "steps": state.step,
         "processes": world,
         "train_seconds": round(train_seconds, 3),
+        "hardware": _hardware(accelerator),
         "parameter_checksums": checksums,
         "parameters_in_sync": all(c == checksums[0] for c in checksums),
         "examples_seen_per_process": state.examples,

@@ -1,0 +1,122 @@
+"""Publishing through the real huggingface_hub client to a Hub-compatible server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+import yaml
+from helpers import PYTHON, ROOT, lm_recipe
+from hub_server import HubServer
+
+from mmssl.errors import MmsslError
+from mmssl.export.hub import push_model, render_card
+from mmssl.recipes import parse_recipe
+from mmssl.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def mlm_output(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mlm") / "run"
+    train(parse_recipe(lm_recipe(out, "mlm", max_steps=6, eval_every=0, save_every=3)))
+    return out
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """The local Hub; the suite runs with HF_HUB_OFFLINE=1, so in-process clients are let through to it only."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with HubServer() as server:
+        yield server
+
+
+def client_env(hub, tmp_path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update({"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test_secret_token", "HF_HOME": str(tmp_path / "hf-home"),
+                "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(ROOT)})
+    return env
+
+
+def test_push_mlm_round_trip_through_the_real_clients(mlm_output, hub, tmp_path):
+    env = client_env(hub, tmp_path)
+    done = subprocess.run([PYTHON, "-m", "mmssl.cli", "push", str(mlm_output), "--repo-id", "org/mlm-world",
+                           "--license", "apache-2.0"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "hf_test_secret_token" not in done.stdout + done.stderr
+    stored = hub.files("org/mlm-world")
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "recipe.yaml", "metrics.json"} <= set(stored)
+    assert not any(p.startswith(("checkpoints/", "tracking/")) or p.endswith((".bin", ".pkl")) for p in stored)
+    assert stored["model.safetensors"] == (mlm_output / "model.safetensors").read_bytes()  # byte-equal (via LFS)
+    assert "model.safetensors" in hub.state.repos[("models", "org/mlm-world")].lfs_paths
+    repo = hub.state.repos[("models", "org/mlm-world")]
+    assert len(repo.commits) == 1 and "Upload mlm model" in repo.commits[0]["title"]
+    card = stored["README.md"].decode()
+    assert "hf_test_secret_token" not in card
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "fill-mask"
+    assert "mlm" in meta["tags"] and meta["license"] == "apache-2.0"
+    results = meta["model-index"][0]["results"]
+    metrics = json.loads((mlm_output / "metrics.json").read_text())
+    reported = {m["type"]: m["value"] for r in results for m in r["metrics"]}
+    assert reported["perplexity"] == pytest.approx(metrics["eval"]["perplexity"])
+    # the card's own usage snippet runs against the server and loads the model by repo id
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    ran = subprocess.run([PYTHON, "-c", snippet], env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert "score" in ran.stdout
+    load = ("import torch; from transformers import AutoModelForMaskedLM; "
+            "m = AutoModelForMaskedLM.from_pretrained('org/mlm-world'); "
+            "print(sum(p.double().sum().item() for p in m.state_dict().values()))")
+    remote = subprocess.run([PYTHON, "-c", load], env=env, capture_output=True, text=True, timeout=120)
+    local = subprocess.run([PYTHON, "-c", load.replace("'org/mlm-world'", repr(str(mlm_output)))],
+                           env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120)
+    assert remote.returncode == 0, remote.stderr
+    assert remote.stdout.strip() == local.stdout.strip()
+
+
+def test_existing_repo_needs_overwrite_and_revisions_are_branches(mlm_output, hub, tmp_path):
+    env = client_env(hub, tmp_path)
+    api_kwargs = {"endpoint": hub.url, "token": "t"}
+    push_model(mlm_output, "org/m", backoff=0.01, **api_kwargs)
+    with pytest.raises(MmsslError, match="already exists and has files; pass --overwrite"):
+        push_model(mlm_output, "org/m", backoff=0.01, **api_kwargs)
+    push_model(mlm_output, "org/m", overwrite=True, revision="v2", commit_message="second", backoff=0.01, **api_kwargs)
+    repo = hub.state.repos[("models", "org/m")]
+    assert [c["branch"] for c in repo.commits] == ["main", "v2"] and repo.commits[1]["title"] == "second"
+    assert set(repo.branches["v2"]) == set(repo.branches["main"])
+
+
+def test_server_errors_are_retried_then_reported(mlm_output, hub):
+    hub.state.fail["commit"] = 1
+    result = push_model(mlm_output, "org/retry", endpoint=hub.url, token="t", backoff=0.01)
+    assert result.attempts == 2
+    assert len(hub.state.repos[("models", "org/retry")].commits) == 1
+    hub.state.fail["commit"] = 10
+    with pytest.raises(MmsslError, match="failed after 3 attempt\\(s\\).*Nothing was published"):
+        push_model(mlm_output, "org/broken", endpoint=hub.url, token="t", backoff=0.01)
+    assert hub.state.repos[("models", "org/broken")].commits == []
+
+
+def test_bad_input_fails_before_any_request(mlm_output, hub, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-home"))
+    with pytest.raises(MmsslError, match="is not 'namespace/name'"):
+        push_model(mlm_output, "no-namespace", endpoint=hub.url, token="t")
+    with pytest.raises(MmsslError, match="is not a finished mmssl output folder"):
+        push_model(tmp_path, "org/x", endpoint=hub.url, token="t")
+    with pytest.raises(MmsslError, match="no Hugging Face token"):
+        push_model(mlm_output, "org/x", endpoint=hub.url)
+    assert hub.state.requests == []
+
+
+def test_card_renders_for_a_causal_lm(tmp_path):
+    out = tmp_path / "clm"
+    train(parse_recipe(lm_recipe(out, "clm", max_steps=2)))
+    card = render_card(out, "org/clm")
+    assert "pipeline_tag: text-generation" in card and 'pipeline("text-generation", model="org/clm")' in card
+    assert "Limitations and bias" in card and "synthetic world" in card
