@@ -218,3 +218,67 @@ def _ignored(relative: Path) -> bool:
     import fnmatch
 
     return any(fnmatch.fnmatch(str(relative), pattern) for pattern in UPLOAD_IGNORE)
+
+
+def render_dataset_card(stats: dict[str, Any], repo_id: str, license: str | None = None) -> str:
+    """The dataset card of a mined dataset, from its `<output>.stats.json`."""
+    import jinja2
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    config = yaml.safe_load(stats.get("config", "")) or {}
+    card_data = DatasetCardData(license=license, tags=["mmssl", "hard-negatives", stats.get("method", "")],
+                                task_categories=["sentence-similarity"], pretty_name=repo_id.split("/")[1])
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(CARDS)), undefined=jinja2.StrictUndefined)
+    try:
+        text = env.get_template("mined_dataset.md").render(
+            card_data=card_data.to_yaml(), repo_id=repo_id, num_negatives=stats["num_negatives"],
+            method=stats["method"], skip_top=config.get("skip_top", 0), window=config.get("window"),
+            sampling=config.get("sampling", "top"), queries=stats["queries"], rows_written=stats["rows_written"],
+            corpus_size=stats["corpus_size"], counts=sorted(stats.get("counts", {}).items()),
+            guards=", ".join(f"{k}={v}" for k, v in (config.get("guards") or {}).items()),
+        )
+    except (jinja2.TemplateError, KeyError) as exc:
+        raise MmsslError(f"dataset card failed to render: {exc}") from None
+    DatasetCard(text)
+    return text
+
+
+def push_dataset(
+    path: str | Path,
+    repo_id: str,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    api=None,
+    private: bool = False,
+    overwrite: bool = False,
+    license: str | None = None,
+    retries: int = 3,
+    backoff: float = 1.0,
+) -> PushResult:
+    """Publish a mined dataset (`.jsonl`/`.parquet` written by `mmssl mine`) with `datasets`' push_to_hub."""
+    import datasets
+
+    path = Path(path)
+    check_repo_id(repo_id)
+    stats_path = path.with_name(path.name + ".stats.json")
+    if not path.is_file() or path.suffix not in (".jsonl", ".parquet") or not stats_path.is_file():
+        raise MmsslError(f"{str(path)!r} is not a dataset written by `mmssl mine` (a .jsonl/.parquet file with "
+                         f"{stats_path.name} beside it)")
+    card = render_dataset_card(json.loads(stats_path.read_text()), repo_id, license)
+    rows = datasets.Dataset.from_json(str(path)) if path.suffix == ".jsonl" else datasets.Dataset.from_parquet(str(path))
+    api, token = _api(endpoint, token, api)
+    if api.repo_exists(repo_id, repo_type="dataset") and not overwrite and api.list_repo_files(repo_id, repo_type="dataset"):
+        raise MmsslError(f"dataset repo {repo_id!r} already exists and has files; pass --overwrite to publish over it")
+    with_retries(lambda: api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True),
+                 "creating the dataset repo", retries, backoff)
+    # The card first: datasets' push_to_hub keeps an existing README's text and adds its dataset_info metadata.
+    with_retries(lambda: api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id,
+                                         repo_type="dataset", commit_message="Add dataset card (mmssl)"),
+                 "uploading the dataset card", retries, backoff)
+    info, attempts = with_retries(
+        lambda: rows.push_to_hub(repo_id, token=token, private=private,
+                                 commit_message=f"Upload {len(rows)} mined rows (mmssl)"),
+        f"uploading {str(path)!r} to {repo_id!r}", retries, backoff)
+    files = api.list_repo_files(repo_id, repo_type="dataset")
+    return PushResult(repo_id, str(getattr(info, "commit_url", info)), sorted(files), attempts)

@@ -120,3 +120,27 @@ def test_card_renders_for_a_causal_lm(tmp_path):
     card = render_card(out, "org/clm")
     assert "pipeline_tag: text-generation" in card and 'pipeline("text-generation", model="org/clm")' in card
     assert "Limitations and bias" in card and "synthetic world" in card
+
+
+def test_push_mined_dataset_and_load_it_back(hub, tmp_path):
+    env = client_env(hub, tmp_path)
+    mined = tmp_path / "mined.jsonl"
+    done = subprocess.run([PYTHON, "-m", "mmssl.cli", "mine", str(ROOT / "configs/mine_world_bm25.yaml"),
+                           f"output={mined}", "data.world.num_scenes=150"], capture_output=True, text=True,
+                          env={**env, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    pushed = subprocess.run([PYTHON, "-m", "mmssl.cli", "push", str(mined), "--repo-id", "org/mined"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert pushed.returncode == 0, pushed.stderr
+    files = hub.files("org/mined", kind="datasets")
+    assert any(p.endswith(".parquet") for p in files)
+    card = files["README.md"].decode()
+    assert "False-negative guards" in card and "removed_relative_score" in card and "dataset_info" in card
+    stats = json.loads((tmp_path / "mined.jsonl.stats.json").read_text())
+    assert f"{stats['rows_written']} rows written" in card
+    load = ("import json; from datasets import load_dataset; d = load_dataset('org/mined', split='train'); "
+            "print(json.dumps(d.to_list()))")
+    loaded = subprocess.run([PYTHON, "-c", load], env=env, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    local = [json.loads(line) for line in mined.read_text().splitlines()]
+    assert json.loads(loaded.stdout.strip().splitlines()[-1]) == local
