@@ -47,10 +47,15 @@ def _mine(args: argparse.Namespace) -> None:
 
 
 def _push(args: argparse.Namespace) -> None:
-    from mmssl.export.hub import push_model
+    from pathlib import Path
 
-    result = push_model(args.path, args.repo_id, endpoint=args.endpoint, private=args.private, revision=args.revision,
-                        commit_message=args.message, overwrite=args.overwrite, license=args.license)
+    from mmssl.export.hub import push_dataset, push_model
+
+    common = {"endpoint": args.endpoint, "private": args.private, "overwrite": args.overwrite, "license": args.license}
+    if Path(args.path).is_file():  # a mined (or augmented) dataset file
+        result = push_dataset(args.path, args.repo_id, **common)
+    else:
+        result = push_model(args.path, args.repo_id, revision=args.revision, commit_message=args.message, **common)
     print(json.dumps({"repo_id": result.repo_id, "commit_url": result.commit_url, "files": result.files}, indent=2))
 
 
@@ -78,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_eval)
 
     push = commands.add_parser("push", help="publish an output folder to the Hugging Face Hub with a model card")
-    push.add_argument("path", help="an mmssl output folder")
+    push.add_argument("path", help="an mmssl output folder, or a dataset file written by `mmssl mine`")
     push.add_argument("--repo-id", required=True, help="namespace/name")
     push.add_argument("--private", action="store_true")
     push.add_argument("--revision", help="branch to publish to (created if missing)")
