@@ -6,7 +6,9 @@ import yaml
 from mmssl.errors import RecipeError
 from mmssl.recipes import apply_overrides, load_recipe, parse_recipe, save_recipe, recipe_to_dict
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+ALL_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = [p for p in ALL_CONFIGS if not p.name.startswith(("mine_", "augment_"))]
+MINING = [p for p in ALL_CONFIGS if p.name.startswith("mine_")]
 
 
 def base() -> dict:
@@ -17,6 +19,13 @@ def base() -> dict:
 def test_shipped_recipes_validate(path):
     recipe = load_recipe(path)
     assert recipe.objective.name
+
+
+@pytest.mark.parametrize("path", MINING, ids=[p.name for p in MINING])
+def test_shipped_mining_configs_validate(path):
+    from mmssl.mining.config import load_mining_config
+
+    assert load_mining_config(path).num_negatives >= 1
 
 
 def test_defaults_filled_and_typed():
