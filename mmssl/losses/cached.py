@@ -94,6 +94,7 @@ def cached_contrastive_backward(
     *,
     preserve_rng: bool = True,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+    backward: Callable[[Tensor], None] | None = None,
 ) -> Tensor:
     """One GradCache step: fills ``.grad`` of the encoders (and of ``loss_fn``'s parameters).
 
@@ -111,6 +112,9 @@ def cached_contrastive_backward(
             entered for every re-forward except the very last, so DDP all-reduces gradients once. The
             last chunk (last tower) must then reach every trainable DDP parameter; otherwise leave it
             ``None`` (every backward all-reduces, which is also correct, only slower).
+        backward: how to backpropagate the full-batch loss of step 2 (default ``loss.backward()``), e.g. a
+            trainer's backward that checks the loss is finite and scales it for gradient accumulation or
+            mixed precision; the scaling then reaches the encoders through the cached gradients.
 
     Returns:
         The detached loss value.
@@ -146,7 +150,10 @@ def cached_contrastive_backward(
     loss = loss_fn(*leaves)
     if not isinstance(loss, Tensor) or loss.dim() != 0:
         raise ValueError("loss_fn must return a scalar tensor")
-    loss.backward()
+    if backward is None:
+        loss.backward()
+    else:
+        backward(loss)
     grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
 
     # (3) re-embed each chunk with grad and push the cached gradient through it

@@ -125,3 +125,27 @@ def test_split_batch_and_errors():
         cached_contrastive_backward(lambda q: q.sum(), [(lambda c: {"emb": enc(c)}, [data(2)])])
     with pytest.raises(ValueError, match="scalar"):
         cached_contrastive_backward(lambda q: q, [(enc, [data(2)])])
+
+
+def test_custom_backward_scales_the_cached_gradients():
+    """`backward=` replaces loss.backward() in step 2 (a trainer's finiteness check and accumulation scaling);
+    the scaling reaches the encoder through the cached embedding gradients."""
+    enc = make_encoder(dropout=0.0)
+    towers = [(enc, split_batch(data(8, 1), 4)), (enc, split_batch(data(8, 2), 4))]
+
+    def loss_fn(q, k):
+        return info_nce(q, k, temperature=0.1)
+
+    cached_contrastive_backward(loss_fn, towers)
+    ref = grads(enc)
+    enc.zero_grad()
+    seen = []
+
+    def quarter(loss):
+        seen.append(loss.detach())
+        (loss / 4).backward()
+
+    loss = cached_contrastive_backward(loss_fn, towers, backward=quarter)
+    assert len(seen) == 1 and torch.equal(seen[0], loss)
+    for g, r in zip(grads(enc), ref):
+        assert torch.allclose(g * 4, r, atol=1e-6)

@@ -1,0 +1,288 @@
+"""A text encoder: any transformers ``AutoModel`` + pooling (cls, mean, last_token) + an optional
+projection head used only in training + an optional L2 normalisation.
+
+It exports as a sentence-transformers folder (``models.Transformer`` + ``models.Pooling`` (+
+``models.Normalize``)), so ``SentenceTransformer(DIR)`` loads it offline and reproduces
+:meth:`TextEncoder.embed` (the head is not exported: it only shapes the training loss, as in SimCSE).
+
+Inputs may come *packed*: a list of length-sorted groups, each padded only to its own longest sequence,
+plus the permutation that restores the original order (:func:`pack_sequences`). This removes most of
+the padding of a random batch while keeping one ``forward`` call per step (one DDP forward).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmssl.errors import MmsslError, RecipeError
+from mmssl.recipes import ModelConfig
+
+Pooling = Literal["cls", "mean", "last_token"]
+Head = Literal["none", "linear", "mlp"]
+POOLING_MODES: tuple[str, ...] = ("cls", "mean", "last_token")
+_ST_POOLING = {"cls": "cls", "mean": "mean", "last_token": "lasttoken"}
+_FROM_ST_POOLING = {v: k for k, v in _ST_POOLING.items()}
+
+
+def pool(hidden: Tensor, attention_mask: Tensor | None, mode: str) -> Tensor:
+    """Sentence embeddings [B, H] from token states [B, L, H] (right padding), as sentence-transformers pools."""
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    if mode == "cls":
+        return hidden[:, 0]
+    if mode == "mean":
+        acc = torch.float32 if hidden.dtype in (torch.float16, torch.bfloat16) else hidden.dtype
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        summed = (hidden * mask).sum(dim=1, dtype=acc)
+        count = mask.sum(dim=1, dtype=acc).clamp(min=1e-9)
+        return (summed / count).to(hidden.dtype)
+    if mode == "last_token":
+        last = (attention_mask.sum(dim=1) - 1).clamp(min=0)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
+
+
+def build_head(kind: str, dim: int, out_dim: int | None) -> nn.Module:
+    """Training-only projection: ``none``, ``linear`` or ``mlp`` (Linear-Tanh, SimCSE's head)."""
+    out_dim = out_dim or dim
+    if kind == "none":
+        return nn.Identity()
+    if kind == "linear":
+        return nn.Linear(dim, out_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, out_dim))
+    raise ValueError(f"head must be 'none', 'linear' or 'mlp', got {kind!r}")
+
+
+class TextEncoder(nn.Module):
+    """``AutoModel`` + pooling (+ training head) (+ normalisation).
+
+    * :meth:`embed` - the sentence embedding users get (pooled, normalised if ``normalize``): what the
+      exported sentence-transformers folder computes.
+    * :meth:`forward` - the training embedding: the head applied to the pooled output (then normalised
+      if ``normalize``). Accepts plain ``input_ids``/``attention_mask`` or a packed batch.
+    """
+
+    def __init__(self, model: nn.Module, pooling: str = "mean", normalize: bool = False,
+                 head: str = "none", head_dim: int | None = None) -> None:
+        super().__init__()
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+        self.model = model
+        self.pooling = pooling
+        self.normalize = normalize
+        self.hidden_size = int(model.config.hidden_size)
+        self.head_kind = head
+        self.head = build_head(head, self.hidden_size, head_dim)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Dimension of the training embedding (after the head)."""
+        return self.head.out_features if isinstance(self.head, nn.Linear) else (
+            self.head[-1].out_features if isinstance(self.head, nn.Sequential) else self.hidden_size)
+
+    def _pooled(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return pool(hidden, attention_mask, self.pooling)
+
+    def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        out = self._pooled(input_ids, attention_mask)
+        return F.normalize(out, dim=-1) if self.normalize else out
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *,
+                packed: dict[str, Any] | None = None, head: bool = True) -> Tensor:
+        if packed is not None:
+            outs = [self.forward(g["input_ids"], g["attention_mask"], head=head) for g in packed["groups"]]
+            out = torch.cat(outs, dim=0)
+            return out[packed["restore"]] if packed.get("restore") is not None else out
+        out = self._pooled(input_ids, attention_mask)
+        if head:
+            out = self.head(out)
+        return F.normalize(out, dim=-1) if self.normalize else out
+
+    # -- inference -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], tokenizer, max_length: int = 128, batch_size: int = 64,
+               device: torch.device | str | None = None) -> Tensor:
+        """Sentence embeddings [N, H] of `texts` (eval mode, length-sorted batches, no head), on CPU."""
+        was_training = self.training
+        self.eval()
+        device = device or next(self.parameters()).device
+        ids = tokenizer(list(texts), truncation=True, max_length=max_length, return_attention_mask=False)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = torch.empty(len(ids), self.hidden_size)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = pad_sequences([ids[i] for i in rows], pad)
+            emb = self.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            out[rows] = emb.float().cpu()
+        self.train(was_training)
+        return out
+
+    # -- export --------------------------------------------------------------------------------
+    def save_sentence_transformer(self, directory: str | Path, tokenizer, max_seq_length: int) -> None:
+        """Write a sentence-transformers folder: Transformer (+ Pooling) (+ Normalize), no head."""
+        save_sentence_transformer(self, directory, tokenizer, max_seq_length)
+
+
+def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int) -> dict[str, Tensor]:
+    """Right-pad token id lists to the longest: ``input_ids`` and ``attention_mask`` [N, L]."""
+    longest = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def pack_sequences(seqs: Sequence[Sequence[int]], pad_id: int, group_size: int, sort: bool = True) -> dict[str, Any]:
+    """Length-sorted groups of at most `group_size` sequences, each padded to its own longest.
+
+    Returns ``{"groups": [{"input_ids", "attention_mask"}, ...], "restore": LongTensor | None}``;
+    ``cat(outputs of groups)[restore]`` is in the original order. ``sort=False`` keeps the original
+    order (groups are then consecutive slices, ``restore`` is None): GradCache chunks stay contiguous.
+    """
+    n = len(seqs)
+    if n == 0:
+        raise ValueError("cannot pack an empty list of sequences")
+    order = sorted(range(n), key=lambda i: len(seqs[i])) if sort else list(range(n))
+    groups = [pad_sequences([seqs[i] for i in order[s : s + group_size]], pad_id) for s in range(0, n, group_size)]
+    restore = None
+    if sort:
+        restore = torch.empty(n, dtype=torch.long)
+        restore[torch.tensor(order)] = torch.arange(n)
+    return {"groups": groups, "restore": restore}
+
+
+# --------------------------------------------------------------------------------------------------
+# building and loading
+# --------------------------------------------------------------------------------------------------
+
+
+def build_backbone(cfg: ModelConfig, tokenizer) -> nn.Module:
+    """A transformers ``AutoModel`` (SDPA attention): `cfg.pretrained` (folder or Hub id) or `cfg.arch` + `cfg.config`."""
+    from transformers import AutoConfig, AutoModel
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if cfg.pretrained:
+        try:
+            model = AutoModel.from_pretrained(cfg.pretrained, attn_implementation="sdpa")
+        except Exception as exc:
+            raise MmsslError(
+                f"model.pretrained {cfg.pretrained!r} could not be loaded as a transformers encoder "
+                f"({type(exc).__name__}: {exc}); give a local transformers folder or a Hub id (online)"
+            ) from None
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        return model
+    if not cfg.arch:
+        raise RecipeError("model: set model.pretrained (a folder or Hub id) or model.arch (e.g. 'bert')")
+    if cfg.arch not in CONFIG_MAPPING:
+        hint = difflib.get_close_matches(cfg.arch, list(CONFIG_MAPPING.keys()), n=3)
+        raise RecipeError(
+            f"model.arch: unknown transformers model type {cfg.arch!r}"
+            + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "; use e.g. 'bert' or 'roberta'")
+        )
+    special = {"pad_token_id": tokenizer.pad_token_id}
+    try:
+        config = AutoConfig.for_model(cfg.arch, vocab_size=len(tokenizer), **special, **cfg.config)
+        model = AutoModel.from_config(config, attn_implementation="sdpa")
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"model: cannot build a {cfg.arch!r} encoder from model.config: {exc}") from None
+    return model
+
+
+def freeze_unused_parameters(encoder: TextEncoder, tokenizer) -> list[str]:
+    """Turn off gradients of parameters the embedding never uses (e.g. BERT's pooler), so DDP without
+    ``find_unused_parameters`` works and AdamW does not decay weights that get no gradient. Returns their names."""
+    text = "a b"
+    ids = tokenizer([text], return_tensors="pt")
+    was_training = encoder.training
+    encoder.train()
+    encoder.zero_grad(set_to_none=True)
+    encoder(ids["input_ids"], ids.get("attention_mask")).sum().backward()
+    unused = [n for n, p in encoder.named_parameters() if p.requires_grad and p.grad is None]
+    for name, param in encoder.named_parameters():
+        if name in unused:
+            param.requires_grad_(False)
+    encoder.zero_grad(set_to_none=True)
+    encoder.train(was_training)
+    return unused
+
+
+def save_sentence_transformer(encoder: TextEncoder, directory: str | Path, tokenizer, max_seq_length: int) -> None:
+    """Save ``encoder`` (without its training head) as a sentence-transformers folder in `directory`."""
+    import tempfile
+
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise MmsslError("exporting a text encoder needs sentence-transformers: pip install 'mmssl[text]'") from None
+
+    try:  # sentence-transformers >= 6
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:  # 5.x
+        from sentence_transformers import models  # type: ignore[no-redef]
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        encoder.model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        transformer = models.Transformer(tmp, max_seq_length=max_seq_length,
+                                         model_kwargs={"attn_implementation": "sdpa"})
+        modules: list[nn.Module] = [transformer, models.Pooling(encoder.hidden_size, _ST_POOLING[encoder.pooling])]
+        if encoder.normalize:
+            modules.append(models.Normalize())
+        st = SentenceTransformer(modules=modules, device="cpu")
+        st.save(str(directory), create_model_card=False)
+
+
+def load_sentence_transformer_dir(directory: str | Path) -> tuple[TextEncoder, Any, int]:
+    """(encoder, tokenizer, max_seq_length) from a sentence-transformers folder with one Transformer,
+    one Pooling (cls/mean/lasttoken) and an optional Normalize, as :func:`save_sentence_transformer` writes."""
+    from transformers import AutoModel, AutoTokenizer
+
+    directory = Path(directory)
+    modules_file = directory / "modules.json"
+    if not modules_file.is_file():
+        raise MmsslError(f"{str(directory)!r} is not a sentence-transformers folder (no modules.json)")
+    modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    pooling, normalize = "mean", False
+    for entry in modules:
+        kind = entry["type"].rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            config = json.loads((directory / entry["path"] / "config.json").read_text(encoding="utf-8"))
+            mode = config.get("pooling_mode")
+            if mode is None:  # legacy boolean keys
+                mode = next((m for key, m in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
+                                              ("pooling_mode_lasttoken", "lasttoken")) if config.get(key)), "mean")
+            if isinstance(mode, list):
+                mode = mode[0] if len(mode) == 1 else None
+            if mode not in _FROM_ST_POOLING:
+                raise MmsslError(f"{str(directory)!r}: pooling {mode!r} is not supported (use cls, mean or lasttoken)")
+            pooling = _FROM_ST_POOLING[mode]
+        elif kind == "Normalize":
+            normalize = True
+        elif kind != "Transformer":
+            raise MmsslError(f"{str(directory)!r}: module {entry['type']} is not supported by mmssl's text encoder")
+    st_config = directory / "sentence_bert_config.json"
+    max_seq_length = 128
+    if st_config.is_file():
+        max_seq_length = json.loads(st_config.read_text(encoding="utf-8")).get("max_seq_length") or max_seq_length
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    model = AutoModel.from_pretrained(str(directory), attn_implementation="sdpa")
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and tok_max < 100_000:
+        max_seq_length = min(max_seq_length, tok_max) if st_config.is_file() else tok_max
+    return TextEncoder(model, pooling=pooling, normalize=normalize), tokenizer, int(max_seq_length)

@@ -1,0 +1,507 @@
+"""SimCSE sentence embeddings and contrastive retrieval training (objective ``simcse``).
+
+* ``mode: unsupervised`` - unlabeled sentences (data role ``text``); every sentence is encoded twice and
+  dropout makes the two views (Gao, Yao & Chen 2021, "SimCSE: Simple Contrastive Learning of Sentence
+  Embeddings").
+* ``mode: supervised`` - pairs ``anchor``/``positive`` with optional mined hard negatives in a column
+  ``negative`` or columns ``negative_1..k`` (supervised SimCSE; the multiple-negatives ranking loss of
+  retrieval training).
+
+Negatives: in-batch, from every process (``gather``, differentiable, ``label_offset = rank * B``), the
+mined columns, and with ``negatives: queue`` a MoCo queue of keys from a momentum encoder (He et al. 2020).
+Losses (all from :mod:`mmssl.losses`): InfoNCE (fixed or learnable temperature, duplicates of the
+positive masked out of the denominator), margin contrastive (Hadsell et al. 2006), triplet (Schroff et
+al. 2015). ``cached_chunk_size`` turns on GradCache (Gao et al. 2021): the batch is embedded in chunks,
+so a large batch fits in the memory of a small one.
+
+Texts are tokenised once in `setup`. Each step's sequences are sorted by length and cut into groups that
+are padded only to their own longest (``bucket_size``), which removes most padding work.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import torch
+from torch import nn
+
+from mmssl.data.sources import load_splits
+from mmssl.data.tokenizers import build_tokenizer, load_pretrained_tokenizer
+from mmssl.errors import DataError, RecipeError
+from mmssl.eval.embeddings import embedding_metrics
+from mmssl.losses import (
+    EmbeddingQueue,
+    LearnableTemperature,
+    cached_contrastive_backward,
+    contrastive_margin_loss,
+    duplicate_mask,
+    gather_no_grad,
+    gather_with_grad,
+    info_nce,
+    local_slice_offset,
+    make_momentum_copy,
+    momentum_update,
+    mutual_information_lower_bound,
+    text_ids,
+    triplet_loss,
+)
+from mmssl.losses import world_size as dist_world_size
+from mmssl.models.text_encoder import (
+    TextEncoder,
+    build_backbone,
+    freeze_unused_parameters,
+    load_sentence_transformer_dir,
+    pack_sequences,
+    save_sentence_transformer,
+)
+from mmssl.objectives.base import Objective
+from mmssl.recipes import ObjectiveParams
+from mmssl.registry import register_objective
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_DIR = "tokenizer"
+_NEGATIVE = re.compile(r"^negative(_(\d+))?$")
+
+
+@dataclass
+class SimCSEParams(ObjectiveParams):
+    mode: Literal["unsupervised", "supervised"] = "supervised"
+    max_length: int = 64
+    # encoder
+    pooling: Literal["cls", "mean", "last_token"] = "mean"
+    normalize: bool = True
+    head: Literal["none", "linear", "mlp"] = "none"
+    head_dim: int | None = None
+    # loss
+    loss: Literal["infonce", "margin", "triplet"] = "infonce"
+    temperature: float = 0.05
+    learnable_temperature: bool = False
+    max_logit_scale: float = 100.0
+    margin: float = 0.5
+    distance: Literal["cosine", "euclidean", "squared_euclidean"] = "cosine"
+    # negatives
+    negatives: Literal["in_batch", "queue"] = "in_batch"
+    gather: bool = True
+    hard_negatives: bool = True
+    mask_duplicates: bool = True
+    queue_size: int = 4096
+    momentum: float = 0.999
+    # speed and memory
+    cached_chunk_size: int | None = None
+    bucket_size: int | None = 32
+    # evaluation
+    eval_pairs: str | None = None
+    eval_max_pairs: int | None = 1000
+    eval_before: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ValueError("max_length must be >= 2")
+        if not (isinstance(self.temperature, float) and math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be > 0, got {self.temperature}; typical values are 0.02-0.1 "
+                             "(sentence-transformers' scale 20 is temperature 0.05)")
+        if self.learnable_temperature and 1.0 / self.temperature > self.max_logit_scale:
+            raise ValueError(f"temperature {self.temperature} gives logit scale {1 / self.temperature:.4g} above "
+                             f"max_logit_scale={self.max_logit_scale}")
+        if self.margin < 0:
+            raise ValueError("margin must be >= 0")
+        if self.queue_size < 1:
+            raise ValueError("queue_size must be >= 1")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError("momentum must lie in [0, 1]")
+        if self.cached_chunk_size is not None and self.cached_chunk_size < 1:
+            raise ValueError("cached_chunk_size must be >= 1 (or null to turn GradCache off)")
+        if self.bucket_size is not None and self.bucket_size < 1:
+            raise ValueError("bucket_size must be >= 1 (or null to pad each step to its longest sequence)")
+        if self.head_dim is not None and self.head_dim < 1:
+            raise ValueError("head_dim must be >= 1")
+        if self.negatives == "queue" and self.loss != "infonce":
+            raise ValueError("negatives=queue needs loss=infonce (the queue adds InfoNCE negatives)")
+
+
+class ContrastiveModule(nn.Module):
+    """The trained state: encoder (+ learnable temperature) (+ momentum encoder and queue, MoCo).
+
+    ``forward`` embeds (packed) inputs with the online encoder; the trainer's optimiser, DDP and
+    checkpoints see every part (the momentum encoder is frozen, the queue is a buffer).
+    """
+
+    def __init__(self, encoder: TextEncoder, temperature: LearnableTemperature | None = None,
+                 queue_size: int | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.temperature = temperature
+        self.key_encoder: TextEncoder | None = None
+        self.queue: EmbeddingQueue | None = None
+        if queue_size:
+            self.key_encoder = make_momentum_copy(encoder)
+            self.queue = EmbeddingQueue(encoder.embedding_dim, queue_size)
+
+    def forward(self, **kwargs) -> torch.Tensor:
+        return self.encoder(**kwargs)
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Tokenised rows held as Python lists: fast random access for the loader."""
+
+    def __init__(self, columns: dict[str, list]):
+        self.columns = columns
+        self.size = len(next(iter(columns.values())))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {k: v[index] for k, v in self.columns.items()}
+
+
+def _unwrap(module: nn.Module) -> ContrastiveModule:
+    while not isinstance(module, ContrastiveModule) and hasattr(module, "module"):
+        module = module.module
+    return module  # type: ignore[return-value]
+
+
+def _available_columns(cfg) -> list[str]:
+    """Column names of the recipe's pairs data, before roles are selected."""
+    from mmssl.data import sources
+
+    if cfg.source == "world":
+        return ["anchor", "positive", "negative", "label"]
+    if cfg.source == "files":
+        return sources._load_files(cfg.path, cfg.format).column_names
+    return sources._load_hub(cfg.path, cfg.split).column_names
+
+
+def _negative_order(role: str) -> int:
+    m = _NEGATIVE.match(role)
+    return int(m.group(2)) if m and m.group(2) else 0
+
+
+def _check_texts(ds: datasets.Dataset, columns: list[str], where: str) -> None:
+    for column in dict.fromkeys(columns):
+        for index, text in enumerate(ds[column]):
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(
+                    f"{where}: row {index} has an empty or missing {column!r} ({text!r}); every pair needs text on "
+                    "each side: remove or fix such rows"
+                )
+
+
+@register_objective("simcse")
+class SimCSE(Objective):
+    """Contrastive sentence embeddings: unsupervised or supervised SimCSE, retrieval with hard negatives, MoCo queue."""
+
+    Params = SimCSEParams
+    data_kind = "pairs"
+    roles = ["anchor", "positive"]
+    throughput_unit = "examples"
+
+    # -- setup -----------------------------------------------------------------------------------
+    def setup(self, resume_dir: Path | None) -> None:
+        recipe, p = self.recipe, self.params
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if p.mode == "unsupervised":
+            self.data_kind, self.roles = "text", ["text"]
+            splits = load_splits(recipe.data, "text", ["text"], seed=recipe.seed)
+            self.views = ["text", "text"]
+        else:
+            negatives = self._negative_roles() if p.hard_negatives else []
+            self.data_kind, self.roles = "pairs", ["anchor", "positive", *negatives]
+            splits = load_splits(recipe.data, "pairs", self.roles, seed=recipe.seed)
+            self.views = list(self.roles)
+        self.negative_columns = self.views[2:]
+        where = "built-in world" if recipe.data.source == "world" else f"data.path {recipe.data.path!r}"
+        _check_texts(splits.train, self.views, where)
+        self._check_negatives(world)
+
+        self.tokenizer = self._tokenizer(resume_dir, splits.train)
+        backbone = build_backbone(recipe.model, self.tokenizer)
+        limit = getattr(backbone.config, "max_position_embeddings", None)
+        if isinstance(limit, int) and p.max_length > limit:
+            raise RecipeError(f"objective.max_length={p.max_length} exceeds the model's {limit} positions; lower "
+                              "objective.max_length or enlarge the model's max_position_embeddings")
+        encoder = TextEncoder(backbone, pooling=p.pooling, normalize=p.normalize, head=p.head, head_dim=p.head_dim)
+        self.frozen = freeze_unused_parameters(encoder, self.tokenizer)
+        temperature = LearnableTemperature(p.temperature, p.max_logit_scale) if p.learnable_temperature else None
+        self.model = ContrastiveModule(encoder, temperature, p.queue_size if p.negatives == "queue" else None)
+        self.module = self.model
+
+        self.num_train_rows = len(splits.train)
+        self.train_dataset = self._tokenize(splits.train)  # type: ignore[assignment]
+        self.eval_rows = self._eval_rows(splits.eval)
+        self.eval_dataset = datasets.Dataset.from_dict(self.eval_rows) if self.eval_rows else None
+        self.before: dict[str, float] = {}
+        if p.eval_before and self.eval_rows:
+            self.before = self._metrics(self.model.encoder)
+
+    def _negative_roles(self) -> list[str]:
+        mapped = [role for role in self.recipe.data.columns if _NEGATIVE.match(role)]
+        if mapped:
+            return sorted(mapped, key=_negative_order)
+        available = set(_available_columns(self.recipe.data))
+        if "negative" in available:
+            return ["negative"]
+        found, k = [], 1
+        while f"negative_{k}" in available:
+            found.append(f"negative_{k}")
+            k += 1
+        return found
+
+    def _check_negatives(self, world: int) -> None:
+        p, cfg = self.params, self.recipe.train
+        cached_multi = p.cached_chunk_size is not None and p.learnable_temperature and world > 1
+        if cached_multi:
+            raise RecipeError("objective.cached_chunk_size with objective.learnable_temperature is not supported on "
+                              "several processes; fix the temperature or turn GradCache off")
+        in_batch = cfg.batch_size * (world if p.gather else 1)
+        if in_batch >= 2:
+            return
+        if p.loss in ("margin", "triplet") and self.negative_columns:
+            return
+        if p.loss == "infonce" and (self.negative_columns or p.negatives == "queue"):
+            return
+        raise RecipeError(
+            f"train.batch_size={cfg.batch_size} gives each query no negatives: in-batch negatives need batch_size "
+            ">= 2 (or several processes with objective.gather=true); otherwise add hard-negative columns "
+            "(negative or negative_1..k) or use objective.negatives=queue"
+        )
+
+    def _tokenizer(self, resume_dir: Path | None, train: datasets.Dataset):
+        recipe = self.recipe
+        saved = resume_dir / TOKENIZER_DIR if resume_dir else None
+        if saved is not None and saved.is_dir():
+            tok = load_pretrained_tokenizer(str(saved))
+        elif recipe.tokenizer.path or recipe.model.pretrained:
+            tok = load_pretrained_tokenizer(recipe.tokenizer.path or recipe.model.pretrained)
+        else:
+            texts = (t for column in dict.fromkeys(self.views) for t in train[column])
+            tok = build_tokenizer(recipe.tokenizer, "wordpiece", texts)
+        if tok.pad_token_id is None:
+            if tok.eos_token is None:
+                raise RecipeError("the tokenizer has neither a pad nor an eos token; set tokenizer.path to one that does")
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "right"
+        return tok
+
+    def _tokenize(self, ds: datasets.Dataset) -> _Rows:
+        tok, max_length = self.tokenizer, self.params.max_length
+        columns: dict[str, list] = {}
+        for column in dict.fromkeys(self.views):
+            texts = list(ds[column])
+            columns[f"{column}_ids"] = tok(texts, truncation=True, max_length=max_length,
+                                           return_attention_mask=False)["input_ids"]
+            columns[f"{column}_hash"] = text_ids(texts).tolist()
+        return _Rows(columns)
+
+    def _eval_rows(self, split_eval: datasets.Dataset | None) -> dict[str, list] | None:
+        p, data = self.params, self.recipe.data
+        if p.eval_pairs:
+            from mmssl.data import sources
+
+            ds = sources._load_files(p.eval_pairs, "auto")
+            where = f"objective.eval_pairs {p.eval_pairs!r}"
+            for column in ("anchor", "positive"):
+                if column not in ds.column_names:
+                    raise DataError(f"{where}: column {column!r} not found; the data has columns {ds.column_names}")
+        elif data.source == "world":
+            from mmssl.data.world import world_columns
+
+            ds = datasets.Dataset.from_dict(world_columns(data.world, "pairs", "eval"))
+            where = "built-in world (eval)"
+        elif p.mode == "supervised" and split_eval is not None and len(split_eval):
+            ds = split_eval
+            where = "eval split"
+        else:
+            log.warning("no evaluation pairs: set objective.eval_pairs to a file with anchor/positive columns")
+            return None
+        if p.eval_max_pairs is not None:
+            ds = ds.select(range(min(p.eval_max_pairs, len(ds))))
+        negative = "negative" if "negative" in ds.column_names else next(
+            (c for c in sorted(ds.column_names, key=_negative_order) if _NEGATIVE.match(c)), None)
+        columns = ["anchor", "positive"] + ([negative] if negative else [])
+        _check_texts(ds, columns, where)
+        rows = {"anchor": list(ds["anchor"]), "positive": list(ds["positive"])}
+        if negative:
+            rows["negative"] = list(ds[negative])
+        if "score" in ds.column_names:
+            rows["score"] = [float(s) for s in ds["score"]]
+        return rows if len(rows["anchor"]) else None
+
+    # -- per step --------------------------------------------------------------------------------
+    @property
+    def _queue_mode(self) -> bool:
+        return self.params.negatives == "queue"
+
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        p = self.params
+        pad = self.tokenizer.pad_token_id
+        b = len(rows)
+        seqs = [[r[f"{view}_ids"] for r in rows] for view in self.views]
+        hashes = torch.tensor([[r[f"{view}_hash"] for r in rows] for view in self.views], dtype=torch.long)
+        group = p.cached_chunk_size or p.bucket_size
+        batch: dict[str, Any] = {"hashes": hashes, "num_rows": b, "num_views": len(self.views)}
+        if self._queue_mode:
+            query, keys = seqs[0], [s for view in seqs[1:] for s in view]
+            batch["packed"] = pack_sequences(query, pad, group or len(query), sort=group is not None)
+            batch["packed_keys"] = pack_sequences(keys, pad, p.bucket_size or len(keys), sort=p.bucket_size is not None)
+            flat = query + keys
+        else:
+            flat = [s for view in seqs for s in view]
+            batch["packed"] = pack_sequences(flat, pad, group or len(flat), sort=group is not None)
+        batch["tokens"] = sum(len(s) for s in flat)
+        return batch
+
+    def batch_size_of(self, batch: dict[str, Any]) -> tuple[int, int]:
+        return int(batch["num_rows"]), int(batch["tokens"])
+
+    def forward(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Uncached loss of one batch (used by `training_step`; handy in tests)."""
+        core = _unwrap(module)
+        keys = self._keys(core, batch)
+        return self._loss(core, module(packed=batch["packed"]), batch, keys)
+
+    def training_step(self, module: nn.Module, batch: dict[str, Any], backward) -> dict[str, torch.Tensor]:
+        core, p = _unwrap(module), self.params
+        if self._queue_mode:
+            assert core.key_encoder is not None
+            momentum_update(core.encoder, core.key_encoder, p.momentum)
+        keys = self._keys(core, batch)
+        if p.cached_chunk_size is None:
+            out = self._loss(core, module(packed=batch["packed"]), batch, keys)
+            backward(out["loss"])
+        else:
+            out = {}
+            restore = batch["packed"]["restore"]
+
+            def encode(group: dict[str, torch.Tensor]) -> torch.Tensor:
+                return module(packed={"groups": [group], "restore": None})
+
+            def loss_fn(emb: torch.Tensor) -> torch.Tensor:
+                out.update(self._loss(core, emb[restore] if restore is not None else emb, batch, keys))
+                return out["loss"]
+
+            cached_contrastive_backward(loss_fn, [(encode, batch["packed"]["groups"])],
+                                        no_sync=getattr(module, "no_sync", None), backward=backward)
+        if self._queue_mode and keys is not None:
+            assert core.queue is not None
+            b = batch["num_rows"]
+            core.queue.enqueue(gather_no_grad(keys[:b]) if p.gather else keys[:b])
+        return {k: v.detach() for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
+
+    def _keys(self, core: ContrastiveModule, batch: dict[str, Any]) -> torch.Tensor | None:
+        if not self._queue_mode:
+            return None
+        assert core.key_encoder is not None
+        with torch.no_grad():
+            return core.key_encoder(packed=batch["packed_keys"])
+
+    def _loss(self, core: ContrastiveModule, emb: torch.Tensor, batch: dict[str, Any],
+              keys: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The loss of one batch from its embeddings (view-major rows: anchors, positives, negatives...)."""
+        p = self.params
+        b, v = int(batch["num_rows"]), int(batch["num_views"])
+        d = emb.shape[-1]
+        if keys is not None:  # queue mode: emb holds the queries only; keys come from the momentum encoder
+            query, rest = emb, keys.view(v - 1, b, d)
+        else:
+            views = emb.view(v, b, d)
+            query, rest = views[0], views[1:]
+        positive = rest[0]
+        negatives = rest[1:].reshape(-1, d) if v > 2 else None
+        hashes = batch["hashes"].to(emb.device)
+        if p.loss == "triplet":
+            negative = rest[1] if v > 2 else positive.roll(1, dims=0)
+            loss = triplet_loss(query, positive, negative, margin=p.margin, distance=p.distance)
+            return {"loss": loss}
+        if p.loss == "margin":
+            negative = rest[1] if v > 2 else positive.roll(1, dims=0)
+            labels = torch.cat([torch.ones(b, device=emb.device), torch.zeros(b, device=emb.device)])
+            loss = contrastive_margin_loss(torch.cat([query, query]), torch.cat([positive, negative]), labels,
+                                           margin=p.margin, distance=p.distance)
+            return {"loss": loss}
+
+        offset = 0
+        key_hash, neg_hash = hashes[1], hashes[2:].reshape(-1)
+        if p.gather and dist_world_size() > 1:
+            positive = gather_with_grad(positive)
+            negatives = gather_with_grad(negatives) if negatives is not None else None
+            key_hash, neg_hash = gather_no_grad(key_hash), gather_no_grad(neg_hash)
+            offset = local_slice_offset(b)
+        extra = [negatives] if negatives is not None else []
+        queued = 0
+        if keys is not None and core.queue is not None and len(core.queue):
+            queued = len(core.queue)
+            extra.append(core.queue.negatives.clone())
+        extra_negatives = torch.cat(extra) if extra else None
+        mask = None
+        if p.mask_duplicates:
+            mask = duplicate_mask(hashes[1], torch.cat([key_hash, neg_hash]), label_offset=offset)
+            if queued:
+                mask = torch.cat([mask, torch.zeros(b, queued, dtype=torch.bool, device=mask.device)], dim=1)
+        kwargs: dict[str, Any] = {"temperature": p.temperature}
+        out: dict[str, torch.Tensor] = {}
+        if core.temperature is not None:
+            kwargs = {"logit_scale": core.temperature()}
+            out["temperature"] = 1.0 / kwargs["logit_scale"].detach()
+        loss = info_nce(query, positive, extra_negatives=extra_negatives, false_negative_mask=mask,
+                        label_offset=offset, **kwargs)
+        candidates = positive.shape[0] + (0 if extra_negatives is None else extra_negatives.shape[0])
+        out["loss"] = loss
+        out["mi_lower_bound"] = mutual_information_lower_bound(loss.detach(), candidates)
+        return out
+
+    # -- evaluation and export -------------------------------------------------------------------
+    def _metrics(self, encoder: TextEncoder, tokenizer=None, max_length: int | None = None) -> dict[str, float]:
+        assert self.eval_rows is not None
+        tok = tokenizer or self.tokenizer
+        length = max_length or self.params.max_length
+        return embedding_metrics(
+            lambda texts: encoder.encode(texts, tok, max_length=length),
+            self.eval_rows["anchor"], self.eval_rows["positive"], self.eval_rows.get("negative"),
+            self.eval_rows.get("score"), temperature=self.params.temperature,
+            loss_batch_size=self.recipe.train.batch_size,
+        )
+
+    def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
+        """Metrics of the exported embedding (no head) on the eval pairs. Every process embeds the whole
+        (small) eval set, so the result needs no gathering; the trainer's eval loader is not used."""
+        if not self.eval_rows:
+            return {}
+        return self._metrics(_unwrap(accelerator.unwrap_model(module)).encoder)
+
+    def evaluate_export(self, directory: Path) -> dict[str, float]:
+        encoder, tokenizer, max_length = load_sentence_transformer_dir(directory)
+        self.eval_rows = self._eval_rows(None)
+        if not self.eval_rows:
+            raise DataError("no eval pairs: set objective.eval_pairs to a file with anchor/positive columns")
+        return self._metrics(encoder, tokenizer, max_length)
+
+    def save_artifacts(self, directory: Path) -> None:
+        self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+
+    def export(self, module: nn.Module, directory: Path) -> None:
+        save_sentence_transformer(_unwrap(module).encoder, directory, self.tokenizer, self.params.max_length)
+
+    def describe(self) -> dict[str, Any]:
+        p = self.params
+        return {
+            "num_parameters": sum(q.numel() for q in self.model.encoder.parameters()),
+            "architecture": type(self.model.encoder.model).__name__,
+            "mode": p.mode,
+            "views": self.views,
+            "hard_negative_columns": self.negative_columns,
+            "train_rows": self.num_train_rows,
+            "negatives": p.negatives,
+            "loss": p.loss,
+            "cached": p.cached_chunk_size is not None,
+            "frozen_unused_parameters": self.frozen,
+            "eval_before": self.before,
+        }
