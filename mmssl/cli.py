@@ -67,6 +67,13 @@ def _check(args: argparse.Namespace) -> None:
     print(yaml.safe_dump(recipe_to_dict(load_recipe(args.recipe, args.overrides)), sort_keys=False), end="")
 
 
+def _add_augment_arguments(parser: argparse.ArgumentParser) -> None:
+    from mmssl import augment
+
+    augment.add_arguments(parser)
+    parser.set_defaults(func=augment.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmssl", description="Self-supervised pretraining of text and image-text encoders.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show library log messages and full tracebacks")
@@ -97,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("config", help="mining recipe (YAML), e.g. configs/mine_world_bm25.yaml")
     mine.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. num_negatives=3")
     mine.set_defaults(func=_mine)
+
+    augment = commands.add_parser("augment", help="make positive views (back-translation, lexical edits) into a dataset")
+    _add_augment_arguments(augment)
 
     check = commands.add_parser("check", help="validate a recipe and print it with every default filled in")
     check.add_argument("recipe")

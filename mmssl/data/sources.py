@@ -18,6 +18,7 @@ from mmssl.errors import DataError
 from mmssl.recipes import DataConfig
 
 _EXTENSIONS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+_METADATA = ("stats.json", "dataset_info.json", "state.json")  # written beside data by mmssl/datasets
 _BUILDERS = {"txt": "text", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
 
 
@@ -30,7 +31,8 @@ class Splits:
 def _files(path: str) -> list[str]:
     p = Path(path).expanduser()
     if p.is_dir():
-        found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _EXTENSIONS)
+        found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _EXTENSIONS
+                       and not f.name.endswith(_METADATA))
     elif p.is_file():
         found = [str(p)]
     else:
@@ -70,6 +72,8 @@ def _check_utf8(files: list[str], fmt: str) -> None:
 
 
 def _load_files(path: str, fmt: str) -> datasets.Dataset:
+    if (Path(path).expanduser() / "state.json").is_file():  # a `datasets` save_to_disk folder
+        return datasets.load_from_disk(str(Path(path).expanduser()))
     files = _files(path)
     fmt = _format(files, fmt)
     _check_utf8(files, fmt)

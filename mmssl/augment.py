@@ -1,0 +1,196 @@
+"""`mmssl augment CONFIG.yaml key=value ...`: unlabeled sentences → positive pairs (anchor, positive).
+
+Reads sentences (data.* as in training recipes, role ``text``), makes one view per configured view per
+sentence (back-translation, lexical edits), drops failed/identical/duplicate (and, with an encoder,
+too (dis)similar) views, and writes columns ``anchor, positive, view, source_index`` as jsonl, parquet or a
+`datasets` save_to_disk folder, with ``augment_stats.json`` beside (kept/dropped per reason, per view;
+empty and truncated inputs; translation cache hits and model calls). Contrastive recipes read the output
+with ``data.source: files`` and ``objective.mode: supervised``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STATS_FILE = "augment_stats.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="augmentation recipe (YAML), e.g. configs/augment_world.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. output.path=pairs.jsonl seed=1")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None):
+    from mmssl.data.text_views.config import AugmentConfig
+    from mmssl.recipes import apply_overrides, read_yaml
+    from mmssl.schema import from_dict
+
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    data = raw.get("data")
+    if isinstance(data, dict) and "eval_fraction" not in data:
+        raw["data"] = {**data, "eval_fraction": 0.0}  # augment every row, hold nothing out
+    return from_dict(AugmentConfig, raw)
+
+
+def _read_sentences(cfg) -> list[Any]:
+    from mmssl.data.sources import load_splits
+
+    data = dataclasses.replace(cfg.data, eval_fraction=0.0, eval_path=None)
+    texts = load_splits(data, "text", ["text"], seed=cfg.seed).train["text"]
+    return list(texts)
+
+
+def _truncate(text: str, max_words: int) -> tuple[str, bool]:
+    words = text.split()
+    if len(words) <= max_words:
+        return " ".join(words), False
+    return " ".join(words[:max_words]), True
+
+
+def _target(cfg) -> tuple[Path, str, Path]:
+    from mmssl.errors import MmsslError
+
+    out = Path(cfg.output.path).expanduser()
+    fmt = cfg.output.resolved_format
+    if out.exists() and not cfg.output.overwrite:
+        raise MmsslError(f"output.path {str(out)!r} exists; set output.overwrite=true to replace it")
+    if fmt == "disk":
+        return out, fmt, out / STATS_FILE
+    return out, fmt, out.parent / STATS_FILE
+
+
+def _write(rows: dict[str, list], out: Path, fmt: str, stats: dict) -> None:
+    import datasets
+    import pyarrow.parquet as pq
+
+    ds = datasets.Dataset.from_dict(rows, features=datasets.Features({
+        "anchor": datasets.Value("string"), "positive": datasets.Value("string"), "view": datasets.Value("string"),
+        "source_index": datasets.Value("int64")}))
+    ds.info.description = "mmssl augment: " + json.dumps(stats, sort_keys=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    if fmt == "jsonl":
+        with open(tmp, "w", encoding="utf-8") as handle:
+            names = list(rows)
+            for values in zip(*(rows[n] for n in names)):
+                handle.write(json.dumps(dict(zip(names, values)), ensure_ascii=False) + "\n")
+    elif fmt == "parquet":
+        table = ds.data.table
+        metadata = dict(table.schema.metadata or {})
+        metadata[b"mmssl_augment_stats"] = json.dumps(stats, sort_keys=True).encode()
+        pq.write_table(table.replace_schema_metadata(metadata), tmp)
+    else:
+        ds.save_to_disk(str(tmp))
+        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    os.replace(tmp, out)
+
+
+def augment(cfg) -> dict:
+    """Run an AugmentConfig; returns the statistics (also written to augment_stats.json)."""
+    from mmssl.data.text_views.quality import QualityFilter, count_reasons
+    from mmssl.data.text_views.views import build_views, open_cache
+    from mmssl.errors import DataError
+    from mmssl.schema import to_dict
+
+    started = time.perf_counter()
+    out, fmt, stats_path = _target(cfg)
+    raw_texts = _read_sentences(cfg)
+    indices, texts = [], []
+    empty = truncated = 0
+    for i, text in enumerate(raw_texts):
+        if not isinstance(text, str) or not text.strip():
+            empty += 1
+            continue
+        text, cut = _truncate(text, cfg.max_words)
+        truncated += cut
+        indices.append(i)
+        texts.append(text)
+    if not texts:
+        raise DataError(f"no sentences to augment: all {len(raw_texts)} rows are empty or whitespace")
+    if empty:
+        log.warning("skipped %d empty or whitespace-only sentences", empty)
+    if truncated:
+        log.warning("truncated %d sentences to max_words=%d words", truncated, cfg.max_words)
+
+    from mmssl.data.text_views.cache import NoCache
+
+    translating = any(v.type == "backtranslation" for v in cfg.views)
+    cache = open_cache(cfg.cache) if translating else NoCache()
+    q = cfg.quality
+    quality = QualityFilter(q.drop_identical, q.encoder, q.min_similarity, q.max_similarity, q.batch_size, q.device)
+    views = [view for vcfg in cfg.views for view in build_views(vcfg, cfg.seed, cache)]
+    rows: dict[str, list] = {"anchor": [], "positive": [], "view": [], "source_index": []}
+    per_view: dict[str, dict] = {}
+    seen: set[tuple[str, str]] = set()
+    for view in views:
+        tick = time.perf_counter()
+        made = view.apply(texts, indices)
+        reasons, _ = quality.reasons(texts, made, seen)
+        for text, positive, index, reason in zip(texts, made, indices, reasons):
+            if reason is None:
+                rows["anchor"].append(text)
+                rows["positive"].append(positive)
+                rows["view"].append(view.name)
+                rows["source_index"].append(index)
+        entry: dict[str, Any] = {**view.describe(), "made": len(made), "kept": reasons.count(None),
+                                 "dropped": count_reasons(reasons), "seconds": round(time.perf_counter() - tick, 3)}
+        for side in ("forward", "backward"):
+            translator = getattr(view, side, None)
+            if translator is not None:
+                entry[f"{side}_model_calls"] = translator.calls
+                entry[f"{side}_translated"] = translator.translated
+                entry[f"{side}_truncated_tokens"] = translator.truncated
+        per_view[view.name] = entry
+        log.info("view %s: kept %d of %d", view.name, entry["kept"], len(made))
+    dropped = {r: sum(v["dropped"][r] for v in per_view.values()) for r in next(iter(per_view.values()))["dropped"]}
+    stats = {
+        "name": cfg.name,
+        "output": str(out),
+        "format": fmt,
+        "input_rows": len(raw_texts),
+        "sentences": len(texts),
+        "skipped_empty": empty,
+        "truncated": truncated,
+        "max_words": cfg.max_words,
+        "pairs": len(rows["anchor"]),
+        "kept": len(rows["anchor"]),
+        "dropped": dropped,
+        "views": per_view,
+        "translation_model_calls": sum(v.get("forward_model_calls", 0) + v.get("backward_model_calls", 0)
+                                       for v in per_view.values()),
+        "cache": {"enabled": cfg.cache.enabled and translating, "path": getattr(cache, "path", None) and str(cache.path),
+                  "hits": cache.hits, "misses": cache.misses},
+        "seconds": round(time.perf_counter() - started, 3),
+        "config": to_dict(cfg),
+    }
+    cache.close()
+    if not rows["anchor"]:
+        raise DataError(f"every view was dropped ({dropped}); loosen the quality filter or use other views")
+    _write(rows, out, fmt, stats)
+    stats_path.parent.mkdir(parents=True, exist_ok=True)
+    stats_path.write_text(json.dumps(stats, indent=2), encoding="utf-8")
+    return stats
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, args.overrides)
+    stats = augment(cfg)
+    summary = {k: stats[k] for k in ("output", "format", "sentences", "skipped_empty", "truncated", "pairs",
+                                     "dropped", "translation_model_calls", "cache", "seconds")}
+    summary["views"] = {name: {"kept": v["kept"], "dropped": {r: n for r, n in v["dropped"].items() if n}}
+                        for name, v in stats["views"].items()}
+    print(json.dumps(summary, indent=2))
