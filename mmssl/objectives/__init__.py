@@ -2,3 +2,4 @@
 
 from mmssl.objectives import language_modeling  # noqa: F401
 from mmssl.objectives import contrastive  # noqa: F401
+from mmssl.objectives import clip  # noqa: F401

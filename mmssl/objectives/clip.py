@@ -1,0 +1,284 @@
+"""CLIP: contrastive image-text pretraining (Radford et al. 2021, "Learning Transferable Visual Models From
+Natural Language Supervision") on open_clip models.
+
+* Model: any open_clip architecture (`mmssl.models.clip`), random init or local weights.
+* Data: image-caption pairs (`mmssl.data.image_text`); one caption per image is drawn at every step.
+* Views: batched uint8 augmentation (`mmssl.data.image_views`).
+* Loss: the shared symmetric InfoNCE (`mmssl.losses.info_nce`) with the learnable, clamped logit scale
+  (`LearnableTemperature`); image and text features are gathered from every process with gradient and each
+  process computes the loss of its own rows against all columns (open_clip's "local loss").
+* Evaluation: zero-shot accuracy over class names x prompt templates, image<->text recall@k.
+* Export: open_clip's own folder format, ``open_clip.create_model_and_transforms("local-dir:DIR")``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from mmssl.data.image_text import ImageTextTable, load_image_text
+from mmssl.data.image_views import BatchImageViews, ImageViewsConfig, eval_view
+from mmssl.data.world import POSITIONS
+from mmssl.errors import DataError
+from mmssl.eval.zero_shot import DEFAULT_TEMPLATES, check_classes, class_embeddings, image_text_retrieval, zero_shot_accuracy
+from mmssl.losses import gather_with_grad, info_nce, local_slice_offset
+from mmssl.models.clip import (
+    ClipModule,
+    build_open_clip,
+    build_tokenizer,
+    context_length,
+    image_size,
+    load_open_clip,
+    resolve_config,
+    save_open_clip,
+)
+from mmssl.objectives.base import Objective
+from mmssl.recipes import ObjectiveParams
+from mmssl.registry import register_objective
+
+log = logging.getLogger(__name__)
+
+# Prompts that read like the built-in world's captions ("there is a red circle on the left"), averaged over
+# the positions an object can take (prompt ensembling, as CLIP does with "a photo of a {}" variants).
+WORLD_TEMPLATES = [f"there is {{article}} {{}} {position}" for position in POSITIONS]
+ZERO_SHOT_FILE = "mmssl_zero_shot.json"
+
+
+@dataclass
+class ClipParams(ObjectiveParams):
+    views: ImageViewsConfig = field(default_factory=ImageViewsConfig)
+    caption_sampling: Literal["random", "first"] = "random"
+    init_temperature: float | None = None
+    max_logit_scale: float = 100.0
+    learn_temperature: bool = True
+    gather_negatives: bool = True
+    class_names: list[str] | None = None
+    templates: list[str] | None = None
+    retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.init_temperature is not None and self.init_temperature <= 0:
+            raise ValueError("init_temperature must be > 0 (CLIP uses 0.07)")
+        if self.max_logit_scale <= 1:
+            raise ValueError("max_logit_scale must be > 1 (CLIP uses 100)")
+        if not self.retrieval_ks or min(self.retrieval_ks) < 1:
+            raise ValueError("retrieval_ks must be a list of positive integers")
+        if self.eval_batch_size < 1:
+            raise ValueError("eval_batch_size must be >= 1")
+        if self.class_names is not None:
+            check_classes(self.class_names, "objective.class_names")
+        for t in self.templates or []:
+            if "{}" not in t:
+                raise ValueError(f"template {t!r} needs a '{{}}' placeholder for the class name")
+
+
+class _Indices(torch.utils.data.Dataset):
+    """Rows are example indices; images and captions are gathered in `prepare_batch` in one step."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class Captions:
+    """All captions tokenised once: example i owns rows ``start[i] : start[i] + count[i]`` of ``tokens``."""
+
+    def __init__(self, captions: list[list[str]], tokenizer, chunk: int = 4096):
+        flat = [c for caps in captions for c in caps]
+        self.tokens = torch.cat([tokenizer(flat[i : i + chunk]) for i in range(0, len(flat), chunk)])
+        self.count = torch.tensor([len(c) for c in captions], dtype=torch.long)
+        self.start = torch.cumsum(self.count, 0) - self.count
+
+    def sample(self, index: torch.Tensor, random: bool) -> torch.Tensor:
+        if random:
+            pick = (torch.rand(index.shape[0]) * self.count[index]).long().clamp_max(self.count[index] - 1)
+        else:
+            pick = torch.zeros_like(index)
+        return self.tokens[self.start[index] + pick]
+
+
+@register_objective("clip")
+class Clip(Objective):
+    Params = ClipParams
+    data_kind = "image_text"
+    roles = ["image", "captions"]
+    throughput_unit = "examples"
+
+    # -- setup -----------------------------------------------------------------------------------
+    def setup(self, resume_dir: Path | None) -> None:
+        recipe, p = self.recipe, self.params
+        self.model_cfg = resolve_config(recipe.model)
+        model = build_open_clip(self.model_cfg, recipe.model)
+        self.tokenizer = self._tokenizer()
+        self.image_size = image_size(model)
+        self.mean, self.std = tuple(model.visual.image_mean), tuple(model.visual.image_std)
+        splits = load_image_text(recipe.data, self.image_size, recipe.seed, class_names=p.class_names)
+        self.train, self.eval = splits.train, splits.eval
+        self.class_names = splits.class_names
+        self.templates = p.templates or (WORLD_TEMPLATES if recipe.data.source == "world" else DEFAULT_TEMPLATES)
+        self.train_captions = Captions(self.train.captions, self.tokenizer)
+        self.views = BatchImageViews(p.views, self.image_size, self.mean, self.std)
+        self.module = ClipModule(model, p.init_temperature, p.max_logit_scale, p.learn_temperature)
+        self.train_dataset = _Indices(len(self.train))  # type: ignore[assignment]
+        self.eval_dataset = _Indices(len(self.eval)) if self.eval is not None else None  # type: ignore[assignment]
+        log.info("clip: %d training images (%d skipped), %d eval images, %d classes", len(self.train),
+                 self.train.skipped, len(self.eval) if self.eval is not None else 0, len(self.class_names or []))
+
+    def _tokenizer(self):
+        text = self.model_cfg.get("text_cfg", {})
+        pretrained = self.recipe.model.pretrained
+        if text.get("hf_tokenizer_name") and pretrained and (Path(pretrained) / "tokenizer_config.json").is_file():
+            return build_tokenizer({**self.model_cfg, "text_cfg": {**text, "hf_tokenizer_name": pretrained}})
+        return build_tokenizer(self.model_cfg)
+
+    # -- per step --------------------------------------------------------------------------------
+    def collate(self, rows: list[int]) -> dict[str, Any]:
+        return {"index": torch.tensor(rows, dtype=torch.long)}
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        index = batch["index"]
+        device = index.device
+        index = index.cpu()
+        images = self.views(self.train.images[index])
+        text = self.train_captions.sample(index, self.params.caption_sampling == "random")
+        return {"image": images.to(device), "text": text.to(device)}
+
+    def forward(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        image, text, scale = module(batch["image"], batch["text"])
+        if self.params.gather_negatives:
+            all_image, all_text = gather_with_grad(image), gather_with_grad(text)
+            offset = local_slice_offset(image)
+        else:
+            all_image, all_text, offset = image, text, 0
+        loss = info_nce(image, all_text, logit_scale=scale, symmetric=True, all_queries=all_image, label_offset=offset)
+        return {"loss": loss, "logit_scale": scale.detach()}
+
+    def batch_size_of(self, batch: dict[str, Any]) -> tuple[int, int]:
+        text = batch["text"]
+        return text.shape[0], int((text != 0).sum())
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
+        if self.eval is None:
+            return {}
+        inner: ClipModule = accelerator.unwrap_model(module)
+        limit = None
+        if self.recipe.train.eval_batches is not None:
+            limit = self.recipe.train.eval_batches * self.recipe.train.batch_size
+        was_training = inner.training
+        inner.eval()
+        try:
+            out = evaluate_model(
+                inner.model, self.tokenizer, self.eval, self.class_names, self.templates, self.image_size,
+                self.mean, self.std, float(inner.temperature().detach()), self.params, limit, accelerator.device,
+            )
+        finally:
+            inner.train(was_training)
+        return out
+
+    def evaluate_export(self, directory: Path) -> dict[str, float]:
+        model, _, tokenizer = load_open_clip(directory)
+        model.eval()
+        recipe = self.recipe
+        size = image_size(model)
+        saved = Path(directory) / ZERO_SHOT_FILE
+        meta = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else {}
+        class_names = self.params.class_names or meta.get("class_names")
+        splits = load_image_text(recipe.data, size, recipe.seed, class_names=class_names)
+        if splits.eval is None:
+            raise DataError("no eval data: set data.eval_path, or data.eval_fraction > 0 with at least 20 examples")
+        templates = self.params.templates or meta.get("templates") or (
+            WORLD_TEMPLATES if recipe.data.source == "world" else DEFAULT_TEMPLATES)
+        pp = getattr(model.visual, "preprocess_cfg", {})
+        mean, std = pp.get("mean", model.visual.image_mean), pp.get("std", model.visual.image_std)
+        out = evaluate_model(model, tokenizer, splits.eval, splits.class_names, templates, size, mean, std,
+                             float(model.logit_scale.exp()), self.params, None, torch.device("cpu"))
+        out["skipped_images"] = splits.eval.skipped
+        return out
+
+    # -- export ----------------------------------------------------------------------------------
+    def export(self, module: nn.Module, directory: Path) -> None:
+        tokenizer = self.tokenizer if self.model_cfg.get("text_cfg", {}).get("hf_tokenizer_name") else None
+        save_open_clip(module, self.model_cfg, directory, tokenizer)
+        meta = {"class_names": self.class_names, "templates": self.templates}
+        (directory / ZERO_SHOT_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    def describe(self) -> dict[str, Any]:
+        model = self.module.model
+        skipped = self.train.skipped + (self.eval.skipped if self.eval is not None else 0)
+        reasons: dict[str, int] = dict(self.train.skipped_reasons)
+        if self.eval is not None:
+            for k, v in self.eval.skipped_reasons.items():
+                reasons[k] = reasons.get(k, 0) + v
+        return {
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+            "architecture": self.recipe.model.arch or self.recipe.model.pretrained,
+            "model_class": type(model).__name__,
+            "image_size": self.image_size,
+            "context_length": context_length(model),
+            "train_images": len(self.train),
+            "train_captions": sum(len(c) for c in self.train.captions),
+            "eval_images": len(self.eval) if self.eval is not None else 0,
+            "skipped_images": skipped,
+            "skipped_reasons": reasons,
+            "num_classes": len(self.class_names or []),
+        }
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    tokenizer,
+    table: ImageTextTable,
+    class_names: list[str] | None,
+    templates: list[str],
+    size: int,
+    mean,
+    std,
+    logit_scale: float,
+    params: ClipParams,
+    limit: int | None,
+    device,
+) -> dict[str, float]:
+    """Zero-shot accuracy, image<->text retrieval and the contrastive loss (first caption) on `table`."""
+    n = len(table) if limit is None else min(limit, len(table))
+    bs = params.eval_batch_size
+    feats = torch.cat([
+        model.encode_image(eval_view(table.images[i : i + bs], size, mean, std).to(device)).float().cpu()
+        for i in range(0, n, bs)
+    ])
+
+    def encode_text(texts: list[str]) -> torch.Tensor:
+        return torch.cat([model.encode_text(tokenizer(texts[i : i + bs]).to(device)).float().cpu()
+                          for i in range(0, len(texts), bs)])
+
+    captions = table.captions[:n]
+    out: dict[str, float] = {}
+    first = encode_text([c[0] for c in captions])
+    losses = [
+        info_nce(feats[i : i + bs], first[i : i + bs], logit_scale=logit_scale, symmetric=True)
+        for i in range(0, n, bs) if min(bs, n - i) >= 2
+    ]
+    if losses:
+        out["loss"] = float(torch.stack(losses).mean())
+    out["logit_scale"] = logit_scale
+    labels = table.labels[:n].clone()
+    labels[~table.zero_shot[:n]] = -1
+    if class_names and len(class_names) >= 2 and bool((labels >= 0).any()):
+        classes = class_embeddings(encode_text, class_names, templates)
+        out.update(zero_shot_accuracy(feats, labels, classes))
+    out.update(image_text_retrieval(feats, captions, encode_text, params.retrieval_ks))
+    return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in out.items()}
