@@ -1,0 +1,87 @@
+"""Sentence-transformers and open_clip outputs: push to the local Hub, load back by repo id in each ecosystem."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+import yaml
+from helpers import PYTHON, ROOT, TINY_BERT
+from hub_server import HubServer
+
+from mmssl.recipes import parse_recipe
+from mmssl.train.loop import train
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    with HubServer() as server:
+        yield server
+
+
+def env_for(hub, tmp_path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update({"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test_secret_token", "HF_HOME": str(tmp_path / "hf-home"),
+                "HF_HUB_DISABLE_XET": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    return env
+
+
+def push(hub, tmp_path, out, repo_id) -> dict:
+    done = subprocess.run([PYTHON, "-m", "mmssl.cli", "push", str(out), "--repo-id", repo_id], env=env_for(hub, tmp_path),
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def run_python(code: str, env: dict) -> str:
+    done = subprocess.run([PYTHON, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_sentence_transformer_round_trip(hub, tmp_path):
+    out = tmp_path / "st"
+    train(parse_recipe({
+        "output_dir": str(out), "seed": 0, "data": {"source": "world", "world": {"num_scenes": 100}},
+        "tokenizer": {"vocab_size": 300}, "model": {"arch": "bert", "config": dict(TINY_BERT)},
+        "objective": {"name": "simcse", "max_length": 32, "eval_before": False},
+        "train": {"batch_size": 8, "max_steps": 2, "progress": False, "cpu": True},
+    }))
+    push(hub, tmp_path, out, "org/st-world")
+    files = hub.files("org/st-world")
+    assert "modules.json" in files and "model.safetensors" in files
+    card = yaml.safe_load(files["README.md"].decode().split("---")[1])
+    assert card["library_name"] == "sentence-transformers" and card["pipeline_tag"] == "sentence-similarity"
+    code = ("import json; from sentence_transformers import SentenceTransformer; "
+            "m = SentenceTransformer({!r}); print(json.dumps(m.encode(['a red circle above a blue square']).tolist()))")
+    env = env_for(hub, tmp_path)
+    remote = json.loads(run_python(code.format("org/st-world"), env))
+    local = json.loads(run_python(code.format(str(out)), {**env, "HF_HUB_OFFLINE": "1"}))
+    assert remote == local
+
+
+def test_open_clip_round_trip(hub, tmp_path):
+    out = tmp_path / "clip"
+    train(parse_recipe({
+        "output_dir": str(out), "seed": 0,
+        "data": {"source": "world", "world": {"num_scenes": 64, "image_size": 32, "num_colours": 2, "num_shapes": 2}},
+        "model": {"arch": "mmssl-vit-tiny", "config": {
+            "embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 32, "layers": 1, "head_width": 16},
+            "text_cfg": {"width": 32, "heads": 2, "layers": 1, "context_length": 24}}},
+        "objective": {"name": "clip"},
+        "train": {"batch_size": 16, "max_steps": 2, "progress": False, "cpu": True},
+    }))
+    push(hub, tmp_path, out, "org/clip-world")
+    files = hub.files("org/clip-world")
+    assert "open_clip_config.json" in files
+    card = yaml.safe_load(files["README.md"].decode().split("---")[1])
+    assert card["library_name"] == "open_clip"
+    code = ("import json, torch, open_clip; m, _, _ = open_clip.create_model_and_transforms({!r}); "
+            "t = open_clip.get_tokenizer({!r})(['a red circle']); m.eval(); "
+            "print(json.dumps(m.encode_text(t).tolist()))")
+    env = env_for(hub, tmp_path)
+    remote = json.loads(run_python(code.format("hf-hub:org/clip-world", "hf-hub:org/clip-world"), env))
+    local = json.loads(run_python(code.format(f"local-dir:{out}", f"local-dir:{out}"), {**env, "HF_HUB_OFFLINE": "1"}))
+    assert remote == local
