@@ -120,6 +120,18 @@ class TrainConfig:
 
 
 @dataclass
+class PushConfig:
+    """Publish the run to the Hugging Face Hub when training ends (and optionally at each checkpoint)."""
+
+    repo_id: str
+    private: bool = False
+    revision: str | None = None
+    license: str | None = None
+    endpoint: str | None = None  # default: HF_ENDPOINT or huggingface.co
+    every_checkpoint: bool = False
+
+
+@dataclass
 class ObjectiveParams:
     """Base of every objective's parameters; `name` selects the objective from the registry."""
 
@@ -138,6 +150,7 @@ class Recipe:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    push_to_hub: PushConfig | None = None
 
 
 def _parse_objective(raw: Any) -> ObjectiveParams:

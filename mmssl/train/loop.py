@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from mmssl.errors import DataError, RecipeError, TrainingDiverged
+from mmssl.errors import DataError, MmsslError, RecipeError, TrainingDiverged
 from mmssl.recipes import Recipe, recipe_to_dict, save_recipe
 from mmssl.registry import get_objective
 from mmssl.train import checkpoints as ckpt
@@ -134,6 +134,19 @@ def export(objective, module: torch.nn.Module, output_dir: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def publish(recipe: Recipe, directory: Path, message: str) -> None:
+    """Push an output folder as the recipe's `push_to_hub` says; a failure says how to retry by hand."""
+    from mmssl.export.hub import push_model
+
+    cfg = recipe.push_to_hub
+    try:
+        push_model(directory, cfg.repo_id, endpoint=cfg.endpoint, private=cfg.private, revision=cfg.revision,
+                   license=cfg.license, commit_message=message, overwrite=True)
+    except MmsslError as exc:
+        raise MmsslError(f"{exc} (the trained model is saved in {str(directory)!r}; publish it later with "
+                         f"`mmssl push {directory} --repo-id {cfg.repo_id}`)") from None
+
+
 def train(recipe: Recipe) -> dict[str, Any]:
     """Run `recipe` to completion and return its final metrics (also written to metrics.json)."""
     cfg = recipe.train
@@ -217,6 +230,16 @@ def train(recipe: Recipe) -> dict[str, Any]:
             ckpt.write_state(tmp, state)
             ckpt.commit(tmp, ckpt.final_dir(output_dir, state.step))
             ckpt.prune(output_dir, cfg.keep_checkpoints)
+            if recipe.push_to_hub and recipe.push_to_hub.every_checkpoint:
+                snapshot = output_dir / ".tmp-push"
+                shutil.rmtree(snapshot, ignore_errors=True)
+                snapshot.mkdir()
+                objective.export(accelerator.unwrap_model(module), snapshot)
+                shutil.copy(output_dir / "recipe.yaml", snapshot / "recipe.yaml")
+                (snapshot / "metrics.json").write_text(json.dumps({"steps": state.step, "eval": last_eval,
+                                                                   "processes": world, **description}))
+                publish(recipe, snapshot, f"Checkpoint at step {state.step} (mmssl)")
+                shutil.rmtree(snapshot, ignore_errors=True)
         accelerator.wait_for_everyone()
 
     def run_eval() -> dict[str, float]:
@@ -336,4 +359,6 @@ def train(recipe: Recipe) -> dict[str, Any]:
         _atomic_write(output_dir / "metrics.json", json.dumps(metrics, indent=2))
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if main and recipe.push_to_hub:
+        publish(recipe, output_dir, f"Upload model trained with mmssl ({recipe.objective.name}, {state.step} steps)")
     return metrics

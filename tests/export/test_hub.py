@@ -144,3 +144,30 @@ def test_push_mined_dataset_and_load_it_back(hub, tmp_path):
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     local = [json.loads(line) for line in mined.read_text().splitlines()]
     assert json.loads(loaded.stdout.strip().splitlines()[-1]) == local
+
+
+def test_recipe_push_to_hub_at_checkpoints_and_at_the_end(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_secret_token")
+    raw = lm_recipe(tmp_path / "run", "clm", max_steps=4, save_every=2)
+    raw["push_to_hub"] = {"repo_id": "org/clm-live", "endpoint": hub.url, "every_checkpoint": True}
+    train(parse_recipe(raw))
+    repo = hub.state.repos[("models", "org/clm-live")]
+    titles = [c["title"] for c in repo.commits]
+    assert titles[:2] == ["Checkpoint at step 2 (mmssl)", "Checkpoint at step 4 (mmssl)"]
+    assert titles[-1].startswith("Upload model trained with mmssl (clm, 4 steps)")
+    assert repo.branches["main"]["model.safetensors"] == (tmp_path / "run" / "model.safetensors").read_bytes()
+    assert not (tmp_path / "run" / ".tmp-push").exists()
+
+
+@pytest.mark.skipif(not (os.environ.get("MMSSL_LIVE_HUB") == "1" and os.environ.get("HF_TOKEN")),
+                    reason="live Hub test: opt in with MMSSL_LIVE_HUB=1 and HF_TOKEN (needs internet)")
+def test_live_push_to_the_real_hub(mlm_output, monkeypatch):  # pragma: no cover - opt-in, needs internet
+    import huggingface_hub.constants
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    api = HfApi(endpoint="https://huggingface.co")
+    repo_id = f"{api.whoami()['name']}/mmssl-live-test"
+    result = push_model(mlm_output, repo_id, api=api, private=True, overwrite=True, backoff=2.0)
+    assert "model.safetensors" in api.list_repo_files(repo_id) and result.files
+    api.delete_repo(repo_id)
