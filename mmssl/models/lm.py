@@ -24,15 +24,15 @@ LMKind = Literal["mlm", "clm"]
 _AUTO = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM}
 
 
-def build_language_model(cfg: ModelConfig, kind: LMKind, tokenizer) -> PreTrainedModel:
-    """Pretrained weights from `cfg.pretrained`, or a fresh `cfg.arch` model sized by `cfg.config`."""
-    auto = _AUTO[kind]
+def build_transformers_model(cfg: ModelConfig, auto, what: str, tokenizer, special: dict) -> PreTrainedModel:
+    """`auto` model (an Auto* class, SDPA attention) from `cfg.pretrained`, or a fresh `cfg.arch` sized by
+    `cfg.config`; `what` names the kind of model in error messages."""
     if cfg.pretrained:
         try:
             model = auto.from_pretrained(cfg.pretrained, attn_implementation="sdpa")
         except Exception as exc:
             raise MmsslError(
-                f"model.pretrained {cfg.pretrained!r} could not be loaded as a {kind.upper()} model "
+                f"model.pretrained {cfg.pretrained!r} could not be loaded as {what} "
                 f"({type(exc).__name__}: {exc}); give a local transformers folder or a Hub id (online)"
             ) from None
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
@@ -46,22 +46,26 @@ def build_language_model(cfg: ModelConfig, kind: LMKind, tokenizer) -> PreTraine
             f"model.arch: unknown transformers model type {cfg.arch!r}"
             + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "; use e.g. 'bert', 'roberta' or 'gpt2'")
         )
+    settings = {"vocab_size": len(tokenizer), **special, **cfg.config}
+    if settings["vocab_size"] < len(tokenizer):
+        raise RecipeError(
+            f"model.config.vocab_size={settings['vocab_size']} is smaller than the tokenizer's {len(tokenizer)} tokens"
+        )
+    try:
+        config = AutoConfig.for_model(cfg.arch, **settings)
+        return auto.from_config(config, attn_implementation="sdpa")
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"model: cannot build {what} {cfg.arch!r} from model.config: {exc}") from None
+
+
+def build_language_model(cfg: ModelConfig, kind: LMKind, tokenizer) -> PreTrainedModel:
+    """Pretrained weights from `cfg.pretrained`, or a fresh `cfg.arch` model sized by `cfg.config`."""
     special = {
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
         "eos_token_id": tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
     }
-    try:
-        settings = {"vocab_size": len(tokenizer), **special, **cfg.config}
-        if settings["vocab_size"] < len(tokenizer):
-            raise RecipeError(
-                f"model.config.vocab_size={settings['vocab_size']} is smaller than the tokenizer's {len(tokenizer)} tokens"
-            )
-        config = AutoConfig.for_model(cfg.arch, **settings)
-        model = auto.from_config(config, attn_implementation="sdpa")
-    except (TypeError, ValueError) as exc:
-        raise RecipeError(f"model: cannot build a {kind.upper()} {cfg.arch!r} model from model.config: {exc}") from None
-    return model
+    return build_transformers_model(cfg, _AUTO[kind], f"a {kind.upper()} model", tokenizer, special)
 
 
 def max_positions(model: PreTrainedModel) -> int | None:

@@ -12,7 +12,6 @@ the padding of a random batch while keeping one ``forward`` call per step (one D
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -171,35 +170,12 @@ def pack_sequences(seqs: Sequence[Sequence[int]], pad_id: int, group_size: int, 
 
 def build_backbone(cfg: ModelConfig, tokenizer) -> nn.Module:
     """A transformers ``AutoModel`` (SDPA attention): `cfg.pretrained` (folder or Hub id) or `cfg.arch` + `cfg.config`."""
-    from transformers import AutoConfig, AutoModel
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers import AutoModel
 
-    if cfg.pretrained:
-        try:
-            model = AutoModel.from_pretrained(cfg.pretrained, attn_implementation="sdpa")
-        except Exception as exc:
-            raise MmsslError(
-                f"model.pretrained {cfg.pretrained!r} could not be loaded as a transformers encoder "
-                f"({type(exc).__name__}: {exc}); give a local transformers folder or a Hub id (online)"
-            ) from None
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(len(tokenizer))
-        return model
-    if not cfg.arch:
-        raise RecipeError("model: set model.pretrained (a folder or Hub id) or model.arch (e.g. 'bert')")
-    if cfg.arch not in CONFIG_MAPPING:
-        hint = difflib.get_close_matches(cfg.arch, list(CONFIG_MAPPING.keys()), n=3)
-        raise RecipeError(
-            f"model.arch: unknown transformers model type {cfg.arch!r}"
-            + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "; use e.g. 'bert' or 'roberta'")
-        )
-    special = {"pad_token_id": tokenizer.pad_token_id}
-    try:
-        config = AutoConfig.for_model(cfg.arch, vocab_size=len(tokenizer), **special, **cfg.config)
-        model = AutoModel.from_config(config, attn_implementation="sdpa")
-    except (TypeError, ValueError) as exc:
-        raise RecipeError(f"model: cannot build a {cfg.arch!r} encoder from model.config: {exc}") from None
-    return model
+    from mmssl.models.lm import build_transformers_model
+
+    return build_transformers_model(cfg, AutoModel, "a transformers encoder", tokenizer,
+                                    {"pad_token_id": tokenizer.pad_token_id})
 
 
 def freeze_unused_parameters(encoder: TextEncoder, tokenizer) -> list[str]:
