@@ -16,10 +16,10 @@ Same settings for both: greedy decoding (num_beams 1), at most --max-length toke
   at its default batch size 32, one `augment(list)` call (it pads all sentences to the longest, batches
   in input order, runs a 1-worker DataLoader, generates up to max_length);
 * ``mmssl``         - `BackTranslation` view at its defaults (batch 64), cache disabled: unique texts,
-  sorted by length, padded per batch, `torch.inference_mode`, output capped per batch at
-  2 x its longest input + 10 tokens;
+  sorted by length, padded per batch, `torch.inference_mode`, each output capped at 2 x its
+  own input length + 10 tokens (a per-row stopping criterion);
 * ``mmssl-b32``     - the same at nlpaug's batch size 32 (the like-for-like row);
-* ``mmssl-fullcap`` - batch 32 and no per-batch cap (every batch may run to max_length, like nlpaug).
+* ``mmssl-fullcap`` - batch 32 and no length cap (every row may run to max_length, like nlpaug).
 
 Each run is its own subprocess (peak RSS = that process's ru_maxrss, models and torch included); model
 loading is excluded from the timing; contestants alternate within each repeat; medians are printed.

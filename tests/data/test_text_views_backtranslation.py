@@ -153,3 +153,21 @@ def test_killed_run_resumes_from_its_last_batch(models, tmp_path):
     out = resumed.translate(TEXTS)
     assert resumed.calls == 2 and resumed.translated == 2  # 4 unique texts, 2 were done before the kill
     assert out == Seq2SeqTranslator(models["en-de"], device="cpu", generation=gen).translate(TEXTS)
+
+
+def test_each_output_is_capped_by_its_own_input_length(models):
+    """The length cap is per row: a short text batched with a long one still stops at its own cap (so the
+    output does not depend on its batch), while an uncapped run of the same text goes longer."""
+    long_text, short_text = " ".join(TEXTS[:4]), "a small green star"
+    capped = Generation(num_beams=1, max_length=64, length_ratio=1.0, length_extra=1, batch_size=2)
+    translator = Seq2SeqTranslator(models["en-de"], device="cpu", generation=capped)
+    together = translator.translate([long_text, short_text])
+    alone = Seq2SeqTranslator(models["en-de"], device="cpu", generation=capped).translate([short_text])
+    tok = translator.tokenizer
+    lengths = [len(tok(t)["input_ids"]) for t in (long_text, short_text)]
+    outputs = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in together]
+    assert outputs[1] <= lengths[1] + 1 < outputs[0] <= lengths[0] + 1
+    assert together[1] == alone[0]
+    free = Generation(num_beams=1, max_length=64, length_ratio=100.0, batch_size=2)
+    uncapped = Seq2SeqTranslator(models["en-de"], device="cpu", generation=free).translate([short_text])
+    assert len(tok(uncapped[0], add_special_tokens=False)["input_ids"]) > outputs[1]  # the cap did bind

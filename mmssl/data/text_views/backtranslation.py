@@ -2,8 +2,8 @@
 (MarianMT/OPUS-MT, NLLB, M2M100, mBART-50; local folders or Hub ids) or the rule-based Apertium CLI.
 
 Speed (see scripts/bench_augment.py): unique texts only; cached translations skipped; texts sorted by
-token length and batched so padding is small; each batch's output capped at ``length_ratio × its longest
-input + length_extra`` tokens (bounded by ``max_length``); `torch.inference_mode`; each model loaded once
+token length and batched so padding is small; each output capped at ``length_ratio × its input length +
+length_extra`` tokens (bounded by ``max_length``), row by row; `torch.inference_mode`; each model loaded once
 per process and shared by every view that names it.
 
 Sampling (``do_sample: true``) is seeded per batch from (seed, batch contents): repeatable for the same
@@ -106,6 +106,11 @@ _LANG_TOKEN = re.compile(r"^>>[\w-]+<<$")
 _OPUS = re.compile(r"opus-mt-([a-z]{2,3})(?:_[a-z]+)?-([a-z]{2,3})\b", re.I)
 
 
+def _first_line(exc: Exception) -> str:
+    """The first non-empty line of an error (transformers' missing-backend errors start with a newline)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")[:200]
+
+
 def load_seq2seq(path: str, device: str) -> tuple[Any, Any]:
     """(tokenizer, model) for a translation model, loaded once per process; clear errors for wrong paths."""
     key = (path, device)
@@ -118,7 +123,7 @@ def load_seq2seq(path: str, device: str) -> tuple[Any, Any]:
     except Exception as exc:
         raise TranslationError(
             f"translation model {path!r}: not a transformers model folder or reachable Hub id ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}); give a MarianMT/NLLB/M2M100 folder or Hub id"
+            f"{_first_line(exc)}); give a MarianMT/NLLB/M2M100 folder or Hub id"
         ) from None
     if not getattr(config, "is_encoder_decoder", False):
         raise TranslationError(
@@ -130,7 +135,7 @@ def load_seq2seq(path: str, device: str) -> tuple[Any, Any]:
         model = AutoModelForSeq2SeqLM.from_pretrained(path)
     except Exception as exc:
         raise TranslationError(f"translation model {path!r}: could not load it ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0][:200]})") from None
+                               f"{_first_line(exc)})") from None
     model.eval().to(device)
     _MODELS[key] = (tokenizer, model)
     return tokenizer, model
@@ -175,7 +180,8 @@ class Seq2SeqTranslator(Translator):
                                           "source_lang and pivot_lang (e.g. NLLB eng_Latn/fra_Latn, M2M100 en/fr)")
             for code in (src, tgt):
                 if self._lang_id(code) is None:
-                    known = [t for t in getattr(tok, "additional_special_tokens", []) or []][:12]
+                    known = list(getattr(tok, "lang_code_to_id", None) or getattr(tok, "extra_special_tokens", None)
+                                 or getattr(tok, "additional_special_tokens", None) or [])[:12]
                     raise UnsupportedLanguage(f"translation model {self.path!r} does not know language {code!r}"
                                               + (f"; it knows e.g. {', '.join(known)}" if known else ""))
             tok.src_lang = src
@@ -200,10 +206,17 @@ class Seq2SeqTranslator(Translator):
         return setting_key(model=self._fingerprint, src=self.source_lang, tgt=self.target_lang, prefix=self.prefix,
                            generation=asdict(self.generation), seed=self.seed if self.generation.do_sample else None)
 
+    def _cap(self, input_length: int) -> int:
+        """Most tokens generated for one input: ratio × its length + extra, at most max_length."""
+        g = self.generation
+        return min(g.max_length, math.ceil(g.length_ratio * min(input_length, g.max_length)) + g.length_extra)
+
     def _translate(self, texts: list[str]) -> list[str]:
         import torch
 
         g, tok = self.generation, self.tokenizer
+        if self.forced_bos is not None:  # the tokenizer is shared by every translator of this folder
+            tok.src_lang = self.source_lang
         inputs = [self.prefix + t for t in texts]
         lengths = [len(ids) for ids in tok(inputs, add_special_tokens=True)["input_ids"]]
         self.truncated += sum(n > g.max_length for n in lengths)
@@ -214,10 +227,10 @@ class Seq2SeqTranslator(Translator):
             enc = tok([inputs[i] for i in batch], padding=True, truncation=True, max_length=g.max_length,
                       return_tensors="pt")
             enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-            longest = min(lengths[batch[0]], g.max_length)
-            cap = min(g.max_length, math.ceil(g.length_ratio * longest) + g.length_extra)
-            kwargs: dict[str, Any] = {"num_beams": g.num_beams, "do_sample": g.do_sample, "max_new_tokens": cap,
-                                      "max_length": None}
+            caps = [self._cap(lengths[i]) for i in batch]
+            kwargs: dict[str, Any] = {"num_beams": g.num_beams, "do_sample": g.do_sample, "max_new_tokens": max(caps),
+                                      "max_length": None, "stopping_criteria": _row_limits(caps),
+                                      "forced_eos_token_id": None}  # rows end by their own caps, not forced EOS
             if g.do_sample:
                 kwargs.update(top_k=g.top_k, top_p=g.top_p, temperature=g.temperature)
             if self.forced_bos is not None:
@@ -233,6 +246,22 @@ class Seq2SeqTranslator(Translator):
                 out[i] = text
             self._save([texts[i] for i in batch], decoded)
         return out
+
+
+def _row_limits(caps: list[int]):
+    """A stopping criterion that ends each row at its own token cap. Caps per row (not per batch) keep
+    greedy and beam outputs independent of which texts share a batch, and stop short rows early."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    limits = torch.tensor(caps)
+
+    class RowLimits(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+            per_row = limits.to(input_ids.device).repeat_interleave(input_ids.shape[0] // len(limits))
+            return (input_ids.shape[1] - 1) >= per_row  # the decoder starts from one start token
+
+    return StoppingCriteriaList([RowLimits()])
 
 
 class ApertiumTranslator(Translator):
