@@ -32,6 +32,7 @@ class Objective:
         self.module: nn.Module
         self.train_dataset: datasets.Dataset
         self.eval_dataset: datasets.Dataset | None = None
+        self.epoch = 0
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self, resume_dir: Path | None) -> None:
@@ -45,6 +46,11 @@ class Objective:
     # -- per step --------------------------------------------------------------------------------
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each pass over the data (before loader workers start), so that
+        per-example random transforms made in `collate` can depend on (seed, epoch, index) only."""
+        self.epoch = epoch
 
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Random per-step transforms (masking, views). Uses torch's global RNG, seeded by the trainer."""

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from mmssl.data.sources import load_splits
+from mmssl.data.text_views.config import CacheConfig, ViewConfig
 from mmssl.data.tokenizers import build_tokenizer, load_pretrained_tokenizer
 from mmssl.errors import DataError, RecipeError
 from mmssl.eval.embeddings import embedding_metrics
@@ -101,8 +102,16 @@ class SimCSEParams(ObjectiveParams):
     eval_pairs: str | None = None
     eval_max_pairs: int | None = 1000
     eval_before: bool = True
+    # on-the-fly positives (unsupervised mode): each example's second view is an edit of it (one of these
+    # views, chosen per example and epoch) instead of a second dropout pass; see mmssl.data.text_views
+    text_views: list[ViewConfig] = field(default_factory=list)
+    text_views_cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
+        if self.text_views and self.mode != "unsupervised":
+            raise ValueError("text_views make the positives of mode=unsupervised; supervised data already has "
+                             "positives (make views offline with `mmssl augment`, then train on its anchor/positive "
+                             "columns)")
         if self.max_length < 2:
             raise ValueError("max_length must be >= 2")
         if not (isinstance(self.temperature, float) and math.isfinite(self.temperature) and self.temperature > 0):
@@ -207,11 +216,16 @@ class SimCSE(Objective):
     # -- setup -----------------------------------------------------------------------------------
     def setup(self, resume_dir: Path | None) -> None:
         recipe, p = self.recipe, self.params
+        self.text_views = None
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if p.mode == "unsupervised":
             self.data_kind, self.roles = "text", ["text"]
             splits = load_splits(recipe.data, "text", ["text"], seed=recipe.seed)
             self.views = ["text", "text"]
+            if p.text_views:
+                from mmssl.data.text_views import TextViews
+
+                self.text_views = TextViews(p.text_views, seed=recipe.seed, cache=p.text_views_cache)
         else:
             negatives = self._negative_roles() if p.hard_negatives else []
             self.data_kind, self.roles = "pairs", ["anchor", "positive", *negatives]
@@ -299,6 +313,9 @@ class SimCSE(Objective):
             columns[f"{column}_ids"] = tok(texts, truncation=True, max_length=max_length,
                                            return_attention_mask=False)["input_ids"]
             columns[f"{column}_hash"] = text_ids(texts).tolist()
+        if self.text_views is not None:  # views are made per step from the raw text and its row index
+            columns["text"] = list(ds["text"])
+            columns["index"] = list(range(len(ds)))
         return _Rows(columns)
 
     def _eval_rows(self, split_eval: datasets.Dataset | None) -> dict[str, list] | None:
@@ -345,6 +362,14 @@ class SimCSE(Objective):
         pad = self.tokenizer.pad_token_id
         b = len(rows)
         seqs = [[r[f"{view}_ids"] for r in rows] for view in self.views]
+        changed = None
+        if self.text_views is not None:
+            sources = [r["text"] for r in rows]
+            edited = self.text_views(sources, [r["index"] for r in rows], self.epoch)
+            seqs[1] = self.tokenizer(edited, truncation=True, max_length=p.max_length,
+                                     return_attention_mask=False)["input_ids"]
+            changed = sum(src != new for src, new in zip(sources, edited)) / max(1, b)
+        # duplicate masking compares source texts: a view of a duplicate caption is a false negative
         hashes = torch.tensor([[r[f"{view}_hash"] for r in rows] for view in self.views], dtype=torch.long)
         group = p.cached_chunk_size or p.bucket_size
         batch: dict[str, Any] = {"hashes": hashes, "num_rows": b, "num_views": len(self.views)}
@@ -357,6 +382,8 @@ class SimCSE(Objective):
             flat = [s for view in seqs for s in view]
             batch["packed"] = pack_sequences(flat, pad, group or len(flat), sort=group is not None)
         batch["tokens"] = sum(len(s) for s in flat)
+        if changed is not None:
+            batch["views_changed"] = torch.tensor(changed, dtype=torch.float64)
         return batch
 
     def batch_size_of(self, batch: dict[str, Any]) -> tuple[int, int]:
@@ -394,6 +421,8 @@ class SimCSE(Objective):
             assert core.queue is not None
             b = batch["num_rows"]
             core.queue.enqueue(gather_no_grad(keys[:b]) if p.gather else keys[:b])
+        if "views_changed" in batch:
+            out["views_changed"] = batch["views_changed"]
         return {k: v.detach() for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
 
     def _keys(self, core: ContrastiveModule, batch: dict[str, Any]) -> torch.Tensor | None:
@@ -504,4 +533,5 @@ class SimCSE(Objective):
             "cached": p.cached_chunk_size is not None,
             "frozen_unused_parameters": self.frozen,
             "eval_before": self.before,
+            **({"text_views": self.text_views.describe()} if self.text_views is not None else {}),
         }

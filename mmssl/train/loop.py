@@ -276,6 +276,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
     while state.step < total_steps:
         sampler.set_epoch(state.epoch)
         train_loader.set_epoch(state.epoch)
+        objective.set_epoch(state.epoch)
         loader = accelerator.skip_first_batches(train_loader, state.batch_in_epoch) if state.batch_in_epoch else train_loader
         for batch in loader:
             micro = state.batch_in_epoch

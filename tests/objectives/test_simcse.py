@@ -199,3 +199,41 @@ def test_short_training_improves_retrieval(tmp_path):
     assert after["recall@1"] > before["recall@1"] + 0.1, (before, after)
     assert after["mrr@10"] > before["mrr@10"]
     assert after["hard_negative_accuracy"] > before["hard_negative_accuracy"]
+
+
+VIEWS = [{"type": "synonym", "p": 0.3}, {"type": "insert", "p": 0.2}]
+
+
+def test_text_views_make_the_positive_per_example_and_epoch(tmp_path):
+    """Unsupervised mode with text_views: the second view is an edit of the first, a function of
+    (seed, epoch, row) only: the same again for the same epoch, other edits in the next."""
+    obj = make(tmp_path, objective={"mode": "unsupervised", "text_views": VIEWS})
+    rows = [obj.train_dataset[i] for i in range(16)]
+    decode = obj.tokenizer.batch_decode
+
+    def views(epoch: int, batch_rows) -> list[str]:
+        obj.set_epoch(epoch)
+        packed = obj.collate(batch_rows)
+        assert packed["num_views"] == 2
+        ids = [r["text_ids"] for r in batch_rows]
+        second = obj.tokenizer(obj.text_views([r["text"] for r in batch_rows], [r["index"] for r in batch_rows],
+                                              epoch), truncation=True, max_length=32)["input_ids"]
+        assert packed["tokens"] == sum(map(len, ids)) + sum(map(len, second))
+        return decode(second, skip_special_tokens=True), float(packed["views_changed"])
+
+    first, changed = views(0, rows)
+    anchors = decode([r["text_ids"] for r in rows], skip_special_tokens=True)
+    assert changed >= 0.5 and sum(a != v for a, v in zip(anchors, first)) >= 8
+    assert views(0, rows)[0] == first                           # same epoch: same views
+    assert views(0, rows[8:])[0] == first[8:]                   # ... whatever else is in the batch
+    assert views(1, rows)[0] != first                           # next epoch: other edits
+    out, _ = step(obj, obj.module, rows)
+    assert torch.isfinite(out["loss"]) and 0.5 <= float(out["views_changed"]) <= 1.0
+    assert obj.describe()["text_views"][0]["name"] == "synonym"
+
+
+def test_text_views_need_unsupervised_mode(tmp_path):
+    with pytest.raises(RecipeError, match="text_views make the positives of mode=unsupervised"):
+        parse_recipe(tiny_raw(tmp_path, objective={"mode": "supervised", "text_views": VIEWS}))
+    with pytest.raises(RecipeError, match="objective.text_views"):
+        parse_recipe(tiny_raw(tmp_path, objective={"mode": "unsupervised", "text_views": [{"type": "paraphrase"}]}))
