@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -81,6 +83,43 @@ class DenseEncoder:
             table = self._run(unique)
         where = {t: i for i, t in enumerate(unique)}
         return table[[where[t] for t in texts]]
+
+    def encode_stream(self, texts: Iterable[str], count: int, chunk: int = 50_000) -> np.ndarray:
+        """Normalised embeddings of `count` distinct texts read from a stream, `chunk` at a time, into one
+        preallocated matrix; new embeddings go to the cache in one write at the end."""
+        out: np.ndarray | None = None
+        fresh_texts: list[str] = []
+        fresh_vectors: list[np.ndarray] = []
+        stream = iter(texts)
+        start = 0
+        while block := list(itertools.islice(stream, chunk)):
+            if self.cache is not None:
+                rows, missing = self.cache.lookup(block)
+                vectors = np.empty((len(block), self.dim), dtype=np.float32)
+                if len(missing) < len(block):
+                    hit = rows >= 0
+                    vectors[hit] = np.asarray(self.cache.vectors)[rows[hit]]
+                if missing:
+                    todo = [block[i] for i in missing]
+                    vectors[missing] = encoded = self._run(todo)
+                    fresh_texts += todo
+                    fresh_vectors.append(encoded)
+            else:
+                vectors = self._run(block)
+            if out is None:
+                out = np.empty((count, vectors.shape[1]), dtype=np.float32)
+            out[start:start + len(block)] = vectors
+            start += len(block)
+        if start != count:
+            raise MmsslError(f"dense: the corpus stream gave {start} texts, {count} expected")
+        if self.cache is not None and fresh_texts:
+            self.cache.add(fresh_texts, np.concatenate(fresh_vectors))
+        return out if out is not None else np.zeros((0, self.dim), dtype=np.float32)
+
+    @property
+    def dim(self) -> int:
+        get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(get())
 
     def _run(self, texts: list[str]) -> np.ndarray:
         self.encoded += len(texts)

@@ -22,6 +22,7 @@ from mmssl.data.sources import load_splits
 from mmssl.errors import DataError
 from mmssl.mining.bm25 import BM25Index
 from mmssl.mining.config import MiningConfig, dump
+from mmssl.mining.corpus import Corpus
 from mmssl.mining.dense import DenseEncoder, top_k
 
 _SPACE = re.compile(r"\s+")
@@ -61,15 +62,6 @@ def _load_pairs(cfg: MiningConfig) -> tuple[list[str], list[str], Counter]:
     return queries, positives, counts
 
 
-def _load_corpus(cfg: MiningConfig, positives: list[str]) -> list[str]:
-    """The corpus is the separate corpus (if any) plus every positive, each distinct text once."""
-    texts: list[str] = []
-    if cfg.corpus is not None:
-        corpus = dataclasses.replace(cfg.corpus, eval_fraction=0.0)
-        texts = [t for t in load_splits(corpus, "text", ["text"], seed=cfg.seed).train["text"] if t and t.strip()]
-    return list(dict.fromkeys(texts + positives))
-
-
 def _fuse(lists: list[tuple[np.ndarray, np.ndarray]], cfg: MiningConfig) -> tuple[np.ndarray, np.ndarray]:
     """Reciprocal-rank fusion (Cormack et al. 2009) or weighted fusion of min-max normalised scores."""
     fused_ids, fused_scores = [], []
@@ -96,9 +88,8 @@ def _fuse(lists: list[tuple[np.ndarray, np.ndarray]], cfg: MiningConfig) -> tupl
 def mine(cfg: MiningConfig) -> MiningResult:
     started = time.perf_counter()
     queries, positives, counts = _load_pairs(cfg)
-    corpus = _load_corpus(cfg, positives)
-    where = {t: i for i, t in enumerate(corpus)}
-    positive_ids = np.array([where[p] for p in positives])
+    corpus = Corpus.load(cfg.corpus, positives, cfg.seed)  # streamed: texts stay in their Arrow table
+    positive_ids = corpus.ids_of(positives)
     others = len(corpus) - 1
     if others < cfg.num_negatives:
         raise DataError(f"mining: {cfg.num_negatives} negatives asked but the corpus has only {others} other documents; "
@@ -115,14 +106,14 @@ def mine(cfg: MiningConfig) -> MiningResult:
     if cfg.method in ("bm25", "hybrid") or cfg.guards.bm25_max_relative_score is not None:
         t = time.perf_counter()
         bm25 = BM25Index(cfg.bm25)
-        bm25.build(corpus)
+        bm25.build(corpus.iter_texts(), num_docs=len(corpus))
         timings["bm25_index_s"] = time.perf_counter() - t
         bm25_pos = bm25.score_pairs(queries, positive_ids)
     q_emb = c_emb = None
     if cfg.dense.model:
         t = time.perf_counter()
         encoder = DenseEncoder(cfg.dense)
-        q_emb, c_emb = encoder.encode(queries), encoder.encode(corpus)
+        q_emb, c_emb = encoder.encode(queries), encoder.encode_stream(corpus.iter_texts(), len(corpus))
         timings["encode_s"] = time.perf_counter() - t
         dense_pos = np.einsum("ij,ij->i", q_emb, c_emb[positive_ids])
 
@@ -140,7 +131,10 @@ def mine(cfg: MiningConfig) -> MiningResult:
 
     g = cfg.guards
     rng = random.Random(cfg.seed)
-    norm_corpus = [normalise(t) for t in corpus] if g.exclude_duplicates else None
+    # only the documents that can appear in the output are read back (and normalised), not the corpus
+    needed = np.unique(np.concatenate([ids[ids >= 0].ravel(), positive_ids]))
+    text_of = dict(zip(needed.tolist(), corpus.texts(needed)))
+    norm_corpus = {d: normalise(t) for d, t in text_of.items()} if g.exclude_duplicates else None
     rows: dict[str, list] = defaultdict(list)
     kept_rows = 0
     for i, (query, positive) in enumerate(zip(queries, positives)):
@@ -188,7 +182,7 @@ def mine(cfg: MiningConfig) -> MiningResult:
         rows["positive"].append(positive)
         rows["positive_score"].append(float(primary_pos[i]))
         for n, (rank, doc, score) in enumerate(chosen, start=1):
-            rows[f"negative_{n}"].append(corpus[doc])
+            rows[f"negative_{n}"].append(text_of[doc])
             rows[f"negative_{n}_score"].append(score)
             rows[f"negative_{n}_rank"].append(rank)
     if kept_rows == 0:

@@ -8,6 +8,7 @@ import subprocess
 import bm25s
 import numpy as np
 import pytest
+import torch
 from helpers import PYTHON, ROOT
 
 from mmssl.data.world import world_columns
@@ -74,21 +75,36 @@ def test_rows_are_well_formed_and_respect_the_guards():
             assert row[f"negative_{n}_score"] <= 0.95 * row["positive_score"] + 1e-6
 
 
-def test_bm25_ranking_is_identical_to_bm25s_with_the_same_settings():
+@pytest.mark.parametrize("settings", [{}, {"stemmer": "english", "method": "robertson"}, {"method": "bm25+"}],
+                         ids=["lucene", "robertson-stemmed", "bm25plus"])
+def test_streamed_bm25_index_equals_bm25s_index(settings):
+    """The chunked index holds bm25s' own score matrix (term by term, same float32 values) and ranks the same."""
+    import Stemmer
+
     from mmssl.mining.bm25 import BM25Index
     from mmssl.mining.config import BM25Config
 
-    corpus = list(dict.fromkeys(world_columns(WorldConfig(num_scenes=300), "text")["text"]))
+    corpus = list(dict.fromkeys(world_columns(WorldConfig(num_scenes=300), "text")["text"])) + ["", "the of and"]
     queries = corpus[:50]
-    ours = BM25Index(BM25Config())
-    ours.build(corpus)
+    ours = BM25Index(BM25Config(**settings))
+    ours.build(iter(corpus), chunk_size=37)  # many chunks, each with its own local vocabulary
+    stemmer = Stemmer.Stemmer("english") if settings.get("stemmer") else None
+    ref = bm25s.BM25(method=settings.get("method", "lucene"))
+    ref.index(bm25s.tokenize(corpus, stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
+    mine, theirs = ours.retriever, ref
+    assert mine.scores["num_docs"] == theirs.scores["num_docs"] == len(corpus)
+    assert set(mine.vocab_dict) == set(theirs.vocab_dict)
+    for token, term in theirs.vocab_dict.items():
+        if token == "":
+            continue
+        a, b = mine.vocab_dict[token], term
+        span = lambda s, t: slice(s["indptr"][t], s["indptr"][t + 1])  # noqa: E731
+        assert np.array_equal(mine.scores["indices"][span(mine.scores, a)], theirs.scores["indices"][span(theirs.scores, b)])
+        assert np.array_equal(mine.scores["data"][span(mine.scores, a)], theirs.scores["data"][span(theirs.scores, b)]), token
     ids, scores = ours.search(queries, 10)
-    ref = bm25s.BM25()
-    ref.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
-    ref_ids, ref_scores = ref.retrieve(bm25s.tokenize(queries, stopwords="en", return_ids=False, show_progress=False),
-                                       k=10, show_progress=False)
-    assert np.array_equal(scores, ref_scores)
-    assert np.array_equal(ids[scores > 0], ref_ids[ref_scores > 0]) or np.allclose(scores, ref_scores)
+    tokens = bm25s.tokenize(queries, stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False)
+    ref_ids, ref_scores = ref.retrieve(tokens, k=10, show_progress=False)
+    assert np.array_equal(scores, ref_scores) and np.array_equal(ids, ref_ids)
 
 
 def test_chunked_exact_top_k_equals_brute_force():
@@ -112,6 +128,7 @@ def tiny_encoder(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("encoder")
     tok = train_wordpiece([world_columns(WorldConfig(num_scenes=300), "text")["text"]], 300, 1, True)
+    torch.manual_seed(0)  # a fixed random encoder: its similarities decide which guards fire
     BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64)).save_pretrained(root / "hf")
     tok.save_pretrained(root / "hf")
@@ -164,3 +181,25 @@ def test_cli_writes_rows_and_stats(tmp_path):
     bad = subprocess.run([PYTHON, "-m", "mmssl.cli", "mine", str(ROOT / "configs/mine_world_bm25.yaml"),
                           "num_negatives=0"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "num_negatives must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_corpus_streams_distinct_documents_from_its_table(tmp_path):
+    """A corpus file is read in chunks and kept in Arrow: duplicates and empty rows dropped, positives
+    not in it appended, ids found by text, documents fetched by id."""
+    from mmssl.mining import corpus as corpus_module
+    from mmssl.mining.corpus import Corpus
+    from mmssl.recipes import DataConfig
+
+    docs = ["doc a", "doc b", "", "doc a", "  ", "doc c", "doc b", "doc d"]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(json.dumps({"body": d}) for d in docs))
+    cfg = DataConfig(source="files", path=str(path), columns={"text": "body"})
+    chunk, corpus_module.CHUNK = corpus_module.CHUNK, 3  # several chunks
+    try:
+        corpus = Corpus.load(cfg, positives=["doc c", "new positive", "new positive"])
+    finally:
+        corpus_module.CHUNK = chunk
+    expected = ["doc a", "doc b", "doc c", "doc d", "new positive"]
+    assert len(corpus) == 5 and list(corpus.iter_texts(chunk=2)) == expected
+    assert corpus.texts([4, 0, 2, 2]) == ["new positive", "doc a", "doc c", "doc c"]
+    assert corpus.ids_of(["doc d", "new positive", "missing"]).tolist() == [3, 4, -1]
