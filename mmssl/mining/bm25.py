@@ -102,33 +102,47 @@ def _streamed_index(index: BM25Index, texts, chunk_size: int) -> bm25s.BM25:
         offset += len(chunk)
     if offset == 0:
         raise MmsslError("BM25: the corpus is empty; give at least one document")
-    doc, term, tf = np.concatenate(docs), np.concatenate(terms), np.concatenate(counts)
-    del docs, terms, counts
+    doc = np.concatenate(docs)  # one array at a time: the chunks and one full copy, never two copies
+    del docs
+    term = np.concatenate(terms)
+    del terms
+    tf = np.concatenate(counts)
+    del counts
     length = np.concatenate(lengths)
     retriever = bm25s.BM25(k1=cfg.k1, b=cfg.b, method=cfg.method)
     avg = np.array(length).mean()
     df = np.bincount(term, minlength=len(vocab))
     idf_of = _select_idf_scorer(retriever.idf_method)
-    idf = np.zeros(len(vocab), dtype=np.float32)
-    for value in np.unique(df[df > 0]):
-        idf[df == value] = idf_of(int(value), N=offset)
+    values, which = np.unique(df, return_inverse=True)  # idf per distinct document frequency, as bm25s: math.log
+    idf64 = np.array([idf_of(int(v), N=offset) if v > 0 else 0.0 for v in values], dtype=np.float64)[which]
+    idf = idf64.astype(np.float32)
     k1, b = cfg.k1, cfg.b
     # bm25s evaluates each document's term-frequency component in float64 (its average length is a numpy
-    # float64) against float32 idf values, and stores float32; the same here, so the values are identical
-    tfc = _select_tfc_scorer(cfg.method)(tf_array=tf.astype(np.float64), l_d=length[doc], l_avg=avg, k1=k1, b=b,
-                                         delta=retriever.delta)
-    scores = idf[term] * tfc
+    # float64) against float32 idf values, and stores float32; the same here, so the values are identical.
+    # Done in slices, so that the float64 temporaries stay small.
+    tfc_of = _select_tfc_scorer(cfg.method)
     retriever.nonoccurrence_array = None
     if cfg.method in ("bm25l", "bm25+"):
-        base = _select_tfc_scorer(cfg.method)(tf_array=0, l_d=avg, l_avg=avg, k1=k1, b=b, delta=retriever.delta)
-        retriever.nonoccurrence_array = (idf * base).astype(np.float32)
-        scores -= retriever.nonoccurrence_array[term]
-    scores = scores.astype(np.float32)
+        base = tfc_of(tf_array=0, l_d=avg, l_avg=avg, k1=k1, b=b, delta=retriever.delta)
+        retriever.nonoccurrence_array = (idf64 * base).astype(np.float32)
+    scores = np.empty(len(tf), dtype=np.float32)
+    for start in range(0, len(tf), 1 << 22):
+        part = slice(start, start + (1 << 22))
+        value = idf[term[part]] * tfc_of(tf_array=tf[part].astype(np.float64), l_d=length[doc[part]], l_avg=avg,
+                                         k1=k1, b=b, delta=retriever.delta)
+        if retriever.nonoccurrence_array is not None:
+            value -= retriever.nonoccurrence_array[term[part]]
+        scores[part] = value
     del tf
     order = np.argsort(term, kind="stable")  # term-major (CSC), documents ascending within each term
+    del term
+    indices = doc[order]
+    del doc
+    data = scores[order]
+    del scores, order
     indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
     np.cumsum(df, out=indptr[1:])
-    retriever.scores = {"data": scores[order].astype(np.float32), "indices": doc[order],
+    retriever.scores = {"data": data, "indices": indices,
                         "indptr": indptr, "num_docs": offset}
     retriever.vocab_dict = {**vocab, **({"": len(vocab)} if "" not in vocab else {})}
     retriever.unique_token_ids_set = set(retriever.vocab_dict.values())

@@ -51,12 +51,12 @@ class Corpus:
             _, first = np.unique(all_hashes[candidates], return_index=True)  # first occurrence of each text
             rows = candidates[np.sort(first)]
             hashes = all_hashes[rows]
-        known = set(hashes.tolist())
-        extra: list[str] = []
-        for text, h in zip(positives, text_hashes(positives).tolist()):
-            if h not in known:
-                known.add(h)
-                extra.append(text)
+        positive_hashes = text_hashes(positives)
+        new = ~np.isin(positive_hashes, hashes)
+        _, first = np.unique(positive_hashes, return_index=True)
+        keep = np.zeros(len(positives), dtype=bool)
+        keep[first] = True
+        extra = [positives[i] for i in np.flatnonzero(new & keep)]
         return cls(table, rows, extra, np.concatenate([hashes, text_hashes(extra)]))
 
     def __len__(self) -> int:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import torch
 
 from mmssl.errors import MmsslError
 from mmssl.mining.config import DenseConfig
@@ -55,6 +54,7 @@ class EmbeddingCache:
 
 class DenseEncoder:
     def __init__(self, cfg: DenseConfig):
+        import torch
         from sentence_transformers import SentenceTransformer
 
         self.cfg = cfg
@@ -139,6 +139,8 @@ def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, budget: int = 1 << 26
         index.add(np.ascontiguousarray(corpus, dtype=np.float32))
         scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return ids, scores
+    import torch  # here, not at the top: BM25-only mining never loads torch (about 300 MB)
+
     corpus_t = torch.from_numpy(np.ascontiguousarray(corpus))
     doc_chunk = max(k, min(len(corpus), budget // 256))
     query_chunk = max(1, budget // doc_chunk)
