@@ -106,3 +106,27 @@ def test_bad_input_is_one_line(tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("mmssl: error:") and message in lines[-1], done.stderr[-3000:]
     assert "Traceback" not in done.stderr
+
+
+def test_text_views_recipe_resumes_exactly(tmp_path):
+    """On-the-fly views depend on (seed, epoch, row) only: a run stopped after its first epoch and resumed
+    ends with the same weights as an uninterrupted one (3 steps per epoch; the resume starts epoch 1)."""
+    # a constant learning rate: the stopped run's schedule must not depend on its shorter max_steps
+    common = ["data.max_examples=48", "train.save_every=3", "objective.eval_before=false",
+              "train.scheduler=constant", "train.warmup_ratio=0"]
+    first = cli("train", "configs/simcse_views_world.yaml", *overrides(tmp_path / "part", "train.max_steps=3", *common))
+    assert first.returncode == 0, first.stderr[-3000:]
+    # the same vocabulary for both runs (tokenizers' WordPiece trainer breaks ties per process)
+    pinned = f"tokenizer.path={tmp_path / 'part'}"
+    whole = cli("train", "configs/simcse_views_world.yaml",
+                *overrides(tmp_path / "whole", "train.max_steps=6", pinned, *common))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    resumed = cli("train", "configs/simcse_views_world.yaml",
+                  *overrides(tmp_path / "part", "train.max_steps=6", "train.resume_from=latest", *common))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("whole", "part"))
+    assert a["steps"] == b["steps"] == 6 and a["parameter_checksums"] == b["parameter_checksums"]
+    assert [v["name"] for v in a["text_views"]] == ["synonym", "insert"]
+    logged = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    changed = [row["views_changed"] for row in logged if row["event"] == "train"]
+    assert len(changed) == 6 and min(changed) > 0.5

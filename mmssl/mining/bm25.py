@@ -126,8 +126,8 @@ def _streamed_index(index: BM25Index, texts, chunk_size: int) -> bm25s.BM25:
         base = tfc_of(tf_array=0, l_d=avg, l_avg=avg, k1=k1, b=b, delta=retriever.delta)
         retriever.nonoccurrence_array = (idf64 * base).astype(np.float32)
     scores = np.empty(len(tf), dtype=np.float32)
-    for start in range(0, len(tf), 1 << 22):
-        part = slice(start, start + (1 << 22))
+    for start in range(0, len(tf), 1 << 20):
+        part = slice(start, start + (1 << 20))
         value = idf[term[part]] * tfc_of(tf_array=tf[part].astype(np.float64), l_d=length[doc[part]], l_avg=avg,
                                          k1=k1, b=b, delta=retriever.delta)
         if retriever.nonoccurrence_array is not None:
