@@ -140,7 +140,7 @@ def _streamed_index(index: BM25Index, texts, chunk_size: int) -> bm25s.BM25:
     del doc
     data = scores[order]
     del scores, order
-    indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
+    indptr = np.zeros(len(vocab) + 1, dtype=np.int64)  # as bm25s' own index
     np.cumsum(df, out=indptr[1:])
     retriever.scores = {"data": data, "indices": indices,
                         "indptr": indptr, "num_docs": offset}

@@ -70,6 +70,9 @@ class Objective:
         backward(out["loss"])
         return {k: v.detach() for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
 
+    def after_optimizer_step(self, module: nn.Module) -> None:
+        """Called after each optimiser step (not per micro-batch): e.g. a momentum (EMA) encoder update."""
+
     def batch_size_of(self, batch: dict[str, Any]) -> tuple[int, int]:
         """(examples, tokens) in a batch, for throughput."""
         ids = batch.get("input_ids")

@@ -397,9 +397,6 @@ class SimCSE(Objective):
 
     def training_step(self, module: nn.Module, batch: dict[str, Any], backward) -> dict[str, torch.Tensor]:
         core, p = _unwrap(module), self.params
-        if self._queue_mode:
-            assert core.key_encoder is not None
-            momentum_update(core.encoder, core.key_encoder, p.momentum)
         keys = self._keys(core, batch)
         if p.cached_chunk_size is None:
             out = self._loss(core, module(packed=batch["packed"]), batch, keys)
@@ -424,6 +421,13 @@ class SimCSE(Objective):
         if "views_changed" in batch:
             out["views_changed"] = batch["views_changed"]
         return {k: v.detach() for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
+
+    def after_optimizer_step(self, module: nn.Module) -> None:
+        """MoCo: the key encoder follows the online one once per optimiser step, not per micro-batch."""
+        if self._queue_mode:
+            core = _unwrap(module)
+            assert core.key_encoder is not None
+            momentum_update(core.encoder, core.key_encoder, self.params.momentum)
 
     def _keys(self, core: ContrastiveModule, batch: dict[str, Any]) -> torch.Tensor | None:
         if not self._queue_mode:

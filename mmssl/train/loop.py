@@ -305,6 +305,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            objective.after_optimizer_step(module)
             state.step += 1
             progress.update(1)
             if state.step % cfg.log_every == 0 or state.step == total_steps:

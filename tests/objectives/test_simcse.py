@@ -142,8 +142,14 @@ def test_queue_fills_and_is_saved_in_state(tmp_path):
     state = module.state_dict()
     assert {"queue.queue", "queue.ptr", "queue.filled"} <= set(state)
     assert any(k.startswith("key_encoder.") for k in state)
-    # the momentum encoder moved towards the online encoder and gets no gradient
-    assert any(not torch.equal(before[k], v) for k, v in module.key_encoder.state_dict().items())
+    # micro-batches leave the momentum encoder alone; the optimiser step moves it, once, by the EMA rule
+    assert all(torch.equal(before[k], v) for k, v in module.key_encoder.state_dict().items())
+    online = {k: v.detach().clone() for k, v in module.encoder.named_parameters()}
+    obj.after_optimizer_step(module)
+    moved = dict(module.key_encoder.named_parameters())
+    assert any(not torch.equal(before[k], moved[k]) for k in moved)
+    for k in moved:
+        assert torch.allclose(moved[k], 0.5 * before[k] + 0.5 * online[k], atol=1e-6), k
     assert all(p.grad is None for p in module.key_encoder.parameters())
 
 
