@@ -165,8 +165,14 @@ def build_table(
     class_index: dict[str, int] | None = None,
     where: str = "data",
     workers: int | None = None,
+    store: Path | None = None,
 ) -> ImageTextTable:
-    """Decode ``(image source, captions, label, zero_shot)`` rows; skip and count the bad ones."""
+    """Decode ``(image source, captions, label, zero_shot)`` rows; skip and count the bad ones.
+
+    Images are decoded in chunks straight into one uint8 array: in memory, or with `store` (a file path) in
+    a memory-mapped file whose name is unlinked at once, so the OS pages images in and out as training
+    reads them and the file disappears with the process (even a killed one).
+    """
     rows = list(rows)
     skipped_reasons: dict[str, int] = {}
     examples: list[str] = []
@@ -184,34 +190,46 @@ def build_table(
         except BadImage as exc:
             return None, str(exc)
 
-    workers = workers or min(8, os.cpu_count() or 1)
-    if workers > 1 and len(rows) > 64:
-        with ThreadPoolExecutor(workers) as pool:
-            decoded = list(pool.map(work, rows, chunksize=64))
+    shape = (max(len(rows), 1), 3, size, size)
+    if store is not None:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        images = torch.from_numpy(np.lib.format.open_memmap(store, mode="w+", dtype=np.uint8, shape=shape))
+        store.unlink()  # the mapping lives on; nothing is left behind
     else:
-        decoded = [work(row) for row in rows]
-    images, captions, labels, zs = [], [], [], []
-    for (source, caps, label, zero_shot), (tensor, error) in zip(rows, decoded):
-        caps = _clean_captions(caps)
-        if tensor is None:
-            skip(error or "unreadable", source)
-            continue
-        if not caps:
-            skip("no caption", source)
-            continue
-        images.append(tensor)
-        captions.append(caps)
-        labels.append(_label_index(label, class_index, where))
-        zs.append(bool(zero_shot))
+        images = torch.empty(shape, dtype=torch.uint8)
+    workers = workers or min(8, os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(workers) if workers > 1 and len(rows) > 64 else None
+    captions, labels, zs = [], [], []
+    kept = 0
+    try:
+        for start in range(0, len(rows), 4096):
+            part = rows[start:start + 4096]
+            decoded = list(pool.map(work, part, chunksize=64)) if pool else [work(row) for row in part]
+            for (source, caps, label, zero_shot), (tensor, error) in zip(part, decoded):
+                caps = _clean_captions(caps)
+                if tensor is None:
+                    skip(error or "unreadable", source)
+                    continue
+                if not caps:
+                    skip("no caption", source)
+                    continue
+                images[kept] = tensor
+                kept += 1
+                captions.append(caps)
+                labels.append(_label_index(label, class_index, where))
+                zs.append(bool(zero_shot))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     skipped = sum(skipped_reasons.values())
     if skipped:
         log.warning("%s: skipped %d of %d examples (%s); e.g. %s", where, skipped, len(rows),
                     ", ".join(f"{k}: {v}" for k, v in sorted(skipped_reasons.items())), "; ".join(examples[:3]))
-    if not images:
+    if not kept:
         detail = f" (all {len(rows)} skipped: {skipped_reasons}; e.g. {examples[:3]})" if rows else ""
         raise DataError(f"{where}: no usable image-caption examples{detail}")
     return ImageTextTable(
-        images=torch.stack(images),
+        images=images[:kept] if store is not None or kept == len(rows) else images[:kept].clone(),
         captions=captions,
         labels=torch.tensor(labels, dtype=torch.long),
         zero_shot=torch.tensor(zs, dtype=torch.bool),
@@ -496,8 +514,14 @@ class ImageTextSplits:
     class_names: list[str] | None
 
 
-def load_image_text(cfg: DataConfig, size: int, seed: int = 0, class_names: list[str] | None = None) -> ImageTextSplits:
-    """Load, decode and split image-caption data; ``class_names`` (from the recipe) override the data's."""
+STORE_AUTO_BYTES = 2 << 30
+
+
+def load_image_text(cfg: DataConfig, size: int, seed: int = 0, class_names: list[str] | None = None,
+                    store: str = "memory", store_dir: Path | None = None) -> ImageTextSplits:
+    """Load, decode and split image-caption data; ``class_names`` (from the recipe) override the data's.
+    ``store``: decoded images in ``memory``, on ``disk`` (memory-mapped files in `store_dir`, see
+    `build_table`), or ``auto`` (disk when they would take more than 2 GiB)."""
     train_rows = raw_rows(cfg, "train")
     names = class_names or train_rows.class_names
     check_classes(names or [], "objective.class_names" if class_names else f"{train_rows.where}: class names")
@@ -513,6 +537,14 @@ def load_image_text(cfg: DataConfig, size: int, seed: int = 0, class_names: list
         n_eval = max(1, int(round(cfg.eval_fraction * len(rows))))
         eval_rows = [rows[i] for i in sorted(order[:n_eval])]
         rows = [rows[i] for i in sorted(order[n_eval:])]
-    train = build_table(rows, size, index, train_rows.where)
-    evaluation = build_table(eval_rows, size, index, f"{train_rows.where} (eval)") if eval_rows else None
+    decoded_bytes = (len(rows) + len(eval_rows or [])) * 3 * size * size
+    on_disk = store == "disk" or (store == "auto" and decoded_bytes > STORE_AUTO_BYTES)
+    if on_disk and store_dir is None:
+        raise ValueError("store_dir is needed to keep decoded images on disk")
+    log.info("%s: %d images, %.2f GB decoded, kept %s", train_rows.where, len(rows) + len(eval_rows or []),
+             decoded_bytes / 1e9, f"on disk in {store_dir}" if on_disk else "in memory")
+    stores = [store_dir / f".images-{split}-rank{os.environ.get('RANK', '0')}-{os.getpid()}.npy" if on_disk else None
+              for split in ("train", "eval")]
+    train = build_table(rows, size, index, train_rows.where, store=stores[0])
+    evaluation = build_table(eval_rows, size, index, f"{train_rows.where} (eval)", store=stores[1]) if eval_rows else None
     return ImageTextSplits(train, evaluation, names)

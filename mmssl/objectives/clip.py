@@ -63,6 +63,10 @@ class ClipParams(ObjectiveParams):
     templates: list[str] | None = None
     retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     eval_batch_size: int = 256
+    # decoded images: "memory", "disk" (memory-mapped scratch files in image_store_dir, default output_dir,
+    # removed automatically), or "auto" (disk when they would take more than 2 GiB)
+    image_store: Literal["auto", "memory", "disk"] = "auto"
+    image_store_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.init_temperature is not None and self.init_temperature <= 0:
@@ -125,7 +129,8 @@ class Clip(Objective):
         self.tokenizer = self._tokenizer()
         self.image_size = image_size(model)
         self.mean, self.std = tuple(model.visual.image_mean), tuple(model.visual.image_std)
-        splits = load_image_text(recipe.data, self.image_size, recipe.seed, class_names=p.class_names)
+        splits = load_image_text(recipe.data, self.image_size, recipe.seed, class_names=p.class_names,
+                                 store=p.image_store, store_dir=Path(p.image_store_dir or recipe.output_dir))
         self.train, self.eval = splits.train, splits.eval
         self.class_names = splits.class_names
         self.templates = p.templates or (WORLD_TEMPLATES if recipe.data.source == "world" else DEFAULT_TEMPLATES)

@@ -194,6 +194,22 @@ def test_world_image_text_table():
     assert splits.train.zero_shot.any() and not splits.train.zero_shot.all()
 
 
+def test_images_on_disk_equal_images_in_memory(mixed_folder: Path, tmp_path: Path):
+    """store=disk: the same table, its images backed by a memory-mapped file whose name is already gone
+    (nothing left behind, even after a kill); bad images skipped the same way."""
+    cfg = DataConfig(source="files", path=str(mixed_folder / "data.jsonl"), eval_fraction=0.0)
+    memory = load_image_text(cfg, size=8).train
+    store = tmp_path / "store"
+    disk = load_image_text(cfg, size=8, store="disk", store_dir=store).train
+    assert torch.equal(disk.images, memory.images) and disk.captions == memory.captions
+    assert disk.skipped_reasons == memory.skipped_reasons and torch.equal(disk.labels, memory.labels)
+    assert list(store.iterdir()) == []                          # unlinked at once
+    mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if str(store) in line]
+    assert mapped and all("(deleted)" in line for line in mapped)  # ... yet the images are mapped from it
+    with pytest.raises(ValueError, match="store_dir"):
+        load_image_text(cfg, size=8, store="disk")
+
+
 def test_duplicate_class_names_are_an_error(tmp_path: Path):
     _png(tmp_path / "a.png", _rgb())
     (tmp_path / "d.jsonl").write_text(json.dumps({"image": "a.png", "caption": "x", "label": 0}) + "\n")

@@ -120,3 +120,17 @@ def test_recipe_errors(tmp_path: Path):
     raw["model"]["config"] = {"text_cfg": {"vocab_size": 1000}}
     with pytest.raises(RecipeError, match="49408"):
         setup_objective(raw)
+
+
+def test_images_on_disk_train_exactly_like_images_in_memory(tmp_path: Path):
+    """objective.image_store=disk (memory-mapped decoded images) changes where images live, not the run."""
+    from mmssl.train.loop import train
+
+    checksums = {}
+    for store in ("memory", "disk"):
+        raw = clip_recipe(tmp_path / store, max_steps=4)
+        raw["objective"]["image_store"] = store
+        metrics = train(parse_recipe(raw))
+        checksums[store] = metrics["parameter_checksums"]
+    assert checksums["memory"] == checksums["disk"]
+    assert not [p for p in (tmp_path / "disk").iterdir() if p.name.startswith(".images")]  # no scratch left
