@@ -98,23 +98,30 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             h = hidden[start : start + chunk_size]
             y = labels[start : start + chunk_size]
             ok = valid[start : start + chunk_size]
-            logits = F.linear(h, weight, bias).float()
-            lse = torch.logsumexp(logits, dim=-1)
             safe_y = torch.where(ok, y, torch.zeros_like(y))
+            # few passes over the [chunk x vocabulary] block: logits, max, exp in place, sum; the softmax
+            # normalisation and the 1/count scale are folded into [chunk]-sized row factors instead
+            logits = F.linear(h, weight, bias).float()
             target_logit = logits.gather(1, safe_y[:, None]).squeeze(1)
+            top = logits.amax(dim=-1, keepdim=True)
+            exp = logits.sub_(top).exp_()
+            norm = exp.sum(dim=-1)
+            lse = top.squeeze(1) + norm.log()
             total += ((lse - target_logit) * ok).sum()
             if grad_hidden is None and grad_weight is None:
                 continue
-            grad_logits = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-            grad_logits[torch.arange(len(y), device=y.device), safe_y] -= 1.0
-            grad_logits.mul_((ok.float() / count)[:, None])
-            grad_logits = grad_logits.to(h.dtype)
+            row = ok.float() / count              # d(mean loss)/d(row loss)
+            scale = (row / norm)[:, None]         # softmax_ij * row_i = exp_ij * scale_i
+            # d loss / d logits = exp * scale - onehot(y) * row
             if grad_hidden is not None:
-                grad_hidden[start : start + chunk_size] = grad_logits @ weight
+                g = (exp.to(h.dtype) @ weight).float() * scale - row[:, None] * weight[safe_y].float()
+                grad_hidden[start : start + chunk_size] = g.to(h.dtype)
             if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.t().float(), h.float())
+                grad_weight.addmm_(exp.t(), h.float() * scale)
+                grad_weight.index_add_(0, safe_y, h.float() * -row[:, None])
             if grad_bias is not None:
-                grad_bias += grad_logits.float().sum(0)
+                grad_bias += exp.t() @ scale.squeeze(1)
+                grad_bias.index_add_(0, safe_y, -row)
         ctx.save_for_backward(
             *(t if t is not None else torch.empty(0) for t in (grad_hidden, grad_weight, grad_bias))
         )
