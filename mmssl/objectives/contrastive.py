@@ -2,7 +2,8 @@
 
 * ``mode: unsupervised`` - unlabeled sentences (data role ``text``); every sentence is encoded twice and
   dropout makes the two views (Gao, Yao & Chen 2021, "SimCSE: Simple Contrastive Learning of Sentence
-  Embeddings").
+  Embeddings"). With ``text_views`` the second view is an edit of the sentence instead (lexical edits or
+  back-translation from :mod:`mmssl.data.text_views`, a function of seed, epoch and row).
 * ``mode: supervised`` - pairs ``anchor``/``positive`` with optional mined hard negatives in a column
   ``negative`` or columns ``negative_1..k`` (supervised SimCSE; the multiple-negatives ranking loss of
   retrieval training).
