@@ -19,11 +19,12 @@ import math
 import re
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from mmssl.data.text_views.base import View
 from mmssl.data.text_views.cache import NoCache, TranslationCache, cache_key, fingerprint_model, setting_key
+from mmssl.data.text_views.config import GenerationConfig
 from mmssl.errors import MmsslError
 
 log = logging.getLogger(__name__)
@@ -53,19 +54,7 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
-@dataclass
-class Generation:
-    """How translations are generated (all part of the cache key)."""
-
-    num_beams: int = 4
-    do_sample: bool = False
-    top_k: int = 0
-    top_p: float = 0.95
-    temperature: float = 1.0
-    max_length: int = 128       # tokens: inputs are truncated to it, outputs never exceed it
-    length_ratio: float = 2.0   # each batch's output cap: ratio × its longest input + extra
-    length_extra: int = 10
-    batch_size: int = 64
+Generation = GenerationConfig  # how translations are generated (all part of the cache key)
 
 
 class Translator:

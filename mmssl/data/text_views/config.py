@@ -29,13 +29,15 @@ class PivotConfig:
 
 @dataclass
 class GenerationConfig:
+    """How translations are generated (every field is part of the translation cache key)."""
+
     num_beams: int = 4
     do_sample: bool = False
     top_k: int = 0
     top_p: float = 0.95
     temperature: float = 1.0
-    max_length: int = 128
-    length_ratio: float = 2.0
+    max_length: int = 128       # tokens: inputs are truncated to it, outputs never exceed it
+    length_ratio: float = 2.0   # each output's cap: ratio × its own input length + extra
     length_extra: int = 10
     batch_size: int = 64
 

@@ -37,7 +37,7 @@ def build_views(cfg: ViewConfig, seed: int = 0, cache: TranslationCache | NoCach
         return [ContextualSubstitute(cfg.model, name=name, seed=seed, p=cfg.p, top_k=cfg.top_k, device=cfg.device,
                                      min_edits=cfg.min_edits, max_edits=cfg.max_edits)]
     from mmssl.data.text_views.backtranslation import (
-        ApertiumTranslator, BackTranslation, Generation, Seq2SeqTranslator)
+        ApertiumTranslator, BackTranslation, Seq2SeqTranslator)
 
     views: list[View] = []
     for pivot in cfg.pivots:
@@ -49,11 +49,10 @@ def build_views(cfg: ViewConfig, seed: int = 0, cache: TranslationCache | NoCach
             label = pivot.name or forward_mode.split("-")[-1]
             info = {"backend": "apertium", "forward": forward_mode, "backward": backward_mode}
         else:
-            generation = Generation(**asdict(cfg.generation))
-            forward = Seq2SeqTranslator(pivot.forward, pivot.source_lang, pivot.pivot_lang, cfg.device, generation,
-                                        cache, seed)
+            forward = Seq2SeqTranslator(pivot.forward, pivot.source_lang, pivot.pivot_lang, cfg.device,
+                                        cfg.generation, cache, seed)
             backward = Seq2SeqTranslator(pivot.backward, pivot.pivot_lang, pivot.source_lang, cfg.device,
-                                         generation, cache, seed)
+                                         cfg.generation, cache, seed)
             label = pivot.name or pivot.pivot_lang or f"pivot{len(views)}"
             info = {"backend": "transformers", "forward": pivot.forward, "backward": pivot.backward,
                     "source_lang": pivot.source_lang, "pivot_lang": pivot.pivot_lang,
