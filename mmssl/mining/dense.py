@@ -72,15 +72,7 @@ class DenseEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         """Normalised embeddings; each distinct text is encoded once, cached texts not at all."""
         unique = list(dict.fromkeys(texts))
-        if self.cache is not None:
-            rows, missing = self.cache.lookup(unique)
-            if missing:
-                todo = [unique[i] for i in missing]
-                self.cache.add(todo, self._run(todo))
-                rows, _ = self.cache.lookup(unique)
-            table = np.asarray(self.cache.vectors)[rows]
-        else:
-            table = self._run(unique)
+        table = self.encode_stream(unique, len(unique))
         where = {t: i for i, t in enumerate(unique)}
         return table[[where[t] for t in texts]]
 
