@@ -306,13 +306,15 @@ class SimCSE(Objective):
         tok.padding_side = "right"
         return tok
 
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, truncation=True, max_length=self.params.max_length,
+                              return_attention_mask=False)["input_ids"]
+
     def _tokenize(self, ds: datasets.Dataset) -> _Rows:
-        tok, max_length = self.tokenizer, self.params.max_length
         columns: dict[str, list] = {}
         for column in dict.fromkeys(self.views):
             texts = list(ds[column])
-            columns[f"{column}_ids"] = tok(texts, truncation=True, max_length=max_length,
-                                           return_attention_mask=False)["input_ids"]
+            columns[f"{column}_ids"] = self._ids(texts)
             columns[f"{column}_hash"] = text_ids(texts).tolist()
         if self.text_views is not None:  # views are made per step from the raw text and its row index
             columns["text"] = list(ds["text"])
@@ -367,8 +369,7 @@ class SimCSE(Objective):
         if self.text_views is not None:
             sources = [r["text"] for r in rows]
             edited = self.text_views(sources, [r["index"] for r in rows], self.epoch)
-            seqs[1] = self.tokenizer(edited, truncation=True, max_length=p.max_length,
-                                     return_attention_mask=False)["input_ids"]
+            seqs[1] = self._ids(edited)
             changed = sum(src != new for src, new in zip(sources, edited)) / max(1, b)
         # duplicate masking compares source texts: a view of a duplicate caption is a false negative
         hashes = torch.tensor([[r[f"{view}_hash"] for r in rows] for view in self.views], dtype=torch.long)

@@ -9,13 +9,13 @@ import json
 import pytest
 import torch
 
+from helpers import TINY_BERT
+
 from mmssl.errors import DataError, RecipeError
 from mmssl.losses import duplicate_mask, info_nce
 from mmssl.recipes import parse_recipe
 from mmssl.registry import get_objective
 
-TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-             "max_position_embeddings": 64}
 
 
 @pytest.fixture(autouse=True)
