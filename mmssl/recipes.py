@@ -5,32 +5,25 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from mmssl.errors import RecipeError
-from mmssl.schema import from_dict, to_dict
+from mmssl.schema import (NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Range,
+                          Seed, from_dict, to_dict)
 
 
 @dataclass
 class WorldConfig:
     """The built-in procedural world of coloured shapes (see `mmssl.data.world`)."""
 
-    num_scenes: int = 2000
-    image_size: int = 32
-    num_colours: int = 6
-    num_shapes: int = 4
-    pair_fraction: float = 0.5
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.num_scenes < 1:
-            raise ValueError("world.num_scenes must be >= 1")
-        if self.image_size < 16:
-            raise ValueError("world.image_size must be >= 16 pixels")
-        if not 0.0 <= self.pair_fraction <= 1.0:
-            raise ValueError("world.pair_fraction must lie in [0, 1]")
+    num_scenes: PositiveInt = 2000
+    image_size: Annotated[int, Range(16, 1024)] = 32
+    num_colours: Annotated[int, Range(1, 6)] = 6
+    num_shapes: Annotated[int, Range(1, 4)] = 4
+    pair_fraction: Probability = 0.5
+    seed: Seed = 0
 
 
 @dataclass
@@ -43,15 +36,13 @@ class DataConfig:
     split: str = "train"
     columns: dict[str, str] = field(default_factory=dict)
     eval_path: str | None = None
-    eval_fraction: float = 0.05
-    max_examples: int | None = None
+    eval_fraction: Annotated[float, Range(0, 1, open_high=True)] = 0.05
+    max_examples: PositiveInt | None = None
     world: WorldConfig = field(default_factory=WorldConfig)
 
     def __post_init__(self) -> None:
         if self.source in ("files", "hub") and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError("data.eval_fraction must lie in [0, 1)")
 
 
 @dataclass
@@ -59,9 +50,10 @@ class TokenizerConfig:
     """A pretrained tokenizer (`path`: local folder or Hub id) or one trained on the recipe's corpus."""
 
     path: str | None = None
-    vocab_size: int = 4096
-    min_frequency: int = 2
+    vocab_size: Annotated[int, Range(100)] = 4096  # the trained tokenizer's size, special tokens included
+    min_frequency: PositiveInt = 2
     lowercase: bool = True
+    trust_remote_code: bool = False  # run custom code that comes with tokenizer.path (named in the model card)
 
 
 @dataclass
@@ -71,52 +63,41 @@ class ModelConfig:
     pretrained: str | None = None
     arch: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    trust_remote_code: bool = False  # run custom code that comes with model.pretrained (named in the model card)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, schedule, evaluation, checkpointing and logging: shared by every objective."""
 
-    batch_size: int = 32
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.01
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_eps: float = 1e-8
+    batch_size: PositiveInt = 32
+    gradient_accumulation_steps: PositiveInt = 1
+    learning_rate: PositiveFloat = 5e-4
+    weight_decay: NonNegativeFloat = 0.01
+    adam_betas: list[Annotated[float, Range(0, 1, open_high=True)]] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: PositiveFloat = 1e-8
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
-    max_steps: int | None = None
-    epochs: float = 1.0
-    max_grad_norm: float | None = 1.0
+    warmup_steps: NonNegativeInt = 0
+    warmup_ratio: Annotated[float, Range(0, 1, open_high=True)] = 0.0
+    max_steps: PositiveInt | None = None
+    epochs: PositiveFloat = 1.0
+    max_grad_norm: PositiveFloat | None = 1.0
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
-    eval_every: int = 0
-    eval_batches: int | None = None
-    save_every: int = 0
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    eval_every: NonNegativeInt = 0  # 0: evaluate at the end only
+    eval_batches: PositiveInt | None = None
+    save_every: NonNegativeInt = 0  # 0: no checkpoints
+    keep_checkpoints: PositiveInt = 2
+    log_every: PositiveInt = 10
     resume_from: str | None = None
     overwrite: bool = False
     trackers: list[str] = field(default_factory=list)
     cpu: bool = False
-    num_workers: int = 0
+    num_workers: NonNegativeInt = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError("train.batch_size must be >= 1")
-        if self.gradient_accumulation_steps < 1:
-            raise ValueError("train.gradient_accumulation_steps must be >= 1")
-        if self.learning_rate <= 0:
-            raise ValueError("train.learning_rate must be > 0")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError("train.max_steps must be >= 1 (or null to train for train.epochs)")
-        if self.epochs <= 0:
-            raise ValueError("train.epochs must be > 0")
         if len(self.adam_betas) != 2:
             raise ValueError("train.adam_betas must be a list of two numbers, e.g. [0.9, 0.999]")
-        if self.keep_checkpoints < 1:
-            raise ValueError("train.keep_checkpoints must be >= 1")
 
 
 @dataclass
@@ -145,7 +126,7 @@ class Recipe:
     output_dir: str
     objective: ObjectiveParams
     name: str = ""
-    seed: int = 0
+    seed: Seed = 0
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

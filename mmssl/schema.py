@@ -4,17 +4,75 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from mmssl.errors import RecipeError
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
+class RangeError(RecipeError):
+    """A number outside the range its key allows (never masked by the other members of a union)."""
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed interval of a numeric key, attached as ``Annotated[int, Range(1)]``; bounds are inclusive
+    unless ``open_low``/``open_high``."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    hint: str = ""  # appended to the error, e.g. typical values
+
+    def describe(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.open_low else '>='} {_number(self.low)}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.open_high else '<='} {_number(self.high)}")
+        return " and ".join(parts) or "any number"
+
+    def check(self, value: float, path: str) -> None:
+        low_bad = self.low is not None and (value <= self.low if self.open_low else value < self.low)
+        high_bad = self.high is not None and (value >= self.high if self.open_high else value > self.high)
+        if low_bad or high_bad:
+            hint = f"; {self.hint}" if self.hint else ""
+            raise RangeError(f"{path}: {value!r} is out of range; it must be {self.describe()}{hint}")
+
+
+# The numeric key types of recipes: every int and float key of a config carries a Range.
+PositiveInt = Annotated[int, Range(1)]
+NonNegativeInt = Annotated[int, Range(0)]
+PositiveFloat = Annotated[float, Range(0, open_low=True)]
+NonNegativeFloat = Annotated[float, Range(0)]
+Probability = Annotated[float, Range(0, 1)]
+Seed = Annotated[int, Range(0, 2**32 - 1)]
+
+
+def range_of(tp: Any) -> Range | None:
+    """The Range attached to an annotation (through Optional), or None."""
+    if get_origin(tp) is Annotated:
+        return next((m for m in get_args(tp)[1:] if isinstance(m, Range)), None)
+    if get_origin(tp) in (Union, types.UnionType):
+        return next((r for a in get_args(tp) if (r := range_of(a)) is not None), None)
+    return None
+
+
 def _describe(tp: Any) -> str:
     origin = get_origin(tp)
+    if origin is Annotated:
+        base, *extras = get_args(tp)
+        limits = [m.describe() for m in extras if isinstance(m, Range)]
+        return _describe(base) + (f" {' and '.join(limits)}" if limits else "")
     if tp in _TYPE_NAMES:
         return _TYPE_NAMES[tp]
     if origin is Literal:
@@ -41,6 +99,13 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        base, *extras = get_args(tp)
+        value = coerce(value, base, path)
+        for extra in extras:
+            if isinstance(extra, Range):
+                extra.check(value, path)
+        return value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -49,6 +114,8 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         for arg in (a for a in args if a is not type(None)):
             try:
                 return coerce(value, arg, path)
+            except RangeError:
+                raise
             except RecipeError as exc:
                 errors.append(exc)
         raise RecipeError(f"{path}: expected {_describe(tp)}, got {value!r}")
@@ -70,14 +137,17 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
             return int(value)
         raise RecipeError(f"{path}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise RecipeError(f"{path}: expected a number, got {value!r}")
+        if number is None or math.isnan(number):
+            raise RecipeError(f"{path}: expected a number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -105,7 +175,7 @@ def from_dict(cls: type, raw: Any, path: str = "") -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError(f"{path or 'recipe'}: expected a mapping of keys to values, got {raw!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in raw:
         if key not in fields:

@@ -148,7 +148,7 @@ def test_bad_inputs(tmp_path, capsys):
         {"type": "backtranslation", "backend": "apertium", "pivots": [{"forward": "eng-zzz"}]}])
     fails("wordnet", "apt-get install wordnet-base", views=[{"type": "synonym", "wordnet_dir": str(tmp_path)}])
     fails("unknown", "views[0].typ: unknown key (did you mean 'type'?)", views=[{"typ": "swap"}])
-    fails("p", "p must lie in (0, 1]", views=[{"type": "swap", "p": 2}])
+    fails("p", "views[0].p: 2.0 is out of range; it must be > 0 and <= 1", views=[{"type": "swap", "p": 2}])
     fails("nopivots", "needs pivots", views=[{"type": "backtranslation"}])
     empty = tmp_path / "blank_input.jsonl"
     empty.write_text(json.dumps({"sentence": " "}) + "\n" + json.dumps({"sentence": ""}) + "\n")

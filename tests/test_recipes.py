@@ -74,7 +74,7 @@ def test_unknown_objective_lists_choices():
 def test_value_checks_name_the_key():
     raw = base()
     raw["objective"]["mask_probability"] = 1.5
-    with pytest.raises(RecipeError, match="mask_probability must lie in"):
+    with pytest.raises(RecipeError, match=r"objective.mask_probability: 1.5 is out of range; it must be > 0 and < 1"):
         parse_recipe(raw)
     raw = base()
     raw["data"] = {"source": "files"}
@@ -111,3 +111,65 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
         load_recipe(bad)
+
+
+def _numeric_keys_without_range(cls, path: str, seen: set) -> list[str]:
+    import dataclasses
+    import typing
+
+    from mmssl.schema import range_of
+
+    if cls in seen:
+        return []
+    seen.add(cls)
+    missing = []
+    for name, tp in typing.get_type_hints(cls, include_extras=True).items():
+        key = f"{path}.{name}" if path else name
+        inner = [tp]
+        while inner:
+            t = inner.pop()
+            origin, args = typing.get_origin(t), typing.get_args(t)
+            if origin is typing.Annotated:
+                base = args[0]
+                if base in (int, float) and range_of(t) is None:
+                    missing.append(key)
+                continue
+            if t in (int, float):
+                missing.append(key)
+            elif dataclasses.is_dataclass(t):
+                missing += _numeric_keys_without_range(t, key, seen)
+            else:
+                inner += [a for a in args if a is not type(None)]
+    return missing
+
+
+def test_every_numeric_key_has_an_allowed_range():
+    """Nonsense numbers (warmup_ratio=5, save_every=-1, ...) are refused by the schema, for every config."""
+    from mmssl.data.text_views.config import AugmentConfig
+    from mmssl.mining.config import MiningConfig
+    from mmssl.recipes import Recipe
+    from mmssl.registry import get_objective, objective_names
+
+    seen: set = set()
+    missing = _numeric_keys_without_range(Recipe, "", seen) + _numeric_keys_without_range(MiningConfig, "mine", seen)
+    missing += _numeric_keys_without_range(AugmentConfig, "augment", seen)
+    for name in objective_names():
+        missing += _numeric_keys_without_range(get_objective(name).Params, f"objective[{name}]", seen)
+    assert len(seen) > 15  # the walk reached the nested sections
+    assert missing == []
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.warmup_ratio=5", "train.warmup_ratio: 5.0 is out of range; it must be >= 0 and < 1"),
+    ("train.save_every=-1", "train.save_every: -1 is out of range; it must be >= 0"),
+    ("train.weight_decay=-1", "train.weight_decay: -1.0 is out of range; it must be >= 0"),
+    ("tokenizer.vocab_size=0", "tokenizer.vocab_size: 0 is out of range; it must be >= 100"),
+    ("train.log_every=0", "train.log_every: 0 is out of range; it must be >= 1"),
+    ("train.learning_rate=.nan", "train.learning_rate: expected a number"),
+    ("train.max_grad_norm=-1", "train.max_grad_norm: -1.0 is out of range; it must be > 0"),
+    ("seed=-3", "seed: -3 is out of range"),
+])
+def test_out_of_range_values_name_the_key_and_the_range(override, message):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(ALL_CONFIGS[0].parent / "mlm_world.yaml", [override])
+    assert str(info.value) == message or str(info.value).startswith(message)

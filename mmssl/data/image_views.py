@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
+
+from mmssl.schema import NonNegativeFloat, PositiveFloat, PositiveInt, Probability, Range
 
 
 @dataclass
@@ -38,35 +41,25 @@ class ImageViewsConfig:
     """
 
     random_resized_crop: bool = True
-    crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
-    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])
-    horizontal_flip: float = 0.0
-    color_jitter: float = 0.0
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale: float = 0.0
-    gaussian_blur: float = 0.0
-    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
-    blur_kernel_size: int | None = None
+    crop_scale: list[Annotated[float, Range(0, 1, open_low=True)]] = field(default_factory=lambda: [0.9, 1.0])
+    crop_ratio: list[PositiveFloat] = field(default_factory=lambda: [0.75, 4.0 / 3.0])
+    horizontal_flip: Probability = 0.0
+    color_jitter: Probability = 0.0
+    brightness: NonNegativeFloat = 0.4
+    contrast: NonNegativeFloat = 0.4
+    saturation: NonNegativeFloat = 0.4
+    hue: Annotated[float, Range(0, 0.5)] = 0.1
+    grayscale: Probability = 0.0
+    gaussian_blur: Probability = 0.0
+    blur_sigma: list[PositiveFloat] = field(default_factory=lambda: [0.1, 2.0])
+    blur_kernel_size: PositiveInt | None = None
 
     def __post_init__(self) -> None:
-        for name in ("horizontal_flip", "color_jitter", "grayscale", "gaussian_blur"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"objective.views.{name} is a probability and must lie in [0, 1]")
         for name, pair, low in (("crop_scale", self.crop_scale, 0.0), ("crop_ratio", self.crop_ratio, 0.0),
                                 ("blur_sigma", self.blur_sigma, 0.0)):
             if len(pair) != 2 or not low < pair[0] <= pair[1]:
                 raise ValueError(f"objective.views.{name} must be [min, max] with 0 < min <= max")
-        if self.crop_scale[1] > 1.0:
-            raise ValueError("objective.views.crop_scale must lie in (0, 1]")
-        for name in ("brightness", "contrast", "saturation"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"objective.views.{name} must be >= 0")
-        if not 0.0 <= self.hue <= 0.5:
-            raise ValueError("objective.views.hue must lie in [0, 0.5]")
-        if self.blur_kernel_size is not None and (self.blur_kernel_size < 1 or self.blur_kernel_size % 2 == 0):
+        if self.blur_kernel_size is not None and self.blur_kernel_size % 2 == 0:
             raise ValueError("objective.views.blur_kernel_size must be a positive odd number")
 
 

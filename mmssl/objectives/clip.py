@@ -18,7 +18,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
@@ -42,6 +42,7 @@ from mmssl.models.clip import (
 from mmssl.objectives.base import Objective
 from mmssl.recipes import ObjectiveParams
 from mmssl.registry import register_objective
+from mmssl.schema import PositiveFloat, PositiveInt, Range
 
 log = logging.getLogger(__name__)
 
@@ -55,28 +56,22 @@ ZERO_SHOT_FILE = "mmssl_zero_shot.json"
 class ClipParams(ObjectiveParams):
     views: ImageViewsConfig = field(default_factory=ImageViewsConfig)
     caption_sampling: Literal["random", "first"] = "random"
-    init_temperature: float | None = None
-    max_logit_scale: float = 100.0
+    init_temperature: PositiveFloat | None = None
+    max_logit_scale: Annotated[float, Range(1, open_low=True)] = 100.0
     learn_temperature: bool = True
     gather_negatives: bool = True
     class_names: list[str] | None = None
     templates: list[str] | None = None
-    retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
-    eval_batch_size: int = 256
+    retrieval_ks: list[PositiveInt] = field(default_factory=lambda: [1, 5, 10])
+    eval_batch_size: PositiveInt = 256
     # decoded images: "memory", "disk" (memory-mapped scratch files in image_store_dir, default output_dir,
     # removed automatically), or "auto" (disk when they would take more than 2 GiB)
     image_store: Literal["auto", "memory", "disk"] = "auto"
     image_store_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.init_temperature is not None and self.init_temperature <= 0:
-            raise ValueError("init_temperature must be > 0 (CLIP uses 0.07)")
-        if self.max_logit_scale <= 1:
-            raise ValueError("max_logit_scale must be > 1 (CLIP uses 100)")
-        if not self.retrieval_ks or min(self.retrieval_ks) < 1:
-            raise ValueError("retrieval_ks must be a list of positive integers")
-        if self.eval_batch_size < 1:
-            raise ValueError("eval_batch_size must be >= 1")
+        if not self.retrieval_ks:
+            raise ValueError("retrieval_ks must be a list of positive integers, e.g. [1, 5, 10]")
         if self.class_names is not None:
             check_classes(self.class_names, "objective.class_names")
         for t in self.templates or []:

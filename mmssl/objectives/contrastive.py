@@ -22,12 +22,11 @@ are padded only to their own longest (``bucket_size``), which removes most paddi
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import datasets
 import torch
@@ -66,6 +65,7 @@ from mmssl.models.text_encoder import (
 from mmssl.objectives.base import Objective
 from mmssl.recipes import ObjectiveParams
 from mmssl.registry import register_objective
+from mmssl.schema import NonNegativeFloat, PositiveInt, Probability, Range
 
 log = logging.getLogger(__name__)
 
@@ -76,32 +76,33 @@ _NEGATIVE = re.compile(r"^negative(_(\d+))?$")
 @dataclass
 class SimCSEParams(ObjectiveParams):
     mode: Literal["unsupervised", "supervised"] = "supervised"
-    max_length: int = 64
+    max_length: Annotated[int, Range(2)] = 64
     # encoder
     pooling: Literal["cls", "mean", "last_token"] = "mean"
     normalize: bool = True
     head: Literal["none", "linear", "mlp"] = "none"
-    head_dim: int | None = None
+    head_dim: PositiveInt | None = None
     # loss
     loss: Literal["infonce", "margin", "triplet"] = "infonce"
-    temperature: float = 0.05
+    temperature: Annotated[float, Range(0, open_low=True, hint="typical values are 0.02-0.1 (sentence-transformers' "
+                                                               "scale 20 is temperature 0.05)")] = 0.05
     learnable_temperature: bool = False
-    max_logit_scale: float = 100.0
-    margin: float = 0.5
+    max_logit_scale: Annotated[float, Range(1, open_low=True)] = 100.0
+    margin: NonNegativeFloat = 0.5
     distance: Literal["cosine", "euclidean", "squared_euclidean"] = "cosine"
     # negatives
     negatives: Literal["in_batch", "queue"] = "in_batch"
     gather: bool = True
     hard_negatives: bool = True
     mask_duplicates: bool = True
-    queue_size: int = 4096
-    momentum: float = 0.999
+    queue_size: PositiveInt = 4096
+    momentum: Probability = 0.999
     # speed and memory
-    cached_chunk_size: int | None = None
-    bucket_size: int | None = 32
+    cached_chunk_size: PositiveInt | None = None
+    bucket_size: PositiveInt | None = 32
     # evaluation
     eval_pairs: str | None = None
-    eval_max_pairs: int | None = 1000
+    eval_max_pairs: PositiveInt | None = 1000
     eval_before: bool = True
     # on-the-fly positives (unsupervised mode): each example's second view is an edit of it (one of these
     # views, chosen per example and epoch) instead of a second dropout pass; see mmssl.data.text_views
@@ -113,26 +114,9 @@ class SimCSEParams(ObjectiveParams):
             raise ValueError("text_views make the positives of mode=unsupervised; supervised data already has "
                              "positives (make views offline with `mmssl augment`, then train on its anchor/positive "
                              "columns)")
-        if self.max_length < 2:
-            raise ValueError("max_length must be >= 2")
-        if not (isinstance(self.temperature, float) and math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be > 0, got {self.temperature}; typical values are 0.02-0.1 "
-                             "(sentence-transformers' scale 20 is temperature 0.05)")
         if self.learnable_temperature and 1.0 / self.temperature > self.max_logit_scale:
             raise ValueError(f"temperature {self.temperature} gives logit scale {1 / self.temperature:.4g} above "
                              f"max_logit_scale={self.max_logit_scale}")
-        if self.margin < 0:
-            raise ValueError("margin must be >= 0")
-        if self.queue_size < 1:
-            raise ValueError("queue_size must be >= 1")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError("momentum must lie in [0, 1]")
-        if self.cached_chunk_size is not None and self.cached_chunk_size < 1:
-            raise ValueError("cached_chunk_size must be >= 1 (or null to turn GradCache off)")
-        if self.bucket_size is not None and self.bucket_size < 1:
-            raise ValueError("bucket_size must be >= 1 (or null to pad each step to its longest sequence)")
-        if self.head_dim is not None and self.head_dim < 1:
-            raise ValueError("head_dim must be >= 1")
         if self.negatives == "queue" and self.loss != "infonce":
             raise ValueError("negatives=queue needs loss=infonce (the queue adds InfoNCE negatives)")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
@@ -18,35 +18,27 @@ from mmssl.models.lm import CausalLMModule, LMKind, MaskedLMModule, build_langua
 from mmssl.objectives.base import Objective
 from mmssl.recipes import ObjectiveParams
 from mmssl.registry import register_objective
+from mmssl.schema import Probability, Range
 
 TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass
 class LanguageModelParams(ObjectiveParams):
-    max_length: int = 128
+    max_length: Annotated[int, Range(2)] = 128
     packing: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_length < 2:
-            raise ValueError("max_length must be >= 2")
 
 
 @dataclass
 class MaskedLMParams(LanguageModelParams):
-    mask_probability: float = 0.15
-    mask_token_fraction: float = 0.8
-    random_token_fraction: float = 0.1
+    mask_probability: Annotated[float, Range(0, 1, open_low=True, open_high=True)] = 0.15
+    mask_token_fraction: Probability = 0.8
+    random_token_fraction: Probability = 0.1
     whole_word_masking: bool = False
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 < self.mask_probability < 1.0:
-            raise ValueError("mask_probability must lie in (0, 1)")
-        if self.mask_token_fraction + self.random_token_fraction > 1.0 or min(
-            self.mask_token_fraction, self.random_token_fraction
-        ) < 0:
-            raise ValueError("mask_token_fraction + random_token_fraction must lie in [0, 1]")
+        if self.mask_token_fraction + self.random_token_fraction > 1.0:
+            raise ValueError("mask_token_fraction + random_token_fraction must be <= 1")
 
 
 class LanguageModeling(Objective):

@@ -180,7 +180,7 @@ def test_cli_writes_rows_and_stats(tmp_path):
     assert stats["rows_written"] == len(rows)
     bad = subprocess.run([PYTHON, "-m", "mmssl.cli", "mine", str(ROOT / "configs/mine_world_bm25.yaml"),
                           "num_negatives=0"], capture_output=True, text=True, cwd=tmp_path)
-    assert bad.returncode == 2 and "num_negatives must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "num_negatives: 0 is out of range; it must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_corpus_streams_distinct_documents_from_its_table(tmp_path):

@@ -182,7 +182,7 @@ def test_batch_size_one_has_no_negatives(tmp_path):
 
 
 def test_zero_temperature_is_a_recipe_error(tmp_path):
-    with pytest.raises(RecipeError, match="temperature must be > 0"):
+    with pytest.raises(RecipeError, match=r"objective.temperature: 0.0 is out of range; it must be > 0; typical values"):
         parse_recipe(tiny_raw(tmp_path, objective={"temperature": 0}))
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from mmssl.recipes import DataConfig
+from mmssl.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, Seed
 
 LEXICAL = ("synonym", "insert", "swap", "delete", "crop", "keyboard", "spelling", "ocr",
            "char_insert", "char_substitute", "char_swap", "char_delete")
@@ -31,21 +32,15 @@ class PivotConfig:
 class GenerationConfig:
     """How translations are generated (every field is part of the translation cache key)."""
 
-    num_beams: int = 4
+    num_beams: PositiveInt = 4
     do_sample: bool = False
-    top_k: int = 0
-    top_p: float = 0.95
-    temperature: float = 1.0
-    max_length: int = 128       # tokens: inputs are truncated to it, outputs never exceed it
-    length_ratio: float = 2.0   # each output's cap: ratio × its own input length + extra
-    length_extra: int = 10
-    batch_size: int = 64
-
-    def __post_init__(self) -> None:
-        if self.num_beams < 1 or self.batch_size < 1 or self.max_length < 2:
-            raise ValueError("num_beams and batch_size must be >= 1, max_length >= 2")
-        if not 0 < self.top_p <= 1 or self.temperature <= 0:
-            raise ValueError("top_p must lie in (0, 1] and temperature be > 0")
+    top_k: NonNegativeInt = 0
+    top_p: Annotated[float, Range(0, 1, open_low=True)] = 0.95
+    temperature: PositiveFloat = 1.0
+    max_length: Annotated[int, Range(2)] = 128  # tokens: inputs are truncated to it, outputs never exceed it
+    length_ratio: PositiveFloat = 2.0   # each output's cap: ratio × its own input length + extra
+    length_extra: NonNegativeInt = 10
+    batch_size: PositiveInt = 64
 
 
 @dataclass
@@ -56,22 +51,20 @@ class ViewConfig:
 
     type: ViewType
     name: str | None = None
-    p: float = 0.1
-    min_edits: int = 1
-    max_edits: int | None = None
-    char_p: float = 0.3
+    p: Annotated[float, Range(0, 1, open_low=True)] = 0.1
+    min_edits: NonNegativeInt = 1
+    max_edits: NonNegativeInt | None = None
+    char_p: Annotated[float, Range(0, 1, open_low=True)] = 0.3
     wordnet_dir: str | None = None
-    max_senses: int = 1
+    max_senses: PositiveInt = 1
     model: str | None = None
-    top_k: int = 5
+    top_k: PositiveInt = 5
     backend: Literal["transformers", "apertium"] = "transformers"
     pivots: list[PivotConfig] = field(default_factory=list)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.p <= 1.0:
-            raise ValueError(f"p must lie in (0, 1], got {self.p}")
         if self.max_edits is not None and self.max_edits < self.min_edits:
             raise ValueError("max_edits must be >= min_edits")
         if self.type == "backtranslation":
@@ -113,9 +106,9 @@ class OutputConfig:
 class QualityConfig:
     drop_identical: bool = True
     encoder: str | None = None
-    min_similarity: float | None = None
-    max_similarity: float | None = None
-    batch_size: int = 64
+    min_similarity: Annotated[float, Range(-1, 1)] | None = None
+    max_similarity: Annotated[float, Range(-1, 1)] | None = None
+    batch_size: PositiveInt = 64
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -146,17 +139,15 @@ class AugmentConfig:
     output: OutputConfig
     views: list[ViewConfig]
     name: str = ""
-    seed: int = 0
+    seed: Seed = 0
     data: DataConfig = field(default_factory=lambda: DataConfig(eval_fraction=0.0))
-    max_words: int = 256
+    max_words: PositiveInt = 256
     cache: CacheConfig = field(default_factory=CacheConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
 
     def __post_init__(self) -> None:
         if not self.views:
             raise ValueError("give at least one view, e.g. views: [{type: synonym, p: 0.1}]")
-        if self.max_words < 1:
-            raise ValueError("max_words must be >= 1")
         names = [v.label for v in self.views]
         if len(set(names)) != len(names):
             raise ValueError(f"names must be unique (got {names}); set views[i].name")

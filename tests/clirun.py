@@ -1,0 +1,47 @@
+"""Run the real `mmssl` CLI in a subprocess and check the outcome of a user error or a fault."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+from helpers import PYTHON, ROOT
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["HF_HUB_OFFLINE"] = "1"
+    env.update(extra)
+    return env
+
+
+def mmssl(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | str = ROOT,
+          prefix: list[str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`mmssl ARGS` (as `python -m mmssl.cli`), optionally behind `prefix` (e.g. ["unshare", "-n"])."""
+    return subprocess.run([*(prefix or []), PYTHON, "-m", "mmssl.cli", *args], env=env or cli_env(), cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, input=stdin)
+
+
+def assert_clear_error(done: subprocess.CompletedProcess, *needles: str) -> str:
+    """A refusal: non-zero exit, no traceback, one `mmssl: error:` line that contains every needle."""
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, f"expected a refusal, got exit 0:\n{output[-3000:]}"
+    assert "Traceback" not in output, output[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("mmssl: error:")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"
+    return errors[0]
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file below `root` (or of `root` itself), to prove nothing was changed or deleted."""
+    root = Path(root)
+    if root.is_file():
+        return {root.name: hashlib.sha256(root.read_bytes()).hexdigest()}
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
