@@ -3,6 +3,9 @@
 It implements what `huggingface_hub` (with HF_HUB_DISABLE_XET=1), `transformers`, `datasets`,
 `sentence-transformers` and `open_clip` use to create repos, upload (regular and Git-LFS) and download:
 see shared/HUB.md. It records every request and can fail chosen requests, to test retries.
+
+Run as a script, it hosts one command in a network namespace with only loopback (see `main`):
+    unshare -n python tests/hub_server.py OUT -- python -m mmssl.cli push RUN --repo-id org/x --endpoint {endpoint}
 """
 
 from __future__ import annotations
@@ -10,11 +13,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".parquet", ".pt", ".npy", ".arrow")
@@ -45,7 +53,9 @@ class HubState:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []
+        self.tokens: set[str] = set()  # bearer tokens the requests carried
         self.fail: dict[str, int] = {}  # request kind ("commit", "lfs-put", ...) -> failures still to inject
+        self.echo_auth = False  # error texts repeat the request's Authorization header, as careless proxies do
         self.lock = threading.Lock()
 
 
@@ -92,6 +102,8 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, status: int, code: str, message: str) -> None:
+        if self.state.echo_auth:
+            message += f" (request had Authorization: {self.headers.get('Authorization')})"
         self._send(status, {"error": message}, {"X-Error-Code": code, "X-Error-Message": message})
 
     def _should_fail(self, kind: str) -> bool:
@@ -135,6 +147,9 @@ class Handler(BaseHTTPRequestHandler):
         path = unquote(url.path)
         self.body = self._read_body() if self.command in ("POST", "PUT") else b""
         self.state.requests.append((self.command, path))
+        auth = self.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            self.state.tokens.add(auth[7:])
         routes = [
             ("POST", r"^/api/repos/create$", self.create_repo),
             ("POST", r"^/api/validate-yaml$", lambda: self._send(200, {"errors": [], "warnings": []})),
@@ -364,3 +379,58 @@ class HubServer:
 
     def files(self, repo_id: str, kind: str = "models", rev: str = "main") -> dict[str, bytes]:
         return self.state.repos[(kind, repo_id)].branches[rev]
+
+
+# -- a command in a network namespace where only this server exists ------------------------------------------------
+AUDIT = """import json, os, sys
+def _audit(event, args, _log=os.environ["HUB_SERVER_NETLOG"]):
+    if event in ("socket.connect", "socket.getaddrinfo"):
+        target = args[1] if event == "socket.connect" else args[:2]
+        with open(_log, "a") as f:
+            f.write(json.dumps([event, target if isinstance(target, str) else list(target)], default=str) + "\\n")
+sys.addaudithook(_audit)
+"""
+
+
+def loopback_up() -> None:
+    """`ip link set lo up` without iproute2 (SIOCGIFFLAGS / SIOCSIFFLAGS on a struct ifreq)."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        flags = struct.unpack("16sH", fcntl.ioctl(sock, 0x8913, struct.pack("16sH22x", b"lo", 0))[:18])[1]
+        fcntl.ioctl(sock, 0x8914, struct.pack("16sH22x", b"lo", flags | 0x1))
+
+
+def main(argv: list[str]) -> int:
+    """`hub_server.py OUT -- CMD...`: bring loopback up, start the server, run CMD (each `{endpoint}` replaced by the
+    server's URL; stdout/stderr passed through; Python children audited) and exit with its code. Writes
+    OUT/hub.json (requests, tokens, commits, files per repo, every socket connect/getaddrinfo of the command) and
+    each stored file under OUT/repos/<models|datasets>/<namespace>/<name>/<path>."""
+    out, command = Path(argv[0]), argv[argv.index("--") + 1:]
+    loopback_up()
+    with HubServer() as hub, tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "sitecustomize.py").write_text(AUDIT)
+        netlog = Path(tmp) / "net.jsonl"
+        netlog.touch()
+        env = {**os.environ, "HUB_SERVER_NETLOG": str(netlog),
+               "PYTHONPATH": os.pathsep.join(filter(None, [tmp, os.environ.get("PYTHONPATH")]))}
+        code = subprocess.run([arg.replace("{endpoint}", hub.url) for arg in command], env=env).returncode
+        repos = {}
+        for (kind, repo_id), repo in hub.state.repos.items():
+            repos[f"{kind}/{repo_id}"] = {"commits": repo.commits, "lfs_paths": sorted(repo.lfs_paths),
+                                          "files": sorted(repo.branches["main"])}
+            for path, data in repo.branches["main"].items():
+                target = out / "repos" / kind / repo_id / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        record = {"url": hub.url, "requests": hub.state.requests, "tokens": sorted(hub.state.tokens), "repos": repos,
+                  "network": [json.loads(line) for line in netlog.read_text().splitlines()]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hub.json").write_text(json.dumps(record, indent=1))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

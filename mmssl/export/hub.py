@@ -1,25 +1,31 @@
 """Publishing to the Hugging Face Hub: model cards from templates, one commit per push, retries with backoff.
 
-Everything that talks to the Hub is here. The endpoint, token and `HfApi` are injectable; the token comes
-from the usual places (argument, HF_TOKEN, `hf auth login`) and is never printed or written anywhere.
+Everything that talks to the Hub is here. The endpoint, token and `HfApi` are injectable; every request of a push
+goes through that one `HfApi` (so to the chosen endpoint) and the retry wrapper. The token comes from the usual places
+(argument, HF_TOKEN, `hf auth login`) and is never printed or written anywhere; nothing is written into the user's
+files (cards and parquet shards are uploaded from memory or a temporary folder).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
 from mmssl.errors import MmsslError
 
 CARDS = Path(__file__).resolve().parents[1] / "model_cards"
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+REPO_ID_RULE = ("a repo id is 'namespace/name', each part 1-96 ASCII letters, digits, '-', '_' or '.', starting with a "
+                "letter or digit, not ending with '-' or '.', without '--' or '..', not ending in '.git'; "
+                "e.g. --repo-id my-org/mlm-world. Nothing was sent")
 UPLOAD_IGNORE = ["checkpoints/*", "tracking/*", ".*", "*/.*", "*.bin", "*.pkl", "*.pt", "*.pth", "*.tmp"]
 
 # kind -> (library_name, pipeline_tag, template)
@@ -42,9 +48,17 @@ class PushResult:
 
 
 def check_repo_id(repo_id: str) -> None:
-    if not REPO_ID.match(repo_id or ""):
-        raise MmsslError(f"repo id {repo_id!r} is not 'namespace/name' (letters, digits, '-', '_', '.'); "
-                         "e.g. --repo-id my-org/mlm-world")
+    """`namespace/name` by huggingface_hub's own rules (`validate_repo_id`), checked before any request."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        reason = str(exc).replace(f": '{repo_id}'", "").split(". Use `repo_type`")[0].rstrip(".")
+        raise MmsslError(f"repo id {repo_id!r} is not valid ({reason}); {REPO_ID_RULE}") from None
+    if not isinstance(repo_id, str) or not REPO_ID.match(repo_id):
+        raise MmsslError(f"repo id {repo_id!r} is not 'namespace/name'; {REPO_ID_RULE}")
 
 
 def detect_kind(directory: Path) -> str:
@@ -140,9 +154,30 @@ def _limitations(source: str | None) -> str:
             "data before use. Self-supervised objectives do not filter harmful or private content in the corpus.")
 
 
-def _api(endpoint: str | None, token: str | None, api=None):
-    from huggingface_hub import HfApi, get_token
+def default_backoff() -> float:
+    """Seconds before the first retry (doubling after): MMSSL_PUSH_BACKOFF, else 1."""
+    value = os.environ.get("MMSSL_PUSH_BACKOFF", "1")
+    try:
+        backoff = float(value)
+    except ValueError:
+        backoff = -1.0
+    if not backoff >= 0:
+        raise MmsslError(f"MMSSL_PUSH_BACKOFF={value!r} is not a number of seconds >= 0; e.g. MMSSL_PUSH_BACKOFF=1")
+    return backoff
 
+
+def _connect(endpoint: str | None, token: str | None, api=None) -> tuple[Any, str]:
+    """The one `HfApi` (and token) every request of a push goes through; refuses offline mode, a bad endpoint and a
+    missing token before any request."""
+    from huggingface_hub import HfApi, constants, get_token
+
+    if constants.is_offline_mode():
+        name = next((n for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(n)), "HF_HUB_OFFLINE")
+        raise MmsslError(f"{name}={os.environ.get(name, '1')} is set; publishing needs the network: unset it (or set "
+                         f"{name}=0) and run the same command again. Nothing was sent")
+    if endpoint is not None and not re.match(r"^https?://[^/\s]+", endpoint):
+        raise MmsslError(f"endpoint {endpoint!r} is not an http(s) URL; e.g. --endpoint https://huggingface.co. "
+                         "Nothing was sent")
     token = token or (api.token if api is not None else None) or get_token()
     if not token:
         raise MmsslError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (the token is never printed)")
@@ -150,26 +185,88 @@ def _api(endpoint: str | None, token: str | None, api=None):
 
 
 def _transient(exc: Exception) -> bool:
-    from huggingface_hub.errors import HfHubHTTPError
+    """Worth retrying: 5xx, 429, refused/dropped connections and timeouts (not offline mode, not 4xx)."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    if isinstance(exc, OfflineModeIsEnabled):
+        return False
     if isinstance(exc, HfHubHTTPError):
         status = getattr(exc.response, "status_code", None)
         return status is None or status >= 500 or status == 429
-    return isinstance(exc, (ConnectionError, TimeoutError, OSError)) or "connect" in type(exc).__name__.lower()
+    transport = {cls.__name__ for cls in type(exc).__mro__} & {"TransportError", "TimeoutException"}
+    return isinstance(exc, (ConnectionError, TimeoutError)) or bool(transport)
 
 
-def with_retries(action: Callable[[], Any], what: str, retries: int, backoff: float) -> tuple[Any, int]:
-    """Run `action`, retrying transient failures (5xx, 429, dropped connections) with exponential backoff."""
+def _describe(exc: Exception, secret: str | None) -> str:
+    """One line about a failed request, without the token (exception texts can carry request details)."""
+    text = " ".join(str(exc).split())
+    if secret:
+        text = text.replace(secret, "<token>")
+    text = re.sub(r"(?i)bearer\s+\S+", "Bearer <token>", text)  # scrubbed before shortening: no partial token
+    return f"{type(exc).__name__}: {text[:400] or 'no details'}"
+
+
+def with_retries(action: Callable[[], Any], what: str, retries: int, backoff: float, *, endpoint: str | None = None,
+                 secret: str | None = None) -> tuple[Any, int]:
+    """Run `action`, retrying transient failures (5xx, 429, dropped connections) with exponential backoff; a final
+    failure is one MmsslError naming `endpoint`, never containing `secret`."""
+    where = f" on {endpoint}" if endpoint else ""
     for attempt in range(1, retries + 1):
         try:
             return action(), attempt
         except Exception as exc:  # noqa: BLE001 - classified below
-            if not _transient(exc) or attempt == retries:
-                detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise MmsslError(f"{what} failed after {attempt} attempt(s): {detail}. Nothing was published "
-                                 "by the failed commit; run the same command again") from None
+            transient = _transient(exc)
+            if not transient or attempt == retries:
+                hint = (f"; check that {endpoint or 'the endpoint'} is the Hub you mean (--endpoint, HF_ENDPOINT) and "
+                        "is reachable, then run the same command again") if transient else ""
+                raise MmsslError(f"{what}{where} failed after {attempt} attempt(s): {_describe(exc, secret)}. "
+                                 f"Nothing was published{hint}") from None
             time.sleep(backoff * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _global_endpoint(endpoint: str) -> Iterator[None]:
+    """huggingface_hub's global endpoint set to `endpoint` for the duration of a push: the client makes requests of
+    its own to `constants.ENDPOINT` (e.g. the agent-harness registry for its user agent), which would otherwise go to
+    huggingface.co (or HF_ENDPOINT), not where the user pointed the push."""
+    from huggingface_hub import constants
+
+    saved, constants.ENDPOINT = constants.ENDPOINT, endpoint.rstrip("/")
+    try:
+        yield
+    finally:
+        constants.ENDPOINT = saved
+
+
+def _publish(api, token: str, repo_id: str, repo_type: str, operations: Callable[[list[str]], list], *,
+             message: str, private: bool, overwrite: bool, revision: str | None, retries: int,
+             backoff: float) -> tuple[Any, int]:
+    """The network part of a push, each request retried: check the repo, create it (and the branch), then ONE commit
+    of `operations(files already in the repo)` (rebuilt per attempt: the client consumes them)."""
+    label = "dataset repo" if repo_type == "dataset" else "repo"
+
+    def call(action: Callable[[], Any], what: str) -> Any:
+        return with_retries(action, what, retries, backoff, endpoint=api.endpoint, secret=token)
+
+    with _global_endpoint(api.endpoint):
+        existing: list[str] = []
+        exists, _ = call(lambda: api.repo_exists(repo_id, repo_type=repo_type),
+                         f"checking whether {label} {repo_id!r} exists")
+        if exists:
+            existing = call(lambda: api.list_repo_files(repo_id, repo_type=repo_type),
+                            f"listing the files of {label} {repo_id!r}")[0]
+            if not overwrite and [f for f in existing if f != ".gitattributes"]:  # the Hub adds .gitattributes itself
+                raise MmsslError(f"{label} {repo_id!r} already exists and has files; pass --overwrite to publish "
+                                 "over it")
+        call(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True),
+             f"creating the {label} {repo_id!r}")
+        if revision:
+            call(lambda: api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True),
+                 f"creating branch {revision!r} of {repo_id!r}")
+        return call(lambda: api.create_commit(repo_id, operations(existing), commit_message=message,
+                                              repo_type=repo_type, revision=revision),
+                    f"uploading to {label} {repo_id!r}")
 
 
 def push_model(
@@ -185,33 +282,32 @@ def push_model(
     overwrite: bool = False,
     license: str | None = None,
     retries: int = 3,
-    backoff: float = 1.0,
+    backoff: float | None = None,
 ) -> PushResult:
-    """Publish an mmssl output folder (model, card, recipe, metrics; safetensors only) in one commit."""
+    """Publish an mmssl output folder (model, recipe, metrics; safetensors only) and its card in one commit.
+
+    The card is uploaded from memory: nothing is written into `directory` (a README.md there is left alone and not
+    uploaded; the card takes its place in the repo)."""
+    from huggingface_hub import CommitOperationAdd
+
     directory = Path(directory)
     check_repo_id(repo_id)
+    backoff = default_backoff() if backoff is None else backoff
     card = render_card(directory, repo_id, license)  # all checks before anything touches the network
-    api, token = _api(endpoint, token, api)
-    exists = api.repo_exists(repo_id, repo_type="model")
-    if exists and not overwrite and api.list_repo_files(repo_id, repo_type="model"):
-        raise MmsslError(f"repo {repo_id!r} already exists and has files; pass --overwrite to publish over it")
-    with_retries(lambda: api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True),
-                 "creating the repo", retries, backoff)
-    if revision:
-        with_retries(lambda: api.create_branch(repo_id, branch=revision, exist_ok=True),
-                     f"creating branch {revision!r}", retries, backoff)
-    card_path = directory / "README.md"
-    tmp = directory / ".README.md.tmp"
-    tmp.write_text(card, encoding="utf-8")
-    os.replace(tmp, card_path)
-    files = sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
+    api, token = _connect(endpoint, token, api)
+    files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
                    if p.is_file() and not _ignored(p.relative_to(directory)))
-    message = commit_message or f"Upload {detect_kind(directory)} model trained with mmssl"
-    info, attempts = with_retries(
-        lambda: api.upload_folder(folder_path=str(directory), repo_id=repo_id, repo_type="model", revision=revision,
-                                  commit_message=message, ignore_patterns=UPLOAD_IGNORE),
-        f"uploading {str(directory)!r} to {repo_id!r}", retries, backoff)
-    return PushResult(repo_id, str(getattr(info, "commit_url", info)), files, attempts)
+    files = [f for f in files if f != "README.md"]
+
+    def operations(existing: list[str]) -> list:
+        return [*(CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(directory / f)) for f in files),
+                CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8"))]
+
+    info, attempts = _publish(
+        api, token, repo_id, "model", operations, private=private, overwrite=overwrite, revision=revision,
+        message=commit_message or f"Upload {detect_kind(directory)} model trained with mmssl", retries=retries,
+        backoff=backoff)
+    return PushResult(repo_id, str(getattr(info, "commit_url", info)), sorted([*files, "README.md"]), attempts)
 
 
 def _ignored(relative: Path) -> bool:
@@ -220,14 +316,22 @@ def _ignored(relative: Path) -> bool:
     return any(fnmatch.fnmatch(str(relative), pattern) for pattern in UPLOAD_IGNORE)
 
 
-def render_dataset_card(stats: dict[str, Any], repo_id: str, license: str | None = None) -> str:
-    """The dataset card of a mined dataset, from its `<output>.stats.json`."""
+def render_dataset_card(stats: dict[str, Any], repo_id: str, license: str | None = None, info=None) -> str:
+    """The dataset card of a mined dataset, from its `<output>.stats.json`; with `info` (a `datasets.DatasetInfo`)
+    the metadata also holds `dataset_info` and the `configs` that point `load_dataset` at `data/train-*`."""
     import jinja2
     from huggingface_hub import DatasetCard, DatasetCardData
 
     config = yaml.safe_load(stats.get("config", "")) or {}
     card_data = DatasetCardData(license=license, tags=["mmssl", "hard-negatives", stats.get("method", "")],
                                 task_categories=["sentence-similarity"], pretty_name=repo_id.split("/")[1])
+    if info is not None:
+        from datasets.info import DatasetInfosDict
+        from datasets.utils.metadata import MetadataConfigs
+
+        DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
+        MetadataConfigs({"default": {"data_files": [{"split": "train", "path": "data/train-*"}]}}
+                        ).to_dataset_card_data(card_data)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(CARDS)), undefined=jinja2.StrictUndefined)
     try:
         text = env.get_template("mined_dataset.md").render(
@@ -254,31 +358,56 @@ def push_dataset(
     overwrite: bool = False,
     license: str | None = None,
     retries: int = 3,
-    backoff: float = 1.0,
+    backoff: float | None = None,
+    max_shard_bytes: int = 500 * 10**6,
 ) -> PushResult:
-    """Publish a mined dataset (`.jsonl`/`.parquet` written by `mmssl mine`) with `datasets`' push_to_hub."""
+    """Publish a mined dataset (`.jsonl`/`.parquet` written by `mmssl mine`) as parquet shards
+    (`data/train-*.parquet`) plus its card, in one commit through the same `HfApi` (so to the same endpoint)."""
+    import tempfile
+
     import datasets
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     path = Path(path)
     check_repo_id(repo_id)
+    backoff = default_backoff() if backoff is None else backoff
     stats_path = path.with_name(path.name + ".stats.json")
     if not path.is_file() or path.suffix not in (".jsonl", ".parquet") or not stats_path.is_file():
         raise MmsslError(f"{str(path)!r} is not a dataset written by `mmssl mine` (a .jsonl/.parquet file with "
                          f"{stats_path.name} beside it)")
-    card = render_dataset_card(json.loads(stats_path.read_text()), repo_id, license)
-    rows = datasets.Dataset.from_json(str(path)) if path.suffix == ".jsonl" else datasets.Dataset.from_parquet(str(path))
-    api, token = _api(endpoint, token, api)
-    if api.repo_exists(repo_id, repo_type="dataset") and not overwrite and api.list_repo_files(repo_id, repo_type="dataset"):
-        raise MmsslError(f"dataset repo {repo_id!r} already exists and has files; pass --overwrite to publish over it")
-    with_retries(lambda: api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True),
-                 "creating the dataset repo", retries, backoff)
-    # The card first: datasets' push_to_hub keeps an existing README's text and adds its dataset_info metadata.
-    with_retries(lambda: api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id,
-                                         repo_type="dataset", commit_message="Add dataset card (mmssl)"),
-                 "uploading the dataset card", retries, backoff)
-    info, attempts = with_retries(
-        lambda: rows.push_to_hub(repo_id, token=token, private=private,
-                                 commit_message=f"Upload {len(rows)} mined rows (mmssl)"),
-        f"uploading {str(path)!r} to {repo_id!r}", retries, backoff)
-    files = api.list_repo_files(repo_id, repo_type="dataset")
-    return PushResult(repo_id, str(getattr(info, "commit_url", info)), sorted(files), attempts)
+    stats = json.loads(stats_path.read_text())
+    api, token = _connect(endpoint, token, api)
+    with tempfile.TemporaryDirectory(prefix="mmssl-push-") as tmp:
+        folder = Path(tmp)
+        read = datasets.Dataset.from_json if path.suffix == ".jsonl" else datasets.Dataset.from_parquet
+        try:
+            rows = read(str(path), cache_dir=str(folder / "cache"))
+        except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file
+            raise MmsslError(f"{str(path)!r} could not be read as {path.suffix[1:]} rows: "
+                             f"{_describe(exc, None)}") from None
+        shards = _write_shards(rows, folder, max_shard_bytes)
+        info = datasets.DatasetInfo(features=rows.features, splits=datasets.SplitDict(), dataset_size=rows.data.nbytes,
+                                    download_size=sum((folder / s).stat().st_size for s in shards))
+        info.splits.add(datasets.SplitInfo("train", num_bytes=rows.data.nbytes, num_examples=len(rows)))
+        card = render_dataset_card(stats, repo_id, license, info)
+
+        def operations(existing: list[str]) -> list:
+            stale = [f for f in existing if f.startswith("data/") and f not in shards]  # no old rows stay behind
+            return [*(CommitOperationDelete(path_in_repo=f) for f in stale),
+                    *(CommitOperationAdd(path_in_repo=s, path_or_fileobj=str(folder / s)) for s in shards),
+                    CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8"))]
+
+        commit, attempts = _publish(
+            api, token, repo_id, "dataset", operations, message=f"Upload {len(rows)} mined rows (mmssl)",
+            private=private, overwrite=overwrite, revision=None, retries=retries, backoff=backoff)
+    return PushResult(repo_id, str(getattr(commit, "commit_url", commit)), sorted([*shards, "README.md"]), attempts)
+
+
+def _write_shards(rows, folder: Path, max_shard_bytes: int) -> list[str]:
+    """`rows` as `data/train-0000i-of-0000N.parquet` under `folder`, N from the in-memory size (as datasets does)."""
+    count = rows.data.nbytes // max_shard_bytes + 1
+    (folder / "data").mkdir()
+    shards = [f"data/train-{i:05d}-of-{count:05d}.parquet" for i in range(count)]
+    for i, shard in enumerate(shards):
+        rows.shard(num_shards=count, index=i, contiguous=True).to_parquet(str(folder / shard))
+    return shards

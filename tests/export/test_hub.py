@@ -48,6 +48,7 @@ def test_push_mlm_round_trip_through_the_real_clients(mlm_output, hub, tmp_path)
                            "--license", "apache-2.0"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "hf_test_secret_token" not in done.stdout + done.stderr
+    assert not (mlm_output / "README.md").exists()  # the card is uploaded from memory, never written into the folder
     stored = hub.files("org/mlm-world")
     assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "recipe.yaml", "metrics.json"} <= set(stored)
     assert not any(p.startswith(("checkpoints/", "tracking/")) or p.endswith((".bin", ".pkl")) for p in stored)
@@ -133,9 +134,13 @@ def test_push_mined_dataset_and_load_it_back(hub, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert pushed.returncode == 0, pushed.stderr
     files = hub.files("org/mined", kind="datasets")
-    assert any(p.endswith(".parquet") for p in files)
+    assert sorted(files) == ["README.md", "data/train-00000-of-00001.parquet"]
+    assert len(hub.state.repos[("datasets", "org/mined")].commits) == 1  # shards and card in one commit
     card = files["README.md"].decode()
-    assert "False-negative guards" in card and "removed_relative_score" in card and "dataset_info" in card
+    assert "False-negative guards" in card and "removed_relative_score" in card
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["configs"][0]["data_files"] == [{"split": "train", "path": "data/train-*"}]
+    assert {f["name"] for f in meta["dataset_info"]["features"]} >= {"anchor", "positive", "negative_1"}
     stats = json.loads((tmp_path / "mined.jsonl.stats.json").read_text())
     assert f"{stats['rows_written']} rows written" in card
     load = ("import json; from datasets import load_dataset; d = load_dataset('org/mined', split='train'); "
@@ -144,6 +149,29 @@ def test_push_mined_dataset_and_load_it_back(hub, tmp_path):
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     local = [json.loads(line) for line in mined.read_text().splitlines()]
     assert json.loads(loaded.stdout.strip().splitlines()[-1]) == local
+
+
+def test_large_datasets_are_sharded_and_an_overwrite_leaves_no_stale_shards(hub, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmssl.export.hub import push_dataset
+
+    rows = [{"anchor": f"query {i}", "positive": f"answer {i}", "negative_1": f"other {i}", "negative_1_score": i / 7}
+            for i in range(300)]
+    mined = tmp_path / "mined.jsonl"
+    mined.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "mined.jsonl.stats.json").write_text(json.dumps(
+        {"method": "bm25", "queries": 300, "rows_written": 300, "corpus_size": 600, "num_negatives": 1, "counts": {},
+         "config": "skip_top: 0\nwindow: 10\n"}))
+    first = push_dataset(mined, "org/sharded", endpoint=hub.url, token="t", max_shard_bytes=5_000, backoff=0.01)
+    shards = [f for f in first.files if f.startswith("data/")]
+    assert len(shards) > 2 and shards[0] == f"data/train-00000-of-{len(shards):05d}.parquet"
+    stored = hub.files("org/sharded", kind="datasets")
+    assert [r for s in shards for r in pq.read_table(pa.BufferReader(stored[s])).to_pylist()] == rows
+    push_dataset(mined, "org/sharded", endpoint=hub.url, token="t", overwrite=True, backoff=0.01)
+    assert sorted(hub.files("org/sharded", kind="datasets")) == ["README.md", "data/train-00000-of-00001.parquet"]
+    assert len(hub.state.repos[("datasets", "org/sharded")].commits) == 2
 
 
 def test_recipe_push_to_hub_at_checkpoints_and_at_the_end(hub, tmp_path, monkeypatch):
