@@ -42,7 +42,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.source in ("files", "hub") and not self.path:
-            raise ValueError(f"data.path is required when data.source is {self.source!r}")
+            raise ValueError(f"path is required when source is {self.source!r} (a file, folder or glob)")
 
 
 @dataclass

@@ -110,14 +110,16 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:  # Optional[X]: X's own error says more than "expected X or null"
+            return coerce(value, members[0], path)
+        for arg in members:
             try:
                 return coerce(value, arg, path)
             except RangeError:
                 raise
-            except RecipeError as exc:
-                errors.append(exc)
+            except RecipeError:
+                pass
         raise RecipeError(f"{path}: expected {_describe(tp)}, got {value!r}")
     if origin is Literal:
         allowed = get_args(tp)

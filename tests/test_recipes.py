@@ -78,7 +78,7 @@ def test_value_checks_name_the_key():
         parse_recipe(raw)
     raw = base()
     raw["data"] = {"source": "files"}
-    with pytest.raises(RecipeError, match="data.path is required"):
+    with pytest.raises(RecipeError, match=r"data: path is required when source is .files."):
         parse_recipe(raw)
 
 

@@ -144,17 +144,26 @@ def _decode(source: Any, size: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _clean_captions(value: Any) -> list[str]:
+def _clean_captions(value: Any, column: str = "captions", where: str = "data") -> list[str]:
+    """Non-empty captions of one row (a string, a list of strings, or a record with captions); nulls count as
+    none; any other type is a clear error naming the column."""
     if value is None:
         return []
     if isinstance(value, str):
         value = [value]
     if isinstance(value, dict):
         value = value.get("captions") or value.get("caption") or value.get("text") or []
-        return _clean_captions(value)
+        return _clean_captions(value, column, where)
+    items = value if isinstance(value, (list, tuple)) else [value]
     out = []
-    for item in value:
-        if isinstance(item, str) and item.strip():
+    for item in items:
+        if item is None:
+            continue
+        if not isinstance(item, str):
+            kind = type(item).__name__ + (" lists" if items is value else " values")
+            raise DataError(f"{where}: caption column {column!r} holds {kind}, not text; map the column that holds "
+                            "the captions with data.columns.captions=<column name>, or write them as strings")
+        if item.strip():
             out.append(item.strip())
     return out
 
@@ -364,7 +373,7 @@ def _table_rows(path: str, fmt: str, mapping: dict[str, str], where: str, defaul
                     value = json.loads(value)
                 except ValueError:
                     pass
-            caps.extend(_clean_captions(value))
+            caps.extend(_clean_captions(value, col, where))
         label = item.get(label_cols[0]) if label_cols else None
         if isinstance(label, str) and label.strip().lstrip("-").isdigit():
             label = int(label)
@@ -473,7 +482,7 @@ def _hub_rows(cfg: DataConfig, split: str, where: str) -> RawRows:
         names = list(ds.features[label_cols[0]].names)
     rows = []
     for item in ds:
-        caps = [c for col in caption_cols for c in _clean_captions(item[col])]
+        caps = [c for col in caption_cols for c in _clean_captions(item[col], col, where)]
         label = item[label_cols[0]] if label_cols else None
         rows.append((item[image_col], caps, label, label is not None))
     return RawRows(rows, names, where)

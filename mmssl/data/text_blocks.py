@@ -38,14 +38,15 @@ def _tokenize(ds: datasets.Dataset, tokenizer, add_special_tokens: bool, append_
     return ds.map(encode, batched=True, batch_size=2000, remove_columns=ds.column_names, desc="tokenize")
 
 
-def pack(ds: datasets.Dataset, tokenizer, block_size: int, add_special_tokens: bool, append_eos: bool) -> TextBlocks:
+def pack(ds: datasets.Dataset, tokenizer, block_size: int, add_special_tokens: bool, append_eos: bool,
+         what: str = "the corpus") -> TextBlocks:
     """Concatenate all tokenised texts and cut them into blocks of `block_size` (the tail is dropped)."""
     tokenized = _tokenize(ds, tokenizer, add_special_tokens, append_eos)
     flat = pc.list_flatten(tokenized.data.column("input_ids")).to_numpy().astype(np.int64)
     num_blocks = len(flat) // block_size
     if num_blocks == 0:
         raise DataError(
-            f"the corpus has {len(flat)} tokens, fewer than one block of objective.max_length={block_size}; "
+            f"{what} has {len(flat)} tokens, fewer than one block of objective.max_length={block_size}; "
             "add text, lower objective.max_length, or set objective.packing=false"
         )
     blocks = flat[: num_blocks * block_size].reshape(num_blocks, block_size)

@@ -39,7 +39,8 @@ class Corpus:
     def load(cls, corpus: DataConfig | None, positives: list[str], seed: int = 0) -> "Corpus":
         table, rows, hashes = None, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         if corpus is not None:
-            table = load_splits(dataclasses.replace(corpus, eval_fraction=0.0), "text", ["text"], seed=seed).train
+            corpus = dataclasses.replace(corpus, eval_fraction=0.0)
+            table = load_splits(corpus, "text", ["text"], seed=seed, section="corpus").train
             table = table.select_columns(["text"])
             parts, keep = [], []
             for start in range(0, len(table), CHUNK):

@@ -64,16 +64,20 @@ class LanguageModeling(Objective):
                 f"objective.max_length={self.params.max_length} exceeds the model's {limit} positions; "
                 f"lower objective.max_length or enlarge the model's max_position_embeddings"
             )
-        self.blocks = self._blocks(splits.train)
+        self.blocks = self._blocks(splits.train, "the training data")
         self.train_dataset = self.blocks.dataset
-        self.eval_dataset = self._blocks(splits.eval).dataset if splits.eval is not None and len(splits.eval) else None
+        self.eval_dataset = None
+        if splits.eval is not None and len(splits.eval):
+            self.eval_dataset = self._blocks(splits.eval, "the eval split (data.eval_path or data.eval_fraction)").dataset
         self.module = self._wrap(self.model)
 
-    def _blocks(self, ds) -> TextBlocks:
+    def _blocks(self, ds, what: str) -> TextBlocks:
         special = self.kind == "mlm"
         eos = self.kind == "clm"
+        ds = ds.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True)  # nulls, blanks
         if self.params.packing:
-            return pack(ds, self.tokenizer, self.params.max_length, add_special_tokens=special, append_eos=eos)
+            return pack(ds, self.tokenizer, self.params.max_length, add_special_tokens=special, append_eos=eos,
+                        what=what)
         return truncate(ds, self.tokenizer, self.params.max_length, add_special_tokens=special, append_eos=eos)
 
     def _check_tokenizer(self) -> None:

@@ -67,3 +67,54 @@ def test_world_source_gives_train_and_held_out_eval():
     splits = load_splits(DataConfig(world=WorldConfig(num_scenes=50)), "pairs", ["anchor", "positive"])
     assert splits.train.column_names == ["anchor", "positive"]
     assert len(splits.eval) > 0
+
+
+def test_malformed_lines_are_named_once(tmp_path, caplog):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"text": "fine"}\n')
+    (folder / "b.jsonl").write_text('{"text": "fine"}\n\n[1, 2]\n')
+    with pytest.raises(DataError, match=r"data.path '.*d': .*b.jsonl: line 3 is an array, not a JSON object"):
+        load_splits(files_cfg(folder), "text", ["text"])
+    assert not [r for r in caplog.records if r.name.startswith("datasets")]  # no second report from `datasets`
+    bad_csv = tmp_path / "x.csv"
+    bad_csv.write_text("text\nok\n")
+    cfg = files_cfg(tmp_path / "x.csv", eval_path=str(tmp_path / "e.jsonl"))
+    (tmp_path / "e.jsonl").write_text('{"text": "ok"}\n{"text": \n')
+    with pytest.raises(DataError, match=r"^data.eval_path '.*e.jsonl': line 2 is not valid JSON \(Expecting value"):
+        load_splits(cfg, "text", ["text"])
+
+
+def test_keys_are_named_by_section(tmp_path):
+    with pytest.raises(DataError, match=r"^corpus.path '.*nope': no such file .* set corpus.source to 'world'"):
+        load_splits(files_cfg(tmp_path / "nope"), "text", ["text"], section="corpus")
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"body": "x"}\n')
+    with pytest.raises(DataError, match=r"Map it with corpus.columns.text="):
+        load_splits(files_cfg(path), "text", ["text"], section="corpus")
+    with pytest.raises(DataError, match=r"^data.eval_path '.*missing.txt': no such file or folder .*check the path$"):
+        load_splits(files_cfg(path, columns={"text": "body"}, eval_path=str(tmp_path / "nope" / "missing.txt")),
+                    "text", ["text"])
+
+
+@pytest.mark.parametrize("values, found", [
+    ([1, 2], "int64 values"), ([1.5, None], "float64 values"), ([["a"], ["b"]], "lists"),
+    ([{"a": "b"}] * 2, r"records \(JSON objects\)"), ([None, None], r"no values \(null in every row\)"),
+    (["a", 3], r"mixed JSON values \(row 1 is 3, a number\)"),
+])
+def test_text_roles_must_hold_text(tmp_path, values, found):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"n": v, "body": "words"}) + "\n" for v in values))
+    fix = r"map a text column with data.columns.positive=<column name> \(text columns: \['body'\]\)"
+    with pytest.raises(DataError, match=rf"d.jsonl': column 'n' \(role 'positive'\) holds {found}, not text; {fix}"):
+        load_splits(files_cfg(path, columns={"positive": "n", "anchor": "body"}), "pairs", ["anchor", "positive"])
+
+
+def test_nulls_read_as_empty_text(tmp_path, caplog):
+    pd.DataFrame({"text": ["a b", None, "c d", ""]}).to_parquet(tmp_path / "t.parquet")
+    (tmp_path / "e.jsonl").write_text('{"text": "held out"}\n{"other": 1}\n')
+    cfg = files_cfg(tmp_path / "t.parquet", eval_path=str(tmp_path / "e.jsonl"), max_examples=3)
+    splits = load_splits(cfg, "text", ["text"])
+    assert splits.train["text"] == ["a b", "", "c d"] and splits.eval["text"] == ["held out", ""]
+    assert "t.parquet': 1 null in 'text' (of 3 rows); nulls count as empty texts" in caplog.text
+    assert "e.jsonl': 1 null in 'text' (of 2 rows)" in caplog.text
