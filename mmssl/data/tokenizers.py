@@ -18,10 +18,17 @@ from mmssl.recipes import TokenizerConfig
 TokenizerKind = Literal["wordpiece", "bpe"]
 
 
-def load_pretrained_tokenizer(path: str) -> PreTrainedTokenizerFast:
+def load_pretrained_tokenizer(path: str, trust_remote_code: bool = False, key: str = "tokenizer.path",
+                              allow_key: str | None = "tokenizer.trust_remote_code") -> PreTrainedTokenizerFast:
+    """A tokenizer folder or Hub id; custom code that comes with it runs only with `trust_remote_code`."""
+    from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+
+    refuse_prompts()
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:
+        if is_custom_code_error(exc):
+            raise custom_code_error(key, path, allow_key) from None
         raise MmsslError(
             f"tokenizer {path!r} could not be loaded ({type(exc).__name__}: {exc}); "
             "give a local folder with tokenizer files or a Hub id (online), or remove tokenizer.path to train one"
@@ -88,7 +95,7 @@ def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
 def build_tokenizer(cfg: TokenizerConfig, kind: TokenizerKind, texts: Iterable[str]) -> PreTrainedTokenizerFast:
     """Load `cfg.path`, or train a `kind` tokenizer of `cfg.vocab_size` on `texts`."""
     if cfg.path:
-        return load_pretrained_tokenizer(cfg.path)
+        return load_pretrained_tokenizer(cfg.path, cfg.trust_remote_code)
     if kind == "wordpiece":
         return train_wordpiece(_batches(texts), cfg.vocab_size, cfg.min_frequency, cfg.lowercase)
     return train_byte_bpe(_batches(texts), cfg.vocab_size, cfg.min_frequency)

@@ -138,12 +138,22 @@ def render_card(directory: Path, repo_id: str, license: str | None = None) -> st
             learning_rate=train.get("learning_rate"), batch_size=train.get("batch_size"),
             accumulation=train.get("gradient_accumulation_steps", 1), scheduler=train.get("scheduler"),
             weight_decay=train.get("weight_decay"), recipe_yaml=yaml.safe_dump(recipe, sort_keys=False),
-            limitations=_limitations(data.get("source")),
+            limitations=_limitations(data.get("source")), remote_code=_remote_code(recipe),
         )
     except jinja2.TemplateError as exc:
         raise MmsslError(f"model card template {template!r} failed to render: {exc}") from None
     ModelCard(text)  # parses the metadata: a broken card fails here, before anything is uploaded
     return text
+
+
+def _remote_code(recipe: dict[str, Any]) -> list[dict[str, str]]:
+    """The recipe keys that allowed custom code from a model or tokenizer folder to run (named in the card)."""
+    found = []
+    for section, path_key in (("model", "pretrained"), ("tokenizer", "path")):
+        part = recipe.get(section) or {}
+        if part.get("trust_remote_code"):
+            found.append({"key": f"{section}.trust_remote_code", "path": str(part.get(path_key))})
+    return found
 
 
 def _limitations(source: str | None) -> str:

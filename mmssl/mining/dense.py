@@ -58,9 +58,15 @@ class DenseEncoder:
         from sentence_transformers import SentenceTransformer
 
         self.cfg = cfg
+        from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+
+        refuse_prompts()
         try:
-            self.model = SentenceTransformer(cfg.model, device="cuda" if torch.cuda.is_available() else "cpu")
+            self.model = SentenceTransformer(cfg.model, device="cuda" if torch.cuda.is_available() else "cpu",
+                                             trust_remote_code=cfg.trust_remote_code)
         except Exception as exc:
+            if is_custom_code_error(exc):
+                raise custom_code_error("dense.model", cfg.model, "dense.trust_remote_code") from None
             raise MmsslError(f"dense.model {cfg.model!r} could not be loaded as a SentenceTransformer ({exc}); "
                              "give a sentence-transformers folder (e.g. an mmssl SimCSE output) or a Hub id") from None
         if cfg.max_seq_length:

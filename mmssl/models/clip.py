@@ -115,6 +115,10 @@ def build_open_clip(model_cfg: dict[str, Any], cfg: ModelConfig) -> nn.Module:
     kwargs = copy.deepcopy(model_cfg)
     text = kwargs["text_cfg"]
     hf_text = "hf_model_name" in text
+    if hf_text:  # open_clip loads the tower without trust_remote_code: refuse custom code instead of asking
+        from mmssl.models.remote_code import refuse_prompts
+
+        refuse_prompts()
     if hf_text:
         # A pretrained text tower from a local path is loaded unless whole-model weights follow.
         text.setdefault("hf_model_pretrained", not cfg.pretrained)
@@ -231,8 +235,14 @@ def build_tokenizer(model_cfg: dict[str, Any]):
     kwargs = dict(text.get("tokenizer_kwargs") or {})
     name = text.get("hf_tokenizer_name") or ""
     if name:
+        from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+
+        refuse_prompts()
+        kwargs["trust_remote_code"] = False  # never from a config that came with a model folder
         try:
             return HFTokenizer(name, context_length=length, tokenizer_mode=text.get("tokenizer_mode"), **kwargs)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
+            if is_custom_code_error(exc):
+                raise custom_code_error("the text tokenizer", name, None) from None
             raise RecipeError(f"model: cannot load the text tokenizer {name!r} ({exc}); give a local folder") from None
     return SimpleTokenizer(context_length=length, **kwargs)

@@ -28,9 +28,15 @@ def build_transformers_model(cfg: ModelConfig, auto, what: str, tokenizer, speci
     """`auto` model (an Auto* class, SDPA attention) from `cfg.pretrained`, or a fresh `cfg.arch` sized by
     `cfg.config`; `what` names the kind of model in error messages."""
     if cfg.pretrained:
+        from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+
+        refuse_prompts()
         try:
-            model = auto.from_pretrained(cfg.pretrained, attn_implementation="sdpa")
+            model = auto.from_pretrained(cfg.pretrained, attn_implementation="sdpa",
+                                         trust_remote_code=cfg.trust_remote_code)
         except Exception as exc:
+            if is_custom_code_error(exc):
+                raise custom_code_error("model.pretrained", cfg.pretrained, "model.trust_remote_code") from None
             raise MmsslError(
                 f"model.pretrained {cfg.pretrained!r} could not be loaded as {what} "
                 f"({type(exc).__name__}: {exc}); give a local transformers folder or a Hub id (online)"
@@ -54,8 +60,9 @@ def build_transformers_model(cfg: ModelConfig, auto, what: str, tokenizer, speci
     try:
         config = AutoConfig.for_model(cfg.arch, **settings)
         return auto.from_config(config, attn_implementation="sdpa")
-    except (TypeError, ValueError) as exc:
-        raise RecipeError(f"model: cannot build {what} {cfg.arch!r} from model.config: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a negative size reaches torch as RuntimeError
+        raise RecipeError(f"model: cannot build {what} {cfg.arch!r} from model.config ({exc}); fix model.config "
+                          "(sizes must be positive, hidden_size a multiple of the number of heads)") from None
 
 
 def build_language_model(cfg: ModelConfig, kind: LMKind, tokenizer) -> PreTrainedModel:

@@ -224,10 +224,14 @@ def save_sentence_transformer(encoder: TextEncoder, directory: str | Path, token
         st.save(str(directory), create_model_card=False)
 
 
-def load_sentence_transformer_dir(directory: str | Path) -> tuple[TextEncoder, Any, int]:
+def load_sentence_transformer_dir(directory: str | Path, trust_remote_code: bool = False) -> tuple[TextEncoder, Any, int]:
     """(encoder, tokenizer, max_seq_length) from a sentence-transformers folder with one Transformer,
     one Pooling (cls/mean/lasttoken) and an optional Normalize, as :func:`save_sentence_transformer` writes."""
     from transformers import AutoModel, AutoTokenizer
+
+    from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+
+    refuse_prompts()
 
     directory = Path(directory)
     modules_file = directory / "modules.json"
@@ -256,8 +260,13 @@ def load_sentence_transformer_dir(directory: str | Path) -> tuple[TextEncoder, A
     max_seq_length = 128
     if st_config.is_file():
         max_seq_length = json.loads(st_config.read_text(encoding="utf-8")).get("max_seq_length") or max_seq_length
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    model = AutoModel.from_pretrained(str(directory), attn_implementation="sdpa")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(str(directory), attn_implementation="sdpa", trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if is_custom_code_error(exc):
+            raise custom_code_error("model", str(directory), None) from None
+        raise
     tok_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_max, int) and tok_max < 100_000:
         max_seq_length = min(max_seq_length, tok_max) if st_config.is_file() else tok_max

@@ -278,8 +278,11 @@ class SimCSE(Objective):
         saved = resume_dir / TOKENIZER_DIR if resume_dir else None
         if saved is not None and saved.is_dir():
             tok = load_pretrained_tokenizer(str(saved))
-        elif recipe.tokenizer.path or recipe.model.pretrained:
-            tok = load_pretrained_tokenizer(recipe.tokenizer.path or recipe.model.pretrained)
+        elif recipe.tokenizer.path:
+            tok = load_pretrained_tokenizer(recipe.tokenizer.path, recipe.tokenizer.trust_remote_code)
+        elif recipe.model.pretrained:
+            tok = load_pretrained_tokenizer(recipe.model.pretrained, recipe.model.trust_remote_code,
+                                            "model.pretrained", "model.trust_remote_code")
         else:
             texts = (t for column in dict.fromkeys(self.views) for t in train[column])
             tok = build_tokenizer(recipe.tokenizer, "wordpiece", texts)
@@ -310,7 +313,7 @@ class SimCSE(Objective):
         if p.eval_pairs:
             from mmssl.data import sources
 
-            ds = sources._load_files(p.eval_pairs, "auto")
+            ds = sources._load_files(p.eval_pairs, "auto", key="objective.eval_pairs")
             where = f"objective.eval_pairs {p.eval_pairs!r}"
             for column in ("anchor", "positive"):
                 if column not in ds.column_names:

@@ -107,9 +107,14 @@ def load_seq2seq(path: str, device: str) -> tuple[Any, Any]:
         return _MODELS[key]
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+
+    refuse_prompts()
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:
+        if is_custom_code_error(exc):
+            raise custom_code_error("translation model", path, None) from None
         raise TranslationError(
             f"translation model {path!r}: not a transformers model folder or reachable Hub id ({type(exc).__name__}: "
             f"{_first_line(exc)}); give a MarianMT/NLLB/M2M100 folder or Hub id"
@@ -120,9 +125,11 @@ def load_seq2seq(path: str, device: str) -> tuple[Any, Any]:
             "model; give a MarianMT (opus-mt-*), NLLB or M2M100 model"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSeq2SeqLM.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForSeq2SeqLM.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:
+        if is_custom_code_error(exc):
+            raise custom_code_error("translation model", path, None) from None
         raise TranslationError(f"translation model {path!r}: could not load it ({type(exc).__name__}: "
                                f"{_first_line(exc)})") from None
     model.eval().to(device)

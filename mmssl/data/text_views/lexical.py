@@ -156,9 +156,14 @@ class ContextualSubstitute(_WordView):
 
         from mmssl.data.text_views.backtranslation import resolve_device
 
+        from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+
+        refuse_prompts()
         try:
-            self.pipe = pipeline("fill-mask", model=model, device=resolve_device(device))
+            self.pipe = pipeline("fill-mask", model=model, device=resolve_device(device), trust_remote_code=False)
         except Exception as exc:
+            if is_custom_code_error(exc):
+                raise custom_code_error(f"view {name!r} model", model, None) from None
             raise MmsslError(f"view {name!r}: {model!r} is not a fill-mask model that transformers can load "
                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
         self.mask = self.pipe.tokenizer.mask_token

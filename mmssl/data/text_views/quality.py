@@ -28,9 +28,14 @@ class QualityFilter:
 
             from mmssl.data.text_views.backtranslation import resolve_device
 
+            from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+
+            refuse_prompts()
             try:
-                self.model = SentenceTransformer(encoder, device=resolve_device(device))
+                self.model = SentenceTransformer(encoder, device=resolve_device(device), trust_remote_code=False)
             except Exception as exc:
+                if is_custom_code_error(exc):
+                    raise custom_code_error("quality.encoder", encoder, None) from None
                 raise MmsslError(f"quality.encoder {encoder!r}: could not load it as a SentenceTransformer "
                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
 
