@@ -57,16 +57,58 @@ def _truncate(text: str, max_words: int) -> tuple[str, bool]:
     return " ".join(words[:max_words]), True
 
 
+def _read_stats(path: Path) -> dict | None:
+    """The statistics in `path` if it is an `mmssl augment` statistics file, else None."""
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return stats if isinstance(stats, dict) and "views" in stats and "output" in stats else None
+
+
+def _is_stats(path: Path, out: Path) -> bool:
+    stats = _read_stats(path)
+    return stats is not None and Path(str(stats["output"])).expanduser().resolve() == out.resolve()
+
+
+def _written_by_augment(out: Path, fmt: str) -> bool:
+    """An earlier `mmssl augment` output at `out`, recognised by the statistics it carries or has beside it."""
+    if out.is_symlink():
+        return False
+    if fmt == "disk":
+        names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+        return _is_stats(out / STATS_FILE, out) and all(
+            n in (STATS_FILE, "state.json", "dataset_info.json") or (n.startswith("data-") and n.endswith(".arrow"))
+            for n in names)
+    if fmt == "parquet" and out.is_file():
+        import pyarrow.parquet as pq
+
+        try:
+            return b"mmssl_augment_stats" in (pq.read_schema(out).metadata or {})
+        except Exception:  # noqa: BLE001 - not a parquet file
+            return False
+    return out.is_file() and _is_stats(out.parent / STATS_FILE, out)
+
+
 def _target(cfg) -> tuple[Path, str, Path]:
+    """Output path, format and statistics path, checked before any work: never an input, never a file or
+    folder that `mmssl augment` did not write (and only with output.overwrite an earlier output of its own)."""
     from mmssl.errors import MmsslError
+    from mmssl.outputs import check_location, check_not_input, replace_owned_output
 
     out = Path(cfg.output.path).expanduser()
     fmt = cfg.output.resolved_format
-    if out.exists() and not cfg.output.overwrite:
-        raise MmsslError(f"output.path {str(out)!r} exists; set output.overwrite=true to replace it")
-    if fmt == "disk":
-        return out, fmt, out / STATS_FILE
-    return out, fmt, out.parent / STATS_FILE
+    stats = out / STATS_FILE if fmt == "disk" else out.parent / STATS_FILE
+    inputs = {"data.path": cfg.data.path, "data.eval_path": cfg.data.eval_path, "quality.encoder": cfg.quality.encoder,
+              "cache.path": cfg.cache.path}
+    check_location(out, "output.path", folder=fmt == "disk")
+    check_not_input(out, "output.path", inputs)
+    replace_owned_output(out, "output.path", cfg.output.overwrite, _written_by_augment(out, fmt),
+                         "output.overwrite=true")
+    if fmt != "disk" and stats.exists() and _read_stats(stats) is None:
+        raise MmsslError(f"{str(stats)!r} exists and was not written by mmssl augment, which keeps its statistics "
+                         "there; write the output into another folder")
+    return out, fmt, stats
 
 
 def _write(rows: dict[str, list], out: Path, fmt: str, stats: dict) -> None:
@@ -78,9 +120,10 @@ def _write(rows: dict[str, list], out: Path, fmt: str, stats: dict) -> None:
         "source_index": datasets.Value("int64")}))
     ds.info.description = "mmssl augment: " + json.dumps(stats, sort_keys=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    tmp = out.with_name(f".{out.name}.mmssl-tmp")
+    old = out.with_name(f".{out.name}.mmssl-old")
+    for leftover in (tmp, old):  # our own temporaries of an interrupted run
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
     if fmt == "jsonl":
         with open(tmp, "w", encoding="utf-8") as handle:
             names = list(rows)
@@ -94,9 +137,11 @@ def _write(rows: dict[str, list], out: Path, fmt: str, stats: dict) -> None:
     else:
         ds.save_to_disk(str(tmp))
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    if out.is_dir():  # checked by _target: an earlier output of ours; a folder cannot be replaced in one rename
+        os.replace(out, old)
     os.replace(tmp, out)
+    if old.is_dir():
+        shutil.rmtree(old)
 
 
 def augment(cfg) -> dict:
@@ -112,7 +157,7 @@ def augment(cfg) -> dict:
     indices, texts = [], []
     empty = truncated = 0
     for i, text in enumerate(raw_texts):
-        if not isinstance(text, str) or not text.strip():
+        if not text.strip():  # load_splits gives strings only (a null reads as "")
             empty += 1
             continue
         text, cut = _truncate(text, cfg.max_words)
@@ -120,9 +165,10 @@ def augment(cfg) -> dict:
         indices.append(i)
         texts.append(text)
     if not texts:
-        raise DataError(f"no sentences to augment: all {len(raw_texts)} rows are empty or whitespace")
+        where = "built-in world" if cfg.data.source == "world" else f"data.path {cfg.data.path!r}"
+        raise DataError(f"{where}: no sentences to augment: all {len(raw_texts)} rows are empty, null or whitespace")
     if empty:
-        log.warning("skipped %d empty or whitespace-only sentences", empty)
+        log.warning("skipped %d empty, null or whitespace-only sentences", empty)
     if truncated:
         log.warning("truncated %d sentences to max_words=%d words", truncated, cfg.max_words)
 

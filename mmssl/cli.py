@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import sys
 
 from mmssl.errors import MmsslError
+
+# storage faults reported as one line (full disk, quota, read-only file system, permissions, I/O error)
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -28,9 +32,18 @@ def _eval(args: argparse.Namespace) -> None:
     from mmssl.recipes import apply_overrides, parse_recipe, read_yaml
     from mmssl.registry import get_objective
 
+    from mmssl.outputs import RunManifest
+
     directory = Path(args.output_dir)
     if not (directory / "recipe.yaml").is_file():
         raise MmsslError(f"{str(directory)!r} is not an mmssl output folder (no recipe.yaml); pass the output_dir of a run")
+    manifest = RunManifest.read(directory)
+    if not (directory / "metrics.json").is_file() or (manifest is not None and manifest.status == "diverged"):
+        why = {"diverged": f"the run diverged ({manifest.detail})" if manifest else "",
+               "running": "the run has not finished (it is running, or was stopped)"}.get(
+            manifest.status if manifest else "running", "the run has not finished")
+        raise MmsslError(f"{str(directory)!r} holds no finished model to evaluate: {why}. Finish it with "
+                         "`mmssl train ... train.resume_from=latest`, or evaluate another output_dir")
     recipe = parse_recipe(apply_overrides(read_yaml(directory / "recipe.yaml"), args.overrides))
     metrics = get_objective(recipe.objective.name)(recipe).evaluate_export(directory)
     print(json.dumps(metrics, indent=2))
@@ -130,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"mmssl: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if args.verbose or exc.errno not in _STORAGE_ERRORS:
+            raise
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(f"mmssl: error: cannot write{where}: {exc.strerror}; free space or fix the folder's permissions, then "
+              "run the same command again (completed checkpoints and earlier outputs are intact)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mmssl: interrupted; completed checkpoints are intact (resume with train.resume_from=latest)", file=sys.stderr)

@@ -45,3 +45,15 @@ def tree_hashes(root: Path) -> dict[str, str]:
         return {root.name: hashlib.sha256(root.read_bytes()).hexdigest()}
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def write_recipe(path: Path, raw: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def in_mount_namespace(script: str) -> list[str]:
+    """A prefix that runs the command after `script` (mounts) in a private mount namespace (root, as in CI)."""
+    return ["unshare", "-m", "sh", "-c", script + ' && exec "$@"', "sh"]

@@ -19,11 +19,12 @@ import datasets
 import numpy as np
 
 from mmssl.data.sources import load_splits
-from mmssl.errors import DataError
+from mmssl.errors import DataError, MmsslError
 from mmssl.mining.bm25 import BM25Index
 from mmssl.mining.config import MiningConfig, dump
 from mmssl.mining.corpus import Corpus
 from mmssl.mining.dense import DenseEncoder, top_k
+from mmssl.outputs import check_location, check_not_input, replace_owned_output
 
 _SPACE = re.compile(r"\s+")
 _PUNCT = re.compile(r"[^\w\s]")
@@ -42,7 +43,7 @@ class MiningResult:
 
 
 def _load_pairs(cfg: MiningConfig) -> tuple[list[str], list[str], Counter]:
-    data = dataclasses.replace(cfg.data, eval_fraction=0.0)
+    data = dataclasses.replace(cfg.data, eval_fraction=0.0, eval_path=None)  # mining reads every pair
     table = load_splits(data, "pairs", ["anchor", "positive"], seed=cfg.seed).train
     counts: Counter = Counter()
     seen: set[tuple[str, str]] = set()
@@ -85,8 +86,48 @@ def _fuse(lists: list[tuple[np.ndarray, np.ndarray]], cfg: MiningConfig) -> tupl
     return pad(fused_ids, -1), pad(fused_scores, float("-inf"))
 
 
+def _stats_path(out: Path) -> Path:
+    return out.with_name(out.name + ".stats.json")
+
+
+def _written_by_mine(out: Path) -> bool:
+    """An earlier `mmssl mine` output: its stats file beside it names it, and a folder holds only `datasets` files."""
+    try:
+        stats = json.loads(_stats_path(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(stats, dict) or "rows_written" not in stats or not _stats_path(out).is_file():
+        return False
+    if out.is_dir() and not out.is_symlink():
+        names = {p.name for p in out.iterdir()}
+        return {"state.json", "dataset_info.json"} <= names and all(
+            n in ("state.json", "dataset_info.json") or (n.startswith("data-") and n.endswith(".arrow")) for n in names)
+    return out.is_file() and not out.is_symlink()
+
+
+def check_output(cfg: MiningConfig) -> None:
+    """Before any work: the output (and the BM25 index folder) may be written without touching anything mmssl
+    did not write or reads as input."""
+    out = Path(cfg.output).expanduser()
+    inputs = {"data.path": cfg.data.path, "data.eval_path": cfg.data.eval_path,
+              "corpus.path": cfg.corpus.path if cfg.corpus else None, "dense.model": cfg.dense.model,
+              "bm25.index_dir": cfg.bm25.index_dir}
+    check_location(out, "output", folder=out.suffix == "")
+    check_not_input(out, "output", inputs)
+    check_not_input(_stats_path(out), "output", inputs)
+    replace_owned_output(out, "output", cfg.overwrite, _written_by_mine(out), "overwrite=true")
+    if cfg.bm25.index_dir:
+        index = Path(cfg.bm25.index_dir).expanduser()
+        check_location(index, "bm25.index_dir", folder=True)
+        check_not_input(index, "bm25.index_dir", {k: v for k, v in inputs.items() if k != "bm25.index_dir"})
+        if index.is_dir() and any(index.iterdir()) and not (index / "params.index.json").is_file():
+            raise MmsslError(f"bm25.index_dir {str(index)!r} is not empty and holds no BM25 index; mmssl saves the "
+                             "index only into a new or empty folder: choose another bm25.index_dir")
+
+
 def mine(cfg: MiningConfig) -> MiningResult:
     started = time.perf_counter()
+    check_output(cfg)
     queries, positives, counts = _load_pairs(cfg)
     corpus = Corpus.load(cfg.corpus, positives, cfg.seed)  # streamed: texts stay in their Arrow table
     positive_ids = corpus.ids_of(positives)
@@ -200,19 +241,27 @@ def mine(cfg: MiningConfig) -> MiningResult:
 
 
 def write(result: MiningResult, cfg: MiningConfig) -> Path:
-    """Write the mined rows (jsonl, parquet or a datasets folder) and `<output>.stats.json`, atomically."""
-    out = Path(cfg.output)
+    """Write the mined rows (jsonl, parquet or a datasets folder) and `<output>.stats.json`, each atomically;
+    an earlier output is replaced only when `mmssl mine` wrote it and `overwrite` is set."""
+    check_output(cfg)
+    out = Path(cfg.output).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = out.with_name(f".{out.name}.mmssl-tmp")
+    old = out.with_name(f".{out.name}.mmssl-old")
+    for leftover in (tmp, old):  # our own temporaries of an interrupted run
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
     if out.suffix == ".jsonl":
         result.dataset.to_json(str(tmp), lines=True)
     elif out.suffix == ".parquet":
         result.dataset.to_parquet(str(tmp))
     else:
-        shutil.rmtree(tmp, ignore_errors=True)
         result.dataset.save_to_disk(str(tmp))
-        shutil.rmtree(out, ignore_errors=True)
+    stats_tmp = out.with_name(f".{_stats_path(out).name}.mmssl-tmp")
+    stats_tmp.write_text(json.dumps({**result.stats, "config": dump(cfg)}, indent=2))
+    if out.is_dir():  # a folder cannot be replaced in one rename: move the old one aside first
+        os.replace(out, old)
     os.replace(tmp, out)
-    stats_path = out.with_name(out.name + ".stats.json")
-    stats_path.write_text(json.dumps({**result.stats, "config": dump(cfg)}, indent=2))
+    os.replace(stats_tmp, _stats_path(out))
+    if old.is_dir():
+        shutil.rmtree(old)
     return out

@@ -1,5 +1,10 @@
 """Atomic checkpoints: written to a temporary folder, then renamed; a kill mid-save never leaves a
-corrupt checkpoint behind, and `latest` only ever names a complete one."""
+corrupt checkpoint behind, and `latest` only ever names a complete one.
+
+A checkpoint holds only what the run wrote, listed in its ``trainer_state.json`` (JSON: steps, data position,
+the learning-rate schedule); resuming refuses any other file, and every pickle accelerate reads is loaded
+with ``weights_only=True``, so no code that came with a checkpoint is run. A checkpoint whose weights gave a
+non-finite loss is marked unsafe, and ``latest`` skips it."""
 
 from __future__ import annotations
 
@@ -27,6 +32,9 @@ class TrainerState:
     examples: int = 0
     tokens: int = 0
     signature: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None  # the learning-rate schedule's state_dict (plain numbers)
+    files: list[str] | None = None  # every file of the checkpoint, as written by the run
+    unsafe: str | None = None  # why resuming from these weights would diverge again
 
 
 def checkpoint_root(output_dir: Path) -> Path:
@@ -50,13 +58,63 @@ def final_dir(output_dir: Path, step: int) -> Path:
     return checkpoint_root(output_dir) / f"step-{step:08d}"
 
 
+def _files(directory: Path) -> list[str]:
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                  if (p.is_file() or p.is_symlink()) and p.name != STATE_FILE)
+
+
 def write_state(directory: Path, state: TrainerState) -> None:
-    """Write the trainer state last: its presence marks the checkpoint complete."""
+    """Write the trainer state last, listing the checkpoint's files: its presence marks the checkpoint complete."""
+    state.files = _files(directory)
     path = directory / STATE_FILE
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(asdict(state), handle, indent=2)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def check_files(directory: Path, state: TrainerState) -> None:
+    """Refuse a checkpoint with files the run did not write (e.g. a planted pickle) or with files missing."""
+    if state.files is None or state.scheduler is None:
+        raise CheckpointError(f"checkpoint {str(directory)!r} was written by an older mmssl (its schedule is pickled, "
+                              "which mmssl no longer loads); start a fresh run")
+    found = _files(directory)
+    unknown = sorted(set(found) - set(state.files))
+    missing = sorted(set(state.files) - set(found))
+    if unknown:
+        raise CheckpointError(f"checkpoint {str(directory)!r} holds files the run did not write ({', '.join(unknown)}); "
+                              "mmssl loads only its own checkpoint files: remove them or resume from another checkpoint")
+    if missing:
+        raise CheckpointError(f"checkpoint {str(directory)!r} is incomplete: {', '.join(missing)} missing")
+
+
+def check_random_states(directory: Path) -> None:
+    """accelerate reads the RNG states with weights_only=True but ignores any failure (the run would silently
+    continue with other random numbers): read them first and refuse a file that is not plain numbers."""
+    import pickle
+
+    from accelerate.utils.other import load
+
+    for path in sorted(directory.glob("random_states_*.pkl")):
+        try:
+            load(path, map_location="cpu")
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(f"checkpoint file {str(path)!r} is not plain numbers ({detail}); mmssl never unpickles "
+                                  "code from a checkpoint: resume from a checkpoint this run wrote") from None
+
+
+def mark_unsafe(directory: Path, reason: str) -> None:
+    """Record in a committed checkpoint that its weights lead to divergence (atomically)."""
+    state = read_state(directory)
+    state.unsafe = reason
+    tmp = directory / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+    os.replace(tmp, directory / STATE_FILE)
+
+
+def last_safe(output_dir: Path) -> Path | None:
+    return next((p for p in reversed(list_checkpoints(output_dir)) if not read_state(p).unsafe), None)
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -111,7 +169,12 @@ def resolve_resume(resume_from: str | None, output_dir: Path) -> Path | None:
                 f"train.resume_from=latest: no checkpoint in {str(checkpoint_root(output_dir))!r}; "
                 "train with train.save_every>0 first, or drop resume_from to start fresh"
             )
-        return found[-1]
+        safe = last_safe(output_dir)
+        if safe is None:
+            raise CheckpointError(f"train.resume_from=latest: every checkpoint in {str(checkpoint_root(output_dir))!r} "
+                                  f"is marked unsafe ({read_state(found[-1]).unsafe}); start fresh with a lower "
+                                  "train.learning_rate")
+        return safe
     path = Path(resume_from)
     if not (path / STATE_FILE).is_file():
         hint = ", ".join(p.name for p in list_checkpoints(output_dir)) or "none"
@@ -119,6 +182,10 @@ def resolve_resume(resume_from: str | None, output_dir: Path) -> Path | None:
             f"train.resume_from={resume_from!r} is not a checkpoint folder (no {STATE_FILE}); "
             f"checkpoints in {str(checkpoint_root(output_dir))!r}: {hint}; or use train.resume_from=latest"
         )
+    unsafe = read_state(path).unsafe
+    if unsafe:
+        raise CheckpointError(f"train.resume_from={resume_from!r} is marked unsafe: {unsafe}; resume from an earlier "
+                              "checkpoint (train.resume_from=latest picks the last safe one)")
     return path
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -22,10 +23,12 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from mmssl.errors import DataError, MmsslError, RecipeError, TrainingDiverged
+from mmssl.outputs import RunManifest, check_not_input, is_disk_full, storage_failure
 from mmssl.recipes import Recipe, recipe_to_dict, save_recipe
 from mmssl.registry import get_objective
 from mmssl.train import checkpoints as ckpt
 from mmssl.train.metrics_log import MetricsLog, flatten
+from mmssl.train.run_folder import Claim, claim_output_dir, open_manifest
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,21 @@ def _optimizer(module: torch.nn.Module, cfg) -> torch.optim.Optimizer:
                              **({"fused": True} if fused else {}))
 
 
+def _resume_schedule(optimizer: torch.optim.Optimizer, scheduler, saved: dict[str, Any], cfg) -> None:
+    """Continue the schedule at the checkpoint's step with this recipe's optimiser settings: loading a
+    checkpoint restores the learning rate, betas and weight decay it was trained with, but a resumed run may
+    change them (e.g. a lower train.learning_rate after divergence)."""
+    old = saved.get("base_lrs", [])
+    scheduler.load_state_dict({**saved, "base_lrs": list(scheduler.base_lrs)})
+    lrs = [base * rule(scheduler.last_epoch) for base, rule in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for index, (group, lr, base) in enumerate(zip(optimizer.param_groups, lrs, scheduler.base_lrs)):
+        group.update(lr=lr, initial_lr=base, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
+                     weight_decay=cfg.weight_decay if index == 0 else 0.0)  # group 0 decays (see _optimizer)
+    scheduler.load_state_dict({**scheduler.state_dict(), "_last_lr": lrs})
+    if old and old[0] != scheduler.base_lrs[0]:
+        log.info("resuming with train.learning_rate=%g (the checkpoint was trained with %g)", scheduler.base_lrs[0], old[0])
+
+
 def _hardware(accelerator: Accelerator) -> str:
     if accelerator.device.type == "cuda":
         name = torch.cuda.get_device_name(accelerator.device)
@@ -113,22 +131,31 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _check_output_dir(recipe: Recipe, output_dir: Path) -> None:
-    if recipe.train.resume_from or recipe.train.overwrite:
-        return
-    if ckpt.list_checkpoints(output_dir) or (output_dir / "metrics.json").exists():
-        raise RecipeError(
-            f"output_dir {str(output_dir)!r} already holds a run; resume it with train.resume_from=latest, "
-            "replace it with train.overwrite=true, or choose another output_dir"
-        )
-
-
-def export(objective, module: torch.nn.Module, output_dir: Path) -> None:
-    """Write the final model files to a temporary folder, then move each into place atomically."""
+def export(objective, module: torch.nn.Module, output_dir: Path, manifest: RunManifest) -> None:
+    """Write the final model files to a temporary folder, record them as the run's, then move each into
+    place atomically."""
     tmp = output_dir / ".tmp-export"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    objective.export(module, tmp)
+    try:
+        tmp.mkdir(parents=True)
+        objective.export(module, tmp)
+    except Exception as exc:
+        reason = storage_failure(exc, output_dir)
+        if reason is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        latest = ckpt.last_safe(output_dir)
+        resume = (f"the checkpoint {str(latest)!r} is intact: resume from it with train.resume_from=latest"
+                  if latest else "no checkpoint was saved (set train.save_every to keep one)")
+        raise MmsslError(f"writing the trained model into {str(output_dir)!r} failed ({reason}); {resume} once there "
+                         "is room") from None
+    written = [path.relative_to(tmp).as_posix() for path in sorted(tmp.rglob("*")) if not path.is_dir()]
+    clashes = [name for name in written if (output_dir / name).exists() and not manifest.owns(name)]
+    if clashes:
+        raise MmsslError(f"the trained model is in {str(tmp)!r}, not moved into {str(output_dir)!r}: "
+                         f"{', '.join(clashes)} there {'was' if len(clashes) == 1 else 'were'} not written by mmssl "
+                         "and would be replaced; move them away and copy the files over, or train into a new output_dir")
+    manifest.add(written)
     for path in sorted(tmp.rglob("*")):
         target = output_dir / path.relative_to(tmp)
         if path.is_dir():
@@ -161,15 +188,23 @@ def train(recipe: Recipe) -> dict[str, Any]:
     recipe_dict = recipe_to_dict(recipe)
     signature = {key: recipe_dict[key] for key in ckpt.RESUME_KEYS}
 
+    if cfg.overwrite and cfg.resume_from == "latest":
+        raise RecipeError("train.overwrite=true deletes the run that train.resume_from=latest would continue; "
+                          "drop one of the two")
     resume_dir = ckpt.resolve_resume(cfg.resume_from, output_dir)
     state = ckpt.TrainerState(signature=signature)
     if resume_dir is not None:
         state = ckpt.read_state(resume_dir)
         ckpt.check_signature(state.signature, signature, resume_dir)
-    else:
-        _check_output_dir(recipe, output_dir)
+        ckpt.check_files(resume_dir, state)
+        ckpt.check_random_states(resume_dir)
+        state.unsafe = None
+    claim, manifest = claim_output_dir(recipe, resume_dir)
+    if resume_dir is not None and claim is not Claim.RESUME:
+        check_not_input(output_dir, "output_dir", {"train.resume_from": str(resume_dir)})
+    accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
     if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        manifest = open_manifest(recipe, claim, manifest)
         ckpt.remove_stale_temporaries(output_dir)
         save_recipe(recipe, output_dir / "recipe.yaml")
     accelerator.wait_for_everyone()
@@ -202,12 +237,21 @@ def train(recipe: Recipe) -> dict[str, Any]:
     steps_per_epoch = math.ceil(batches_per_epoch / ga)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+    if warmup >= total_steps:
+        raise RecipeError(f"train.warmup_steps={warmup} is not below the run's {total_steps} steps, so the learning "
+                          "rate would never reach train.learning_rate; lower train.warmup_steps or train.warmup_ratio")
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    accelerator.register_for_checkpointing(scheduler)
     if resume_dir is not None:
-        try:
+        try:  # accelerate reads model (safetensors), optimiser and RNG states with torch.load(weights_only=True)
             accelerator.load_state(str(resume_dir))
-        except (RuntimeError, KeyError, ValueError, FileNotFoundError) as exc:
+            _resume_schedule(optimizer, scheduler, state.scheduler, cfg)
+        except pickle.UnpicklingError as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ckpt.CheckpointError(
+                f"checkpoint {str(resume_dir)!r} holds a file that is not plain tensors and numbers ({detail}); "
+                "mmssl never unpickles code from a checkpoint: resume from a checkpoint this run wrote"
+            ) from None
+        except (RuntimeError, KeyError, ValueError, FileNotFoundError, EOFError, TypeError) as exc:
             raise ckpt.CheckpointError(
                 f"checkpoint {str(resume_dir)!r} does not match this recipe's model or optimiser ({exc})"
             ) from None
@@ -221,19 +265,44 @@ def train(recipe: Recipe) -> dict[str, Any]:
         log.info("training %s for %d steps on %d process(es), %s", recipe.objective.name, total_steps, world,
                  accelerator.device)
 
+    def diverged(message: str) -> TrainingDiverged:
+        if main:
+            manifest.set_status("diverged", message)
+        accelerator.end_training()
+        return TrainingDiverged(message)
+
     def save_checkpoint() -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+            safe = ckpt.last_safe(output_dir)
+            where = f"the last safe checkpoint is {str(safe)!r}" if safe else "no safe checkpoint was saved"
+            raise diverged(f"the weights became non-finite at step {state.step} (not saved); {where}. Lower "
+                           "train.learning_rate, add warmup (train.warmup_steps) or keep train.max_grad_norm set")
         tmp = ckpt.temporary_dir(output_dir, state.step)
-        if main:
+        state.scheduler = scheduler.state_dict()
+        try:
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(tmp))
+            accelerator.wait_for_everyone()
+            if main:
+                objective.save_artifacts(tmp)
+                ckpt.write_state(tmp, state)
+                ckpt.commit(tmp, ckpt.final_dir(output_dir, state.step))
+                ckpt.prune(output_dir, cfg.keep_checkpoints)
+        except Exception as exc:
+            reason = storage_failure(exc, output_dir)
+            if reason is None:
+                raise
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
+            safe = ckpt.last_safe(output_dir)
+            kept = f"the previous checkpoint {str(safe)!r} is intact" if safe else "no earlier checkpoint exists"
+            fix = "free some space" if is_disk_full(reason) else "check the folder's permissions"
+            raise MmsslError(f"writing the checkpoint of step {state.step} in {str(output_dir)!r} failed ({reason}); "
+                             f"the partial checkpoint was removed and {kept}. {fix.capitalize()}, then resume with "
+                             "train.resume_from=latest") from None
         if main:
-            objective.save_artifacts(tmp)
-            ckpt.write_state(tmp, state)
-            ckpt.commit(tmp, ckpt.final_dir(output_dir, state.step))
-            ckpt.prune(output_dir, cfg.keep_checkpoints)
             if recipe.push_to_hub and recipe.push_to_hub.every_checkpoint:
                 snapshot = output_dir / ".tmp-push"
                 shutil.rmtree(snapshot, ignore_errors=True)
@@ -267,13 +336,17 @@ def train(recipe: Recipe) -> dict[str, Any]:
         if world > 1:
             finite = accelerator.reduce(finite.float(), reduction="sum") == world
         if not bool(finite):
-            latest = ckpt.list_checkpoints(output_dir)
-            where = f"the last good checkpoint is {str(latest[-1])!r}" if latest else "no checkpoint was saved yet"
-            accelerator.end_training()
-            raise TrainingDiverged(
-                f"the loss became {loss.item()} at step {state.step + 1}; {where}. "
-                "Lower train.learning_rate, add warmup (train.warmup_steps) or keep train.max_grad_norm set"
-            )
+            # the weights of a checkpoint saved at this very step gave this loss: resuming there diverges again
+            current = ckpt.final_dir(output_dir, state.step)
+            unsafe = ""
+            if main and current.is_dir():
+                ckpt.mark_unsafe(current, f"the loss became {loss.item()} on these weights at step {state.step + 1}")
+                unsafe = f" ({current.name} gave this loss and is marked unsafe)"
+            safe = ckpt.last_safe(output_dir) if main else None
+            where = (f"the last safe checkpoint is {str(safe)!r}{unsafe}; resume from it with "
+                     "train.resume_from=latest" if safe else f"no safe checkpoint was saved{unsafe}")
+            raise diverged(f"the loss became {loss.item()} at step {state.step + 1}; {where}. "
+                           "Lower train.learning_rate, add warmup (train.warmup_steps) or keep train.max_grad_norm set")
         accelerator.backward(loss / window_size)
 
     module.train()
@@ -361,8 +434,10 @@ def train(recipe: Recipe) -> dict[str, Any]:
         **description,
     }
     if main:
-        export(objective, accelerator.unwrap_model(module), output_dir)
+        export(objective, accelerator.unwrap_model(module), output_dir, manifest)
+        manifest.add(["metrics.json"])
         _atomic_write(output_dir / "metrics.json", json.dumps(metrics, indent=2))
+        manifest.set_status("finished")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if main and recipe.push_to_hub:

@@ -73,11 +73,18 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
         return {"loss": out["loss"] * (float("nan") if len(calls) >= 3 else 1.0)}
 
     monkeypatch.setattr(MaskedLMModule, "forward", poisoned)
-    with pytest.raises(TrainingDiverged, match=r"the loss became nan at step 7; the last good checkpoint is .*step-00000006"):
+    # step-6's weights gave the NaN at step 7: step-4 (whose weights gave finite losses) is the safe one
+    with pytest.raises(TrainingDiverged, match=r"the loss became nan at step 7; the last safe checkpoint is "
+                                               r".*step-00000004' \(step-00000006 gave this loss and is marked unsafe\)"):
         run(lm_recipe(out, "mlm", max_steps=30, save_every=2, resume_from="latest"))
     assert [p.name for p in list_checkpoints(out)] == ["step-00000004", "step-00000006"]
-    assert read_state(list_checkpoints(out)[-1]).step == 6
+    assert read_state(list_checkpoints(out)[-1]).unsafe.startswith("the loss became nan on these weights at step 7")
+    assert read_state(list_checkpoints(out)[0]).unsafe is None
     assert (out / "model.safetensors").read_bytes() == before  # the exported model was not touched
+    monkeypatch.setattr(MaskedLMModule, "forward", original)
+    resumed = run(lm_recipe(out, "mlm", max_steps=8, save_every=2, resume_from="latest"))  # skips step-6
+    starts = [e for e in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if e["event"] == "start"]
+    assert resumed["steps"] == 8 and starts[-1]["step"] == 4
 
 
 def test_resume_errors(tmp_path):
