@@ -131,6 +131,16 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _partial_write_failed(exc: Exception, partial: Path, output_dir: Path) -> str:
+    """The storage's reason for a failed write (a full disk, a read-only folder), after removing the partial
+    output; any other error is raised again unchanged."""
+    reason = storage_failure(exc, output_dir)
+    if reason is None:
+        raise exc
+    shutil.rmtree(partial, ignore_errors=True)
+    return reason
+
+
 def export(objective, module: torch.nn.Module, output_dir: Path, manifest: RunManifest) -> None:
     """Write the final model files to a temporary folder, record them as the run's, then move each into
     place atomically."""
@@ -140,10 +150,7 @@ def export(objective, module: torch.nn.Module, output_dir: Path, manifest: RunMa
         tmp.mkdir(parents=True)
         objective.export(module, tmp)
     except Exception as exc:
-        reason = storage_failure(exc, output_dir)
-        if reason is None:
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+        reason = _partial_write_failed(exc, tmp, output_dir)
         latest = ckpt.last_safe(output_dir)
         resume = (f"the checkpoint {str(latest)!r} is intact: resume from it with train.resume_from=latest"
                   if latest else "no checkpoint was saved (set train.save_every to keep one)")
@@ -292,10 +299,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
                 ckpt.commit(tmp, ckpt.final_dir(output_dir, state.step))
                 ckpt.prune(output_dir, cfg.keep_checkpoints)
         except Exception as exc:
-            reason = storage_failure(exc, output_dir)
-            if reason is None:
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+            reason = _partial_write_failed(exc, tmp, output_dir)
             safe = ckpt.last_safe(output_dir)
             kept = f"the previous checkpoint {str(safe)!r} is intact" if safe else "no earlier checkpoint exists"
             fix = "free some space" if is_disk_full(reason) else "check the folder's permissions"
