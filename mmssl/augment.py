@@ -3,7 +3,8 @@
 Reads sentences (data.* as in training recipes, role ``text``), makes one view per configured view per
 sentence (back-translation, lexical edits), drops failed/identical/duplicate (and, with an encoder,
 too (dis)similar) views, and writes columns ``anchor, positive, view, source_index`` as jsonl, parquet or a
-`datasets` save_to_disk folder, with ``augment_stats.json`` beside (kept/dropped per reason, per view;
+`datasets` save_to_disk folder, with statistics in ``<output>.stats.json`` beside a file or
+``augment_stats.json`` inside a folder (kept/dropped per reason, per view;
 empty and truncated inputs; translation cache hits and model calls). Contrastive recipes read the output
 with ``data.source: files`` and ``objective.mode: supervised``.
 """
@@ -87,27 +88,33 @@ def _written_by_augment(out: Path, fmt: str) -> bool:
             return b"mmssl_augment_stats" in (pq.read_schema(out).metadata or {})
         except Exception:  # noqa: BLE001 - not a parquet file
             return False
-    return out.is_file() and _is_stats(out.parent / STATS_FILE, out)
+    return out.is_file() and _is_stats(_stats_beside(out), out)
+
+
+def _stats_beside(out: Path) -> Path:
+    return out.with_name(out.name + ".stats.json")
 
 
 def _target(cfg) -> tuple[Path, str, Path]:
     """Output path, format and statistics path, checked before any work: never an input, never a file or
     folder that `mmssl augment` did not write (and only with output.overwrite an earlier output of its own)."""
     from mmssl.errors import MmsslError
-    from mmssl.outputs import check_location, check_not_input, replace_owned_output
+    from mmssl.outputs import check_location, check_not_input, recover_replaced, replace_owned_output
 
     out = Path(cfg.output.path).expanduser()
     fmt = cfg.output.resolved_format
-    stats = out / STATS_FILE if fmt == "disk" else out.parent / STATS_FILE
+    stats = out / STATS_FILE if fmt == "disk" else _stats_beside(out)
     inputs = {"data.path": cfg.data.path, "data.eval_path": cfg.data.eval_path, "quality.encoder": cfg.quality.encoder,
               "cache.path": cfg.cache.path}
     check_location(out, "output.path", folder=fmt == "disk")
     check_not_input(out, "output.path", inputs)
+    check_not_input(stats, "output.path", inputs)
+    recover_replaced(out)
     replace_owned_output(out, "output.path", cfg.output.overwrite, _written_by_augment(out, fmt),
                          "output.overwrite=true")
     if fmt != "disk" and stats.exists() and _read_stats(stats) is None:
-        raise MmsslError(f"{str(stats)!r} exists and was not written by mmssl augment, which keeps its statistics "
-                         "there; write the output into another folder")
+        raise MmsslError(f"{str(stats)!r} exists and was not written by mmssl augment, which keeps the statistics "
+                         "of output.path there; choose another output.path")
     return out, fmt, stats
 
 
@@ -145,7 +152,7 @@ def _write(rows: dict[str, list], out: Path, fmt: str, stats: dict) -> None:
 
 
 def augment(cfg) -> dict:
-    """Run an AugmentConfig; returns the statistics (also written to augment_stats.json)."""
+    """Run an AugmentConfig; returns the statistics (also written beside or inside the output)."""
     from mmssl.data.text_views.quality import QualityFilter, count_reasons
     from mmssl.data.text_views.views import build_views, open_cache
     from mmssl.errors import DataError

@@ -148,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose or exc.errno not in _STORAGE_ERRORS:
             raise
         where = f" {exc.filename!r}" if exc.filename else ""
-        print(f"mmssl: error: cannot write{where}: {exc.strerror}; free space or fix the folder's permissions, then "
-              "run the same command again (completed checkpoints and earlier outputs are intact)", file=sys.stderr)
+        fix = ("free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
+               "write somewhere else" if exc.errno == errno.EROFS else "fix the permissions")
+        print(f"mmssl: error: cannot access{where}: {exc.strerror}; {fix}, then run the same command again "
+              "(completed checkpoints and earlier outputs are intact)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mmssl: interrupted; completed checkpoints are intact (resume with train.resume_from=latest)", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import glob
 import json
 import os
 import shutil
@@ -24,6 +25,8 @@ from typing import Any, Iterable, Mapping
 from mmssl.errors import MmsslError, RecipeError
 
 MANIFEST = ".mmssl-run.json"
+LOCK = ".mmssl-run.lock"  # held (flock) by the main process of the run using the folder
+_PROBE = ".mmssl-write-test-"
 _GLOB = set("*?[")
 
 
@@ -51,7 +54,7 @@ def check_location(path: str | Path, key: str, *, folder: bool) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise RecipeError(f"{key} {str(path)!r} lies below {str(ancestor)!r}, which is a file; choose another path")
-    probe = ancestor / f".mmssl-write-test-{uuid.uuid4().hex}"
+    probe = ancestor / f"{_PROBE}{uuid.uuid4().hex}"
     try:
         probe.write_bytes(b"mmssl")
     except OSError as exc:
@@ -64,26 +67,31 @@ def check_location(path: str | Path, key: str, *, folder: bool) -> None:
             pass
 
 
-def local_inputs(named: Mapping[str, str | None]) -> dict[str, Path]:
-    """The inputs among `named` that are local paths (globs cut at their first wildcard; Hub ids dropped)."""
-    found = {}
+def local_inputs(named: Mapping[str, str | None]) -> list[tuple[str, Path]]:
+    """(key, path) of the inputs among `named` that exist locally: a glob stands for the files it matches now
+    (Hub ids and missing paths are dropped)."""
+    found = []
     for key, value in named.items():
         if not value:
             continue
-        parts = Path(str(value)).expanduser().parts
-        cut = next((i for i, p in enumerate(parts) if _GLOB & set(p)), len(parts))
-        if cut == 0:
-            continue
-        path = Path(*parts[:cut]).resolve()
-        if path.exists():
-            found[key] = path
+        text = os.path.expanduser(str(value))
+        if _GLOB & set(text):
+            found += [(key, Path(match).resolve()) for match in glob.glob(text, recursive=True)]
+        elif Path(text).exists():
+            found.append((key, Path(text).resolve()))
     return found
 
 
 def check_not_input(output: str | Path, key: str, inputs: Mapping[str, str | None]) -> None:
-    """Refuse an output that is an input, contains one, or lies inside an input folder."""
+    """Refuse an output that is an input (or would match an input glob), contains one, or lies inside an
+    input folder."""
     out = resolved(output)
-    for name, path in local_inputs(inputs).items():
+    for name, value in inputs.items():
+        text = os.path.expanduser(str(value or ""))
+        if _GLOB & set(text) and fnmatch.fnmatchcase(str(out), os.path.abspath(text)):
+            raise RecipeError(f"{key} {str(output)!r} matches the input {name} {value!r}; mmssl never writes over "
+                              f"its own inputs: choose another {key}")
+    for name, path in local_inputs(inputs):
         if out == path:
             why = "is also"
         elif out in path.parents:
@@ -141,7 +149,7 @@ class RunManifest:
         self.save()
 
     def owns(self, relative: str) -> bool:
-        if relative in (MANIFEST, f"{MANIFEST}.tmp"):
+        if relative in (MANIFEST, f"{MANIFEST}.tmp", LOCK):
             return True
         return any(relative == entry or (entry.endswith("/") and relative.startswith(entry))
                    or (_GLOB & set(entry) and fnmatch.fnmatchcase(relative, entry)) for entry in self.files)
@@ -154,6 +162,8 @@ class RunManifest:
             relative = path.relative_to(self.directory).as_posix()
             if not path.exists() or path.is_symlink() or root not in path.resolve().parents:
                 continue  # never follow links out of the folder, whatever the manifest says
+            if relative == LOCK:
+                continue  # held by the run replacing this one: unlinking it would let a third run in
             top_entry = relative + "/" in self.files
             if path.is_dir():
                 if top_entry:
@@ -168,16 +178,21 @@ class RunManifest:
         return removed
 
 
-def foreign_entries(directory: Path, manifest: RunManifest | None) -> list[str]:
-    """Files (and links) in `directory` that its run manifest does not claim: all of them without one."""
+def foreign_entries(directory: Path, manifest: RunManifest | None, most: int = 4) -> list[str]:
+    """Up to `most` files (or links) in `directory` that its run manifest does not claim (any file, without
+    one), besides mmssl's lock and write probes."""
     found = []
-    for path in sorted(directory.rglob("*")):
+    for path in directory.rglob("*"):
         relative = path.relative_to(directory).as_posix()
         if path.is_dir() and not path.is_symlink():
             continue  # folders count through the files in them
+        if relative == LOCK or relative.startswith(_PROBE):
+            continue
         if manifest is None or not manifest.owns(relative):
             found.append(relative)
-    return found
+            if len(found) >= most:
+                break
+    return sorted(found)
 
 
 def storage_failure(exc: BaseException, folder: Path) -> str | None:
@@ -186,7 +201,7 @@ def storage_failure(exc: BaseException, folder: Path) -> str | None:
     the folder is probed with a small write (before the partial output is removed, so the space is still used)."""
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
-    probe = folder / f".mmssl-write-test-{uuid.uuid4().hex}"
+    probe = folder / f"{_PROBE}{uuid.uuid4().hex}"
     try:
         with open(probe, "wb") as handle:
             handle.write(b"\0" * (1 << 16))
@@ -209,6 +224,14 @@ def is_disk_full(reason: str) -> bool:
 # --------------------------------------------------------------------------------------------------------
 # single outputs of mmssl mine / mmssl augment
 # --------------------------------------------------------------------------------------------------------
+
+
+def recover_replaced(path: Path) -> None:
+    """A run killed between moving an earlier folder output aside (`.NAME.mmssl-old`) and moving the new one in
+    leaves no output at `path`: put the earlier one back before anything else looks at it."""
+    old = path.with_name(f".{path.name}.mmssl-old")
+    if not path.exists() and old.exists():
+        os.replace(old, path)
 
 
 def replace_owned_output(path: Path, key: str, overwrite: bool, owned: bool, how_to_overwrite: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -96,6 +97,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.resume_from and self.resume_from != "latest":
+            self.resume_from = os.path.expanduser(self.resume_from)
         if len(self.adam_betas) != 2:
             raise ValueError("train.adam_betas must be a list of two numbers, e.g. [0.9, 0.999]")
 
@@ -132,6 +135,9 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     push_to_hub: PushConfig | None = None
+
+    def __post_init__(self) -> None:
+        self.output_dir = os.path.expanduser(self.output_dir)  # every check and write sees the same folder
 
 
 def _parse_objective(raw: Any) -> ObjectiveParams:

@@ -147,8 +147,8 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
                 number = float(value)
             except ValueError:
                 pass
-        if number is None or math.isnan(number):
-            raise RecipeError(f"{path}: expected a number, got {value!r}")
+        if number is None or not math.isfinite(number):
+            raise RecipeError(f"{path}: expected a finite number, got {value!r}")
         return number
     if tp is str:
         if isinstance(value, str):

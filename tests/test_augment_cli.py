@@ -1,5 +1,5 @@
 """`mmssl augment` end to end: writes anchor/positive pairs (jsonl, parquet, save_to_disk) with
-augment_stats.json, a second back-translation run makes zero model calls (cache), the output trains a
+<output>.stats.json, a second back-translation run makes zero model calls (cache), the output trains a
 supervised SimCSE recipe through `mmssl train`, and bad inputs fail with one line."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_lexical_augment_writes_pairs_that_train(tmp_path, capsys):
     assert {"anchor", "positive", "view", "source_index"} == set(rows[0])
     assert {r["view"] for r in rows} == {"synonym", "insert", "swap", "keyboard"}
     assert all(r["anchor"] != r["positive"] for r in rows)
-    stats = json.loads((out.parent / "augment_stats.json").read_text())
+    stats = json.loads((out.parent / "pairs.jsonl.stats.json").read_text())
     assert stats["pairs"] == len(rows) == json.loads(printed)["pairs"]
     assert stats["sentences"] == 200 and stats["views"]["swap"]["kept"] + sum(stats["views"]["swap"]["dropped"].values()) == 200
     assert stats["translation_model_calls"] == 0

@@ -160,7 +160,8 @@ def test_every_numeric_key_has_an_allowed_range():
 
 
 @pytest.mark.parametrize("override, message", [  # (the CLI cases are in tests/reliability/test_train_outputs.py)
-    ("train.learning_rate=.nan", "train.learning_rate: expected a number"),
+    ("train.learning_rate=.nan", "train.learning_rate: expected a finite number"),
+    ("train.epochs=.inf", "train.epochs: expected a finite number"),
     ("train.adam_betas=[0.9,1.5]", "train.adam_betas[1]: 1.5 is out of range; it must be >= 0 and < 1"),
     ("data.eval_fraction=1", "data.eval_fraction: 1.0 is out of range; it must be >= 0 and < 1"),
     ("train.max_grad_norm=-1", "train.max_grad_norm: -1.0 is out of range; it must be > 0"),

@@ -297,8 +297,11 @@ def push_model(
     """Publish an mmssl output folder (model, recipe, metrics; safetensors only) and its card in one commit.
 
     The card is uploaded from memory: nothing is written into `directory` (a README.md there is left alone and not
-    uploaded; the card takes its place in the repo)."""
+    uploaded; the card takes its place in the repo). In a run folder only the files the run recorded writing are
+    uploaded: whatever else the user keeps there stays private."""
     from huggingface_hub import CommitOperationAdd
+
+    from mmssl.outputs import RunManifest
 
     directory = Path(directory)
     check_repo_id(repo_id)
@@ -307,7 +310,8 @@ def push_model(
     api, token = _connect(endpoint, token, api)
     files = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
                    if p.is_file() and not _ignored(p.relative_to(directory)))
-    files = [f for f in files if f != "README.md"]
+    manifest = RunManifest.read(directory)
+    files = [f for f in files if f != "README.md" and (manifest is None or manifest.owns(f))]
 
     def operations(existing: list[str]) -> list:
         return [*(CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(directory / f)) for f in files),

@@ -43,7 +43,7 @@ class BM25Index:
     def build(self, texts: Iterable[str], num_docs: int | None = None, chunk_size: int = 50_000) -> None:
         """Index `texts` (any iterable, read `chunk_size` at a time), or reload the index saved in
         `bm25.index_dir` when it exists (memory-mapped; `num_docs` checks it belongs to this corpus)."""
-        index_dir = Path(self.cfg.index_dir) if self.cfg.index_dir else None
+        index_dir = Path(self.cfg.index_dir).expanduser() if self.cfg.index_dir else None
         if index_dir is not None and (index_dir / "params.index.json").is_file():
             self.retriever = bm25s.BM25.load(str(index_dir), mmap=True)
             if num_docs is not None and self.retriever.scores["num_docs"] != num_docs:

@@ -72,7 +72,7 @@ class DenseEncoder:
         if cfg.max_seq_length:
             self.model.max_seq_length = cfg.max_seq_length
         fingerprint = f"{Path(cfg.model).resolve() if Path(cfg.model).exists() else cfg.model}|{self.model.max_seq_length}"
-        self.cache = EmbeddingCache(Path(cfg.cache_dir), fingerprint) if cfg.cache_dir else None
+        self.cache = EmbeddingCache(Path(cfg.cache_dir).expanduser(), fingerprint) if cfg.cache_dir else None
         self.encoded = 0  # texts actually run through the model (cache misses)
 
     def encode(self, texts: list[str]) -> np.ndarray:

@@ -24,7 +24,7 @@ from mmssl.mining.bm25 import BM25Index
 from mmssl.mining.config import MiningConfig, dump
 from mmssl.mining.corpus import Corpus
 from mmssl.mining.dense import DenseEncoder, top_k
-from mmssl.outputs import check_location, check_not_input, replace_owned_output
+from mmssl.outputs import check_location, check_not_input, recover_replaced, replace_owned_output
 
 _SPACE = re.compile(r"\s+")
 _PUNCT = re.compile(r"[^\w\s]")
@@ -90,13 +90,17 @@ def _stats_path(out: Path) -> Path:
     return out.with_name(out.name + ".stats.json")
 
 
-def _written_by_mine(out: Path) -> bool:
-    """An earlier `mmssl mine` output: its stats file beside it names it, and a folder holds only `datasets` files."""
+def _is_mine_stats(path: Path) -> bool:
     try:
-        stats = json.loads(_stats_path(out).read_text(encoding="utf-8"))
+        stats = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    if not isinstance(stats, dict) or "rows_written" not in stats or not _stats_path(out).is_file():
+    return isinstance(stats, dict) and "rows_written" in stats and "config" in stats
+
+
+def _written_by_mine(out: Path) -> bool:
+    """An earlier `mmssl mine` output: its stats file is beside it, and a folder holds only `datasets` files."""
+    if not _is_mine_stats(_stats_path(out)):
         return False
     if out.is_dir() and not out.is_symlink():
         names = {p.name for p in out.iterdir()}
@@ -115,7 +119,11 @@ def check_output(cfg: MiningConfig) -> None:
     check_location(out, "output", folder=out.suffix == "")
     check_not_input(out, "output", inputs)
     check_not_input(_stats_path(out), "output", inputs)
+    recover_replaced(out)
     replace_owned_output(out, "output", cfg.overwrite, _written_by_mine(out), "overwrite=true")
+    if _stats_path(out).exists() and not _is_mine_stats(_stats_path(out)):
+        raise MmsslError(f"{str(_stats_path(out))!r} exists and was not written by mmssl mine, which keeps the "
+                         "statistics of output there; choose another output")
     if cfg.bm25.index_dir:
         index = Path(cfg.bm25.index_dir).expanduser()
         check_location(index, "bm25.index_dir", folder=True)

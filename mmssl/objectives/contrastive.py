@@ -101,7 +101,7 @@ class SimCSEParams(ObjectiveParams):
     cached_chunk_size: PositiveInt | None = None
     bucket_size: PositiveInt | None = 32
     # evaluation
-    eval_pairs: str | None = None
+    eval_pairs: str | None = field(default=None, metadata={"input": True})  # a local path mmssl must not write over
     eval_max_pairs: PositiveInt | None = 1000
     eval_before: bool = True
     # on-the-fly positives (unsupervised mode): each example's second view is an edit of it (one of these

@@ -9,6 +9,7 @@ non-finite loss is marked unsafe, and ``latest`` skips it."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mmssl.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
@@ -60,7 +63,7 @@ def final_dir(output_dir: Path, step: int) -> Path:
 
 def _files(directory: Path) -> list[str]:
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
-                  if (p.is_file() or p.is_symlink()) and p.name != STATE_FILE)
+                  if (p.is_file() or p.is_symlink()) and p.name not in (STATE_FILE, f".{STATE_FILE}.tmp"))
 
 
 def write_state(directory: Path, state: TrainerState) -> None:
@@ -143,6 +146,15 @@ def prune(output_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_after(output_dir: Path, step: int) -> None:
+    """Resuming from an earlier checkpoint of the same run starts a new continuation: the checkpoints the
+    old one saved after `step` are removed, so that `latest` and pruning only ever see this one."""
+    for later in list_checkpoints(output_dir):
+        if int(_NAME.match(later.name).group(1)) > step:
+            log.info("removing %s: this run resumes from step %d and replaces what followed it", later, step)
+            shutil.rmtree(later)
+
+
 def remove_stale_temporaries(output_dir: Path) -> None:
     root = checkpoint_root(output_dir)
     if root.is_dir():
@@ -183,9 +195,9 @@ def resolve_resume(resume_from: str | None, output_dir: Path) -> Path | None:
             f"checkpoints in {str(checkpoint_root(output_dir))!r}: {hint}; or use train.resume_from=latest"
         )
     unsafe = read_state(path).unsafe
-    if unsafe:
-        raise CheckpointError(f"train.resume_from={resume_from!r} is marked unsafe: {unsafe}; resume from an earlier "
-                              "checkpoint (train.resume_from=latest picks the last safe one)")
+    if unsafe:  # named explicitly: the user's call (e.g. with a much lower learning rate), but say so
+        log.warning("train.resume_from=%s is marked unsafe (%s); train.resume_from=latest picks the last safe "
+                    "checkpoint", resume_from, unsafe)
     return path
 
 

@@ -28,7 +28,7 @@ from mmssl.recipes import Recipe, recipe_to_dict, save_recipe
 from mmssl.registry import get_objective
 from mmssl.train import checkpoints as ckpt
 from mmssl.train.metrics_log import MetricsLog, flatten
-from mmssl.train.run_folder import Claim, claim_output_dir, open_manifest
+from mmssl.train.run_folder import Claim, claim_output_dir, open_manifest, release_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,10 @@ def export(objective, module: torch.nn.Module, output_dir: Path, manifest: RunMa
                          "is room") from None
     written = [path.relative_to(tmp).as_posix() for path in sorted(tmp.rglob("*")) if not path.is_dir()]
     clashes = [name for name in written if (output_dir / name).exists() and not manifest.owns(name)]
-    if clashes:
-        raise MmsslError(f"the trained model is in {str(tmp)!r}, not moved into {str(output_dir)!r}: "
+    if clashes:  # kept under a name the run does not own, so no later run removes it
+        kept = output_dir / f"model-not-moved-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(tmp, kept)
+        raise MmsslError(f"the trained model is in {str(kept)!r}, not moved into {str(output_dir)!r}: "
                          f"{', '.join(clashes)} there {'was' if len(clashes) == 1 else 'were'} not written by mmssl "
                          "and would be replaced; move them away and copy the files over, or train into a new output_dir")
     manifest.add(written)
@@ -187,6 +189,13 @@ def publish(recipe: Recipe, directory: Path, message: str) -> None:
 
 def train(recipe: Recipe) -> dict[str, Any]:
     """Run `recipe` to completion and return its final metrics (also written to metrics.json)."""
+    try:
+        return _train(recipe)
+    finally:
+        release_run_folder(Path(recipe.output_dir))
+
+
+def _train(recipe: Recipe) -> dict[str, Any]:
     cfg = recipe.train
     output_dir = Path(recipe.output_dir)
     accelerator = make_accelerator(recipe)
@@ -206,6 +215,7 @@ def train(recipe: Recipe) -> dict[str, Any]:
         ckpt.check_files(resume_dir, state)
         ckpt.check_random_states(resume_dir)
         state.unsafe = None
+    resumed_step = state.step if resume_dir is not None else -1
     claim, manifest = claim_output_dir(recipe, resume_dir)
     if resume_dir is not None and claim is not Claim.RESUME:
         check_not_input(output_dir, "output_dir", {"train.resume_from": str(resume_dir)})
@@ -213,6 +223,8 @@ def train(recipe: Recipe) -> dict[str, Any]:
     if main:
         manifest = open_manifest(recipe, claim, manifest)
         ckpt.remove_stale_temporaries(output_dir)
+        if claim is Claim.RESUME:  # later checkpoints of this run belong to the continuation being replaced
+            ckpt.remove_after(output_dir, state.step)
         save_recipe(recipe, output_dir / "recipe.yaml")
     accelerator.wait_for_everyone()
 
@@ -341,9 +353,10 @@ def train(recipe: Recipe) -> dict[str, Any]:
             finite = accelerator.reduce(finite.float(), reduction="sum") == world
         if not bool(finite):
             # the weights of a checkpoint saved at this very step gave this loss: resuming there diverges again
+            # (not the one this run resumed from: it gave finite losses before, so the new settings are to blame)
             current = ckpt.final_dir(output_dir, state.step)
             unsafe = ""
-            if main and current.is_dir():
+            if main and current.is_dir() and state.step != resumed_step:
                 ckpt.mark_unsafe(current, f"the loss became {loss.item()} on these weights at step {state.step + 1}")
                 unsafe = f" ({current.name} gave this loss and is marked unsafe)"
             safe = ckpt.last_safe(output_dir) if main else None

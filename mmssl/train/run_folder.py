@@ -9,17 +9,21 @@ an mmssl run, or one that is (or holds, or lies inside) an input of the recipe, 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import os
 from enum import Enum
 from pathlib import Path
 
-from mmssl.errors import RecipeError
-from mmssl.outputs import RunManifest, check_location, check_not_input, foreign_entries, resolved
+from mmssl.errors import MmsslError, RecipeError
+from mmssl.outputs import LOCK, RunManifest, check_location, check_not_input, foreign_entries, resolved
 from mmssl.recipes import Recipe
 from mmssl.train.checkpoints import list_checkpoints
 
-# What every run may write, besides its exported model files (added when they are written).
+# What every run may write, besides its exported model files (added when they are written). The folders are
+# wholly the run's: train.overwrite removes them with everything in them.
 RUN_FILES = ["recipe.yaml", "log.jsonl", "checkpoints/", "tracking/", ".tmp-export/", ".tmp-push/",
-             ".images-*.npy", ".mmssl-write-test-*"]
+             ".images-*.npy", ".mmssl-write-test-*", LOCK]
+_held_locks: dict[Path, int] = {}  # run folder -> open descriptor holding its lock, in this process
 
 
 class Claim(Enum):
@@ -34,10 +38,9 @@ def recipe_inputs(recipe: Recipe) -> dict[str, str | None]:
         "model.pretrained": recipe.model.pretrained, "model.arch": recipe.model.arch,
         "tokenizer.path": recipe.tokenizer.path, "data.path": recipe.data.path, "data.eval_path": recipe.data.eval_path,
     }
-    for item in dataclasses.fields(recipe.objective):
-        value = getattr(recipe.objective, item.name)
-        if isinstance(value, str) and value and item.name != "name":
-            inputs[f"objective.{item.name}"] = value
+    for item in dataclasses.fields(recipe.objective):  # keys declared with field(metadata={"input": True})
+        if item.metadata.get("input"):
+            inputs[f"objective.{item.name}"] = getattr(recipe.objective, item.name)
     return inputs
 
 
@@ -51,7 +54,7 @@ def claim_output_dir(recipe: Recipe, resume_dir: Path | None) -> tuple[Claim, Ru
     manifest = RunManifest.read(out) if out.is_dir() else None
     foreign = foreign_entries(out, manifest) if out.is_dir() and manifest is None else []
     if foreign:
-        listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        listed = ", ".join(foreign[:3]) + (" and more" if len(foreign) > 3 else "")
         raise RecipeError(
             f"output_dir {str(out)!r} is not empty and is not an mmssl run (it holds {listed}); a run writes only "
             "into a new or empty folder or one of its own earlier runs: choose another output_dir")
@@ -63,27 +66,51 @@ def claim_output_dir(recipe: Recipe, resume_dir: Path | None) -> tuple[Claim, Ru
         return Claim.FRESH, None
     if own_checkpoint:
         return Claim.RESUME, manifest
-    if cfg.overwrite:
-        return Claim.REPLACE, manifest
-    if not list_checkpoints(out) and not (out / "metrics.json").exists():
-        return Claim.REPLACE, manifest  # a run that stopped before saving anything (e.g. a bad setting): redo it
-    if resume_dir is not None:
+    if resume_dir is not None and not cfg.overwrite:
         raise RecipeError(
             f"train.resume_from={cfg.resume_from!r} is a checkpoint of another run, and output_dir {str(out)!r} "
             "already holds a run that resuming would replace; resume into a new output_dir, or replace that run "
             "with train.overwrite=true")
-    raise RecipeError(
-        f"output_dir {str(out)!r} already holds a run; resume it with train.resume_from=latest, replace it with "
-        "train.overwrite=true, or choose another output_dir")
+    nothing_saved = not list_checkpoints(out) and not (out / "metrics.json").exists()
+    if not (cfg.overwrite or nothing_saved):
+        raise RecipeError(
+            f"output_dir {str(out)!r} already holds a run; resume it with train.resume_from=latest, replace it with "
+            "train.overwrite=true, or choose another output_dir")
+    linked = [e for e in manifest.files if e.endswith("/") and (out / e.rstrip("/")).is_symlink()]
+    if linked:
+        raise RecipeError(f"output_dir {str(out)!r}: {linked[0].rstrip('/')} is a link to another place, where the "
+                          "earlier run's files would survive a replace; remove them there and the link, or choose "
+                          "another output_dir")
+    return Claim.REPLACE, manifest  # with overwrite, or a run that stopped before saving anything: redo it
+
+
+def lock_run_folder(out: Path) -> None:
+    """Hold an exclusive lock on the run folder until `release_run_folder` (or this process ends; main process
+    only): a second run started on the same folder is refused instead of clearing or interleaving with it."""
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise MmsslError(f"output_dir {str(out)!r} is in use by another mmssl run; wait for it to end, or choose "
+                         "another output_dir") from None
+    _held_locks[out.resolve()] = fd
+
+
+def release_run_folder(out: Path) -> None:
+    fd = _held_locks.pop(out.resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def open_manifest(recipe: Recipe, claim: Claim, manifest: RunManifest | None) -> RunManifest:
-    """On the main process: clear a replaced run, create the folder, and record this run's files."""
+    """On the main process: lock the folder, clear a replaced run, and record this run's files."""
     out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lock_run_folder(out)
     if claim is Claim.REPLACE and manifest is not None:
         manifest.clear()
         manifest = None
-    out.mkdir(parents=True, exist_ok=True)
     if manifest is None:
         manifest = RunManifest(out, list(RUN_FILES))
     else:

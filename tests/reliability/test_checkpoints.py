@@ -93,3 +93,20 @@ def test_a_checkpoint_from_before_json_trainer_state_is_refused(tmp_path, run_wi
     del state["files"], state["scheduler"]
     state_file.write_text(json.dumps(state))
     assert_clear_error(mmssl("train", str(recipe)), "was written by an older mmssl", "start a fresh run")
+
+
+def test_the_checkpoint_a_run_resumed_from_is_not_blamed_for_a_nan_right_after(tmp_path, run_with_checkpoints,
+                                                                             monkeypatch):
+    """Its weights gave finite losses when it was saved, so a NaN on the first step after resuming comes from
+    what changed (here an injected fault), and it stays resumable."""
+    from mmssl.errors import TrainingDiverged
+    from mmssl.models.lm import MaskedLMModule
+
+    out, _ = resume_copy(tmp_path, run_with_checkpoints)
+    original = MaskedLMModule.forward
+    monkeypatch.setattr(MaskedLMModule, "forward",
+                        lambda self, **batch: {"loss": original(self, **batch)["loss"] * float("nan")})
+    with pytest.raises(TrainingDiverged, match=r"the loss became nan at step 5; the last safe checkpoint is "
+                                               r".*step-00000004'; resume"):
+        train(parse_recipe(lm_recipe(out, "mlm", max_steps=6, save_every=2, resume_from="latest")))
+    assert read_state(list_checkpoints(out)[-1]).unsafe is None

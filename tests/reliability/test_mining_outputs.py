@@ -92,3 +92,26 @@ def test_augment_refuses_inputs_and_files_it_did_not_write(tmp_path):
     assert mmssl("augment", AUGMENT, f"output.path={out}", *source).returncode == 0
     assert_clear_error(mmssl("augment", AUGMENT, f"output.path={out}", *source), "output.overwrite=true")
     assert mmssl("augment", AUGMENT, f"output.path={out}", *source, "output.overwrite=true").returncode == 0
+
+
+def test_mine_output_matching_an_input_glob_is_refused(tmp_path):
+    data = pairs_file(tmp_path)
+    done = mmssl("mine", MINE, "output=mined.jsonl", "data.source=files", "data.path=*.jsonl", cwd=data)
+    assert_clear_error(done, "matches the input data.path '*.jsonl'")
+    assert not (data / "mined.jsonl").exists()
+
+
+def test_mine_keeps_a_stats_file_it_did_not_write(tmp_path):
+    stats = tmp_path / "mined.jsonl.stats.json"
+    stats.write_text('{"mine": "the user\'s"}')
+    assert_clear_error(mmssl("mine", MINE, f"output={tmp_path / 'mined.jsonl'}", SMALL), "was not written by mmssl mine")
+    assert stats.read_text() == '{"mine": "the user\'s"}' and not (tmp_path / "mined.jsonl").exists()
+
+
+def test_an_interrupted_replace_gets_the_earlier_output_back(tmp_path):
+    out = tmp_path / "mined-folder"
+    assert mmssl("mine", MINE, f"output={out}", SMALL).returncode == 0
+    first = tree_hashes(out)
+    out.rename(tmp_path / ".mined-folder.mmssl-old")  # killed after moving the old output aside
+    assert_clear_error(mmssl("mine", MINE, f"output={out}", SMALL), "already exists (an earlier output)")
+    assert tree_hashes(out) == first

@@ -22,7 +22,8 @@ from mmssl.train.loop import train
 
 TOKEN = "hf_test_secret_token"
 USER_README = "# my notes about this run\n\nwritten by me, not by mmssl\n"
-JUNK = ["checkpoints/step_1/optimizer.pt", "tracking/events.log", ".hidden", "cache/.secret", "state.pkl"]
+JUNK = ["checkpoints/step_1/optimizer.pt", "tracking/events.log", ".hidden", "cache/.secret", "state.pkl",
+        "eval_private.jsonl", "notes/ideas.txt"]  # the last two: the user's own files, which the run did not write
 
 
 @pytest.fixture(scope="module")

@@ -167,3 +167,42 @@ def test_nonsense_settings_are_refused_naming_the_key(tmp_path, override, messag
     out = tmp_path / "run"
     assert_clear_error(mmssl("train", str(recipe_file(tmp_path)), f"output_dir={out}", override), message)
     assert not (out / "checkpoints").exists()
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path):
+    """A run that has saved nothing yet may be redone without overwrite, but not while it is running."""
+    import fcntl
+
+    from mmssl.outputs import LOCK
+
+    out = tmp_path / "run"
+    recipe = recipe_file(tmp_path)
+    assert_clear_error(mmssl("train", str(recipe), f"output_dir={out}", "model.config.hidden_size=-1"),
+                       "model.config")  # leaves a run folder with nothing saved
+    before = tree_hashes(out)
+    with open(out / LOCK, "a") as held:  # what the first run's main process holds while it trains
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done = mmssl("train", str(recipe), f"output_dir={out}", "train.overwrite=true")
+    assert_clear_error(done, f"output_dir {str(out)!r} is in use by another mmssl run")
+    assert tree_hashes(out) == before
+
+
+def test_a_home_relative_output_dir_is_checked_where_it_is_written(tmp_path):
+    home = tmp_path / "home"
+    (home / "x").mkdir(parents=True)
+    (home / "x" / "mine.txt").write_text("the user's")
+    from clirun import cli_env
+
+    done = mmssl("train", str(recipe_file(tmp_path)), "output_dir=~/x", "train.overwrite=true",
+                 env=cli_env(HOME=str(home)), cwd=tmp_path)
+    assert_clear_error(done, f"output_dir {str(home / 'x')!r} is not empty and is not an mmssl run")
+    assert not (tmp_path / "~").exists() and (home / "x" / "mine.txt").read_text() == "the user's"
+
+
+def test_resuming_an_earlier_checkpoint_replaces_the_later_ones(tmp_path):
+    out = finished_run(tmp_path / "run", max_steps=8, save_every=2, keep_checkpoints=4)  # 2, 4, 6, 8
+    done = mmssl("train", str(recipe_file(tmp_path, max_steps=6, save_every=3, keep_checkpoints=4)),
+                 f"output_dir={out}", f"train.resume_from={out / 'checkpoints' / 'step-00000004'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.name for p in list_checkpoints(out)] == ["step-00000002", "step-00000004", "step-00000006"]
+    assert read_state(list_checkpoints(out)[-1]).step == 6
