@@ -23,7 +23,7 @@ import datasets
 
 from mmssl.data.world import Kind, world_columns
 from mmssl.errors import DataError
-from mmssl.recipes import DataConfig
+from mmssl.config import DataConfig
 
 _EXTENSIONS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 _METADATA = ("stats.json", "dataset_info.json", "state.json")  # written beside data by mmssl/datasets
@@ -130,7 +130,7 @@ def _quiet_datasets() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _load_files(path: str, fmt: str, key: str = "data.path") -> datasets.Dataset:
+def load_files(path: str, fmt: str, key: str = "data.path") -> datasets.Dataset:
     """Read local files (or a save_to_disk folder); `key` is the recipe key that names them, for messages."""
     if (Path(path).expanduser() / "state.json").is_file():  # a `datasets` save_to_disk folder
         return datasets.load_from_disk(str(Path(path).expanduser()))
@@ -154,7 +154,7 @@ def _load_files(path: str, fmt: str, key: str = "data.path") -> datasets.Dataset
     return ds
 
 
-def _load_hub(path: str, split: str, key: str = "data.path") -> datasets.Dataset:
+def load_hub(path: str, split: str, key: str = "data.path") -> datasets.Dataset:
     try:
         return datasets.load_dataset(path, split=split)
     except Exception as exc:
@@ -237,11 +237,11 @@ def load_splits(cfg: DataConfig, kind: Kind, roles: list[str], seed: int = 0, se
         where = "built-in world"
     else:
         key = f"{section}.path"
-        train = _load_files(cfg.path, cfg.format, key) if cfg.source == "files" else _load_hub(cfg.path, cfg.split, key)
+        train = load_files(cfg.path, cfg.format, key) if cfg.source == "files" else load_hub(cfg.path, cfg.split, key)
         where = f"{key} {cfg.path!r}"
         evaluation = None
         if cfg.eval_path:
-            evaluation = _load_files(cfg.eval_path, cfg.format, f"{section}.eval_path")
+            evaluation = load_files(cfg.eval_path, cfg.format, f"{section}.eval_path")
     if len(train) == 0:
         raise DataError(f"{where}: no examples found (empty data); add examples or fix {section}.path")
     if cfg.max_examples is not None:

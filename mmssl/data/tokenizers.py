@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from mmssl.errors import MmsslError
-from mmssl.recipes import TokenizerConfig
+from mmssl.config import TokenizerConfig
 
 TokenizerKind = Literal["wordpiece", "bpe"]
 

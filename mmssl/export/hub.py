@@ -21,22 +21,12 @@ import yaml
 
 from mmssl.errors import MmsslError
 
-CARDS = Path(__file__).resolve().parents[1] / "model_cards"
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 REPO_ID_RULE = ("a repo id is 'namespace/name', each part 1-96 ASCII letters, digits, '-', '_' or '.', starting with a "
                 "letter or digit, not ending with '-' or '.', without '--' or '..', not ending in '.git'; "
                 "e.g. --repo-id my-org/mlm-world. Nothing was sent")
 UPLOAD_IGNORE = ["checkpoints/*", "tracking/*", ".*", "*/.*", "*.bin", "*.pkl", "*.pt", "*.pth", "*.tmp"]
 
-# kind -> (library_name, pipeline_tag, template)
-KINDS: dict[str, tuple[str, str, str]] = {
-    "mlm": ("transformers", "fill-mask", "mlm.md"),
-    "clm": ("transformers", "text-generation", "clm.md"),
-    "sentence_embedding": ("sentence-transformers", "sentence-similarity", "sentence_embedding.md"),
-    "clip": ("open_clip", "zero-shot-image-classification", "clip.md"),
-}
-EVAL_TASKS = {"mlm": "fill-mask", "clm": "text-generation", "sentence_embedding": "sentence-similarity",
-              "clip": "zero-shot-image-classification"}
 
 
 @dataclass
@@ -61,23 +51,25 @@ def check_repo_id(repo_id: str) -> None:
         raise MmsslError(f"repo id {repo_id!r} is not 'namespace/name'; {REPO_ID_RULE}")
 
 
-def detect_kind(directory: Path) -> str:
-    """What an mmssl output folder holds, from the files its ecosystem writes."""
+def card_templates() -> Path:
+    """The folder of card templates (top-level ``model_cards/``, installed as ``mmssl.model_cards``)."""
+    from importlib.resources import files
+
+    return Path(str(files("mmssl.model_cards")))
+
+
+def model_output(directory: Path):
+    """What an mmssl output folder holds, as its objective declares it (`Objective.output`)."""
+    from mmssl.registry import get_objective, objective_names
+
     if not (directory / "recipe.yaml").is_file() or not (directory / "metrics.json").is_file():
         raise MmsslError(f"{str(directory)!r} is not a finished mmssl output folder (needs recipe.yaml and "
                          "metrics.json); pass the output_dir of a completed `mmssl train` run")
-    if (directory / "open_clip_config.json").is_file():
-        return "clip"
-    if (directory / "modules.json").is_file():
-        return "sentence_embedding"
-    config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else {}
-    architectures = " ".join(config.get("architectures") or [])
-    if "MaskedLM" in architectures:
-        return "mlm"
-    if "CausalLM" in architectures or "LMHead" in architectures:
-        return "clm"
-    raise MmsslError(f"{str(directory)!r}: cannot tell which kind of model it holds (no open_clip_config.json, "
-                     "modules.json, or a masked/causal LM config.json)")
+    name = ((yaml.safe_load((directory / "recipe.yaml").read_text()) or {}).get("objective") or {}).get("name")
+    if name not in objective_names():
+        raise MmsslError(f"{str(directory)!r} was trained with objective {name!r}, which this mmssl does not know; "
+                         f"it knows {', '.join(objective_names())}")
+    return get_objective(name).output
 
 
 def _eval_rows(metrics: dict[str, Any], data_name: str) -> list[dict[str, Any]]:
@@ -93,8 +85,7 @@ def render_card(directory: Path, repo_id: str, license: str | None = None) -> st
     import jinja2
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    kind = detect_kind(directory)
-    library, pipeline_tag, template = KINDS[kind]
+    output = model_output(directory)
     recipe = yaml.safe_load((directory / "recipe.yaml").read_text())
     metrics = json.loads((directory / "metrics.json").read_text())
     data = recipe.get("data", {})
@@ -108,17 +99,16 @@ def render_card(directory: Path, repo_id: str, license: str | None = None) -> st
     objective = dict(recipe.get("objective", {}))
     objective_name = objective.pop("name", "unknown")
     base_model = (recipe.get("model") or {}).get("pretrained")
-    task = EVAL_TASKS[kind]
     eval_rows = _eval_rows(metrics, data_name)
     card_data = ModelCardData(
-        library_name=library,
-        pipeline_tag=pipeline_tag,
+        library_name=output.library,
+        pipeline_tag=output.pipeline_tag,
         license=license,
         tags=["mmssl", objective_name, "self-supervised"],
         base_model=base_model if base_model and not Path(base_model).exists() else None,
         datasets=[data_name] if data.get("source") == "hub" else None,
         model_name=repo_id,
-        eval_results=[EvalResult(task_type=task, dataset_type=data_name.replace(" ", "-"), dataset_name=data_name,
+        eval_results=[EvalResult(task_type=output.eval_task, dataset_type=data_name.replace(" ", "-"), dataset_name=data_name,
                                  metric_type=row["metric"], metric_value=row["value"]) for row in eval_rows] or None,
     )
     mask_token = "[MASK]"
@@ -126,10 +116,12 @@ def render_card(directory: Path, repo_id: str, license: str | None = None) -> st
     if tokenizer_config.is_file():
         mask_token = json.loads(tokenizer_config.read_text()).get("mask_token", mask_token) or mask_token
     train = recipe.get("train", {})
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(CARDS)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(card_templates())),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    template = output.card_template
     try:
         text = env.get_template(template).render(
+            recipe=recipe, metrics=metrics, optimizer=train.get("optimizer", "adamw"),
             card_data=card_data.to_yaml(), repo_id=repo_id, objective=objective_name, base_model=base_model,
             architecture=metrics.get("architecture", "transformer"), mask_token=mask_token,
             objective_params=", ".join(f"{k}={v}" for k, v in objective.items()), eval_rows=eval_rows,
@@ -319,7 +311,7 @@ def push_model(
 
     info, attempts = _publish(
         api, token, repo_id, "model", operations, private=private, overwrite=overwrite, revision=revision,
-        message=commit_message or f"Upload {detect_kind(directory)} model trained with mmssl", retries=retries,
+        message=commit_message or f"Upload {model_output(directory).kind} model trained with mmssl", retries=retries,
         backoff=backoff)
     return PushResult(repo_id, str(getattr(info, "commit_url", info)), sorted([*files, "README.md"]), attempts)
 
@@ -346,7 +338,7 @@ def render_dataset_card(stats: dict[str, Any], repo_id: str, license: str | None
         DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
         MetadataConfigs({"default": {"data_files": [{"split": "train", "path": "data/train-*"}]}}
                         ).to_dataset_card_data(card_data)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(CARDS)), undefined=jinja2.StrictUndefined)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(card_templates())), undefined=jinja2.StrictUndefined)
     try:
         text = env.get_template("mined_dataset.md").render(
             card_data=card_data.to_yaml(), repo_id=repo_id, num_negatives=stats["num_negatives"],

@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 
 import yaml
 
-from mmssl.recipes import DataConfig, apply_overrides, read_yaml
+from mmssl.config import DataConfig
+from mmssl.recipes import apply_overrides, read_yaml
 from mmssl.schema import (NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Range, Seed,
                           from_dict, to_dict)
 

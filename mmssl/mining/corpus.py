@@ -13,7 +13,7 @@ import datasets
 import numpy as np
 
 from mmssl.data.sources import load_splits
-from mmssl.recipes import DataConfig
+from mmssl.config import DataConfig
 
 CHUNK = 50_000
 

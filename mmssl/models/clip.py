@@ -26,7 +26,7 @@ from torch import nn
 
 from mmssl.errors import MmsslError, RecipeError
 from mmssl.losses import LearnableTemperature
-from mmssl.recipes import ModelConfig
+from mmssl.config import ModelConfig
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from mmssl.errors import MmsslError, RecipeError
-from mmssl.recipes import ModelConfig
+from mmssl.config import ModelConfig
 
 LMKind = Literal["mlm", "clm"]
 _AUTO = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmssl.errors import MmsslError, RecipeError
-from mmssl.recipes import ModelConfig
+from mmssl.config import ModelConfig
 
 Pooling = Literal["cls", "mean", "last_token"]
 Head = Literal["none", "linear", "mlp"]

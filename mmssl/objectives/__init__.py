@@ -1,5 +1,2 @@
-"""Built-in objectives; importing this package registers them."""
-
-from mmssl.objectives import language_modeling  # noqa: F401
-from mmssl.objectives import contrastive  # noqa: F401
-from mmssl.objectives import clip  # noqa: F401
+"""Objectives: one module per method, each registering itself with ``@register_objective`` (found by
+`mmssl.registry`, which imports every module of this package)."""

@@ -2,10 +2,17 @@
 
 An objective owns its data preparation, model and loss; the trainer owns the loop (optimisation,
 accumulation, precision, checkpoints, logging, processes). One trainer runs every objective.
+
+A method is one module in `mmssl/objectives/` (found by the registry), with its loss in `mmssl/losses/`:
+subclass `Objective`, set `Params` and `output`, implement `setup`, `collate`, `forward` (or
+`training_step`) and `export`; override the hooks it needs (`param_groups`, `after_optimizer_step`,
+`evaluate`, `save_artifacts`). State that changes during training (momentum encoders, queues, schedules)
+lives in the module's parameters and buffers, so checkpoints and resume carry it exactly.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -13,8 +20,18 @@ import datasets
 import torch
 from torch import nn
 
-from mmssl.data.world import Kind
-from mmssl.recipes import ObjectiveParams, Recipe
+from mmssl.config import ObjectiveParams, Recipe
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """What an objective exports, as the Hub and model cards describe it."""
+
+    kind: str  # short name, e.g. "mlm", "sentence_embedding", "image_encoder"
+    library: str  # the Hub's library_name, e.g. "transformers", "timm"
+    pipeline_tag: str  # e.g. "fill-mask", "image-feature-extraction"
+    card_template: str  # a file in the model_cards templates
+    eval_task: str  # the model-index task type of its evaluation results
 
 
 class Objective:
@@ -22,8 +39,7 @@ class Objective:
 
     name: ClassVar[str]
     Params: ClassVar[type[ObjectiveParams]] = ObjectiveParams
-    data_kind: ClassVar[Kind] = "text"
-    roles: ClassVar[list[str]] = ["text"]
+    output: ClassVar[ModelOutput]
     throughput_unit: ClassVar[str] = "examples"
 
     def __init__(self, recipe: Recipe):
@@ -70,8 +86,20 @@ class Objective:
         backward(out["loss"])
         return {k: v.detach() for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
 
-    def after_optimizer_step(self, module: nn.Module) -> None:
-        """Called after each optimiser step (not per micro-batch): e.g. a momentum (EMA) encoder update."""
+    def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
+        """Called after each optimiser step (not per micro-batch) with the number of steps done (1-based)
+        and the run's total: e.g. a momentum (EMA) encoder update on a schedule."""
+
+    def param_groups(self, module: nn.Module) -> list[dict[str, Any]]:
+        """Optimiser parameter groups: dicts with ``params`` and optionally ``weight_decay`` (a multiplier of
+        train.weight_decay, default 1) and ``lr_scale`` (of train.learning_rate, default 1). Groups without
+        weight decay are also excluded from LARS' trust-ratio adaptation. Default: no decay on biases and
+        normalisation weights."""
+        decay, no_decay = [], []
+        for name, param in module.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def batch_size_of(self, batch: dict[str, Any]) -> tuple[int, int]:
         """(examples, tokens) in a batch, for throughput."""

@@ -39,8 +39,8 @@ from mmssl.models.clip import (
     resolve_config,
     save_open_clip,
 )
-from mmssl.objectives.base import Objective
-from mmssl.recipes import ObjectiveParams
+from mmssl.objectives.base import ModelOutput, Objective
+from mmssl.config import ObjectiveParams
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveFloat, PositiveInt, Range
 
@@ -112,9 +112,8 @@ class Captions:
 @register_objective("clip")
 class Clip(Objective):
     Params = ClipParams
-    data_kind = "image_text"
-    roles = ["image", "captions"]
-    throughput_unit = "examples"
+    output = ModelOutput("clip", "open_clip", "zero-shot-image-classification", "clip.md",
+                         "zero-shot-image-classification")
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self, resume_dir: Path | None) -> None:

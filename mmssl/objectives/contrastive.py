@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,7 +31,7 @@ import datasets
 import torch
 from torch import nn
 
-from mmssl.data.sources import load_splits
+from mmssl.data.pairs import Rows, eval_pairs, load_pair_splits
 from mmssl.data.text_views.config import CacheConfig, ViewConfig
 from mmssl.data.tokenizers import build_tokenizer, load_pretrained_tokenizer
 from mmssl.errors import DataError, RecipeError
@@ -62,15 +61,14 @@ from mmssl.models.text_encoder import (
     pack_sequences,
     save_sentence_transformer,
 )
-from mmssl.objectives.base import Objective
-from mmssl.recipes import ObjectiveParams
+from mmssl.objectives.base import ModelOutput, Objective
+from mmssl.config import ObjectiveParams
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeFloat, PositiveInt, Probability, Range
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_DIR = "tokenizer"
-_NEGATIVE = re.compile(r"^negative(_(\d+))?$")
 
 
 @dataclass
@@ -143,50 +141,10 @@ class ContrastiveModule(nn.Module):
         return self.encoder(**kwargs)
 
 
-class _Rows(torch.utils.data.Dataset):
-    """Tokenised rows held as Python lists: fast random access for the loader."""
-
-    def __init__(self, columns: dict[str, list]):
-        self.columns = columns
-        self.size = len(next(iter(columns.values())))
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {k: v[index] for k, v in self.columns.items()}
-
-
 def _unwrap(module: nn.Module) -> ContrastiveModule:
     while not isinstance(module, ContrastiveModule) and hasattr(module, "module"):
         module = module.module
     return module  # type: ignore[return-value]
-
-
-def _available_columns(cfg) -> list[str]:
-    """Column names of the recipe's pairs data, before roles are selected."""
-    from mmssl.data import sources
-
-    if cfg.source == "world":
-        return ["anchor", "positive", "negative", "label"]
-    if cfg.source == "files":
-        return sources._load_files(cfg.path, cfg.format).column_names
-    return sources._load_hub(cfg.path, cfg.split).column_names
-
-
-def _negative_order(role: str) -> int:
-    m = _NEGATIVE.match(role)
-    return int(m.group(2)) if m and m.group(2) else 0
-
-
-def _check_texts(ds: datasets.Dataset, columns: list[str], where: str) -> None:
-    for column in dict.fromkeys(columns):
-        for index, text in enumerate(ds[column]):
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(
-                    f"{where}: row {index} has an empty or missing {column!r} ({text!r}); every pair needs text on "
-                    "each side: remove or fix such rows"
-                )
 
 
 @register_objective("simcse")
@@ -194,31 +152,20 @@ class SimCSE(Objective):
     """Contrastive sentence embeddings: unsupervised or supervised SimCSE, retrieval with hard negatives, MoCo queue."""
 
     Params = SimCSEParams
-    data_kind = "pairs"
-    roles = ["anchor", "positive"]
-    throughput_unit = "examples"
+    output = ModelOutput("sentence_embedding", "sentence-transformers", "sentence-similarity",
+                         "sentence_embedding.md", "sentence-similarity")
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self, resume_dir: Path | None) -> None:
         recipe, p = self.recipe, self.params
         self.text_views = None
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        if p.mode == "unsupervised":
-            self.data_kind, self.roles = "text", ["text"]
-            splits = load_splits(recipe.data, "text", ["text"], seed=recipe.seed)
-            self.views = ["text", "text"]
-            if p.text_views:
-                from mmssl.data.text_views import TextViews
+        splits, self.views = load_pair_splits(recipe.data, p.mode, p.hard_negatives, recipe.seed)
+        if p.mode == "unsupervised" and p.text_views:
+            from mmssl.data.text_views import TextViews
 
-                self.text_views = TextViews(p.text_views, seed=recipe.seed, cache=p.text_views_cache)
-        else:
-            negatives = self._negative_roles() if p.hard_negatives else []
-            self.data_kind, self.roles = "pairs", ["anchor", "positive", *negatives]
-            splits = load_splits(recipe.data, "pairs", self.roles, seed=recipe.seed)
-            self.views = list(self.roles)
+            self.text_views = TextViews(p.text_views, seed=recipe.seed, cache=p.text_views_cache)
         self.negative_columns = self.views[2:]
-        where = "built-in world" if recipe.data.source == "world" else f"data.path {recipe.data.path!r}"
-        _check_texts(splits.train, self.views, where)
         self._check_negatives(world)
 
         self.tokenizer = self._tokenizer(resume_dir, splits.train)
@@ -235,24 +182,11 @@ class SimCSE(Objective):
 
         self.num_train_rows = len(splits.train)
         self.train_dataset = self._tokenize(splits.train)  # type: ignore[assignment]
-        self.eval_rows = self._eval_rows(splits.eval)
+        self.eval_rows = eval_pairs(recipe.data, p.eval_pairs, p.mode, splits.eval, p.eval_max_pairs)
         self.eval_dataset = datasets.Dataset.from_dict(self.eval_rows) if self.eval_rows else None
         self.before: dict[str, float] = {}
         if p.eval_before and self.eval_rows:
             self.before = self._metrics(self.model.encoder)
-
-    def _negative_roles(self) -> list[str]:
-        mapped = [role for role in self.recipe.data.columns if _NEGATIVE.match(role)]
-        if mapped:
-            return sorted(mapped, key=_negative_order)
-        available = set(_available_columns(self.recipe.data))
-        if "negative" in available:
-            return ["negative"]
-        found, k = [], 1
-        while f"negative_{k}" in available:
-            found.append(f"negative_{k}")
-            k += 1
-        return found
 
     def _check_negatives(self, world: int) -> None:
         p, cfg = self.params, self.recipe.train
@@ -297,7 +231,7 @@ class SimCSE(Objective):
         return self.tokenizer(texts, truncation=True, max_length=self.params.max_length,
                               return_attention_mask=False)["input_ids"]
 
-    def _tokenize(self, ds: datasets.Dataset) -> _Rows:
+    def _tokenize(self, ds: datasets.Dataset) -> Rows:
         columns: dict[str, list] = {}
         for column in dict.fromkeys(self.views):
             texts = list(ds[column])
@@ -306,41 +240,7 @@ class SimCSE(Objective):
         if self.text_views is not None:  # views are made per step from the raw text and its row index
             columns["text"] = list(ds["text"])
             columns["index"] = list(range(len(ds)))
-        return _Rows(columns)
-
-    def _eval_rows(self, split_eval: datasets.Dataset | None) -> dict[str, list] | None:
-        p, data = self.params, self.recipe.data
-        if p.eval_pairs:
-            from mmssl.data import sources
-
-            ds = sources._load_files(p.eval_pairs, "auto", key="objective.eval_pairs")
-            where = f"objective.eval_pairs {p.eval_pairs!r}"
-            for column in ("anchor", "positive"):
-                if column not in ds.column_names:
-                    raise DataError(f"{where}: column {column!r} not found; the data has columns {ds.column_names}")
-        elif data.source == "world":
-            from mmssl.data.world import world_columns
-
-            ds = datasets.Dataset.from_dict(world_columns(data.world, "pairs", "eval"))
-            where = "built-in world (eval)"
-        elif p.mode == "supervised" and split_eval is not None and len(split_eval):
-            ds = split_eval
-            where = "eval split"
-        else:
-            log.warning("no evaluation pairs: set objective.eval_pairs to a file with anchor/positive columns")
-            return None
-        if p.eval_max_pairs is not None:
-            ds = ds.select(range(min(p.eval_max_pairs, len(ds))))
-        negative = "negative" if "negative" in ds.column_names else next(
-            (c for c in sorted(ds.column_names, key=_negative_order) if _NEGATIVE.match(c)), None)
-        columns = ["anchor", "positive"] + ([negative] if negative else [])
-        _check_texts(ds, columns, where)
-        rows = {"anchor": list(ds["anchor"]), "positive": list(ds["positive"])}
-        if negative:
-            rows["negative"] = list(ds[negative])
-        if "score" in ds.column_names:
-            rows["score"] = [float(s) for s in ds["score"]]
-        return rows if len(rows["anchor"]) else None
+        return Rows(columns)
 
     # -- per step --------------------------------------------------------------------------------
     @property
@@ -411,7 +311,7 @@ class SimCSE(Objective):
             out["views_changed"] = batch["views_changed"]
         return {k: v.detach() for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
 
-    def after_optimizer_step(self, module: nn.Module) -> None:
+    def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
         """MoCo: the key encoder follows the online one once per optimiser step, not per micro-batch."""
         if self._queue_mode:
             core = _unwrap(module)
@@ -501,7 +401,8 @@ class SimCSE(Objective):
 
     def evaluate_export(self, directory: Path) -> dict[str, float]:
         encoder, tokenizer, max_length = load_sentence_transformer_dir(directory)
-        self.eval_rows = self._eval_rows(None)
+        self.eval_rows = eval_pairs(self.recipe.data, self.params.eval_pairs, self.params.mode, None,
+                                    self.params.eval_max_pairs)
         if not self.eval_rows:
             raise DataError("no eval pairs: set objective.eval_pairs to a file with anchor/positive columns")
         return self._metrics(encoder, tokenizer, max_length)

@@ -15,8 +15,8 @@ from mmssl.data.text_blocks import TextBlocks, collate_blocks, pack, truncate
 from mmssl.data.tokenizers import build_tokenizer, load_pretrained_tokenizer
 from mmssl.errors import DataError, RecipeError
 from mmssl.models.lm import CausalLMModule, LMKind, MaskedLMModule, build_language_model, max_positions
-from mmssl.objectives.base import Objective
-from mmssl.recipes import ObjectiveParams
+from mmssl.objectives.base import ModelOutput, Objective
+from mmssl.config import ObjectiveParams
 from mmssl.registry import register_objective
 from mmssl.schema import Probability, Range
 
@@ -157,6 +157,7 @@ class MaskedLM(LanguageModeling):
     """
 
     Params = MaskedLMParams
+    output = ModelOutput("mlm", "transformers", "fill-mask", "mlm.md", "fill-mask")
     kind = "mlm"
     tokenizer_kind = "wordpiece"
 
@@ -213,6 +214,7 @@ class CausalLM(LanguageModeling):
     Unsupervised Multitask Learners")."""
 
     Params = LanguageModelParams
+    output = ModelOutput("clm", "transformers", "text-generation", "clm.md", "text-generation")
     kind = "clm"
     tokenizer_kind = "bpe"
 

@@ -24,10 +24,12 @@ from transformers import get_scheduler
 
 from mmssl.errors import DataError, MmsslError, RecipeError, TrainingDiverged
 from mmssl.outputs import RunManifest, check_not_input, is_disk_full, storage_failure
-from mmssl.recipes import Recipe, recipe_to_dict, save_recipe
+from mmssl.config import Recipe
+from mmssl.recipes import recipe_to_dict, save_recipe
 from mmssl.registry import get_objective
 from mmssl.train import checkpoints as ckpt
 from mmssl.train.metrics_log import MetricsLog, flatten
+from mmssl.train.optim import build_optimizer
 from mmssl.train.run_folder import Claim, claim_output_dir, open_manifest, release_run_folder
 
 log = logging.getLogger(__name__)
@@ -82,30 +84,17 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
         raise RecipeError(f"train: could not set up training ({exc})") from None
 
 
-def _optimizer(module: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, param in module.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # the fused kernel (one pass per parameter; 5-7x faster than the foreach one on this CPU for 12-23M
-    # parameters) where torch has it, as the transformers Trainer uses by default
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in decay + no_decay)
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                             **({"fused": True} if fused else {}))
-
-
-def _resume_schedule(optimizer: torch.optim.Optimizer, scheduler, saved: dict[str, Any], cfg) -> None:
-    """Continue the schedule at the checkpoint's step with this recipe's optimiser settings: loading a
-    checkpoint restores the learning rate, betas and weight decay it was trained with, but a resumed run may
-    change them (e.g. a lower train.learning_rate after divergence)."""
+def _resume_schedule(optimizer: torch.optim.Optimizer, scheduler, saved: dict[str, Any],
+                     recipe_groups: list[dict[str, Any]]) -> None:
+    """Continue the schedule at the checkpoint's step with this recipe's optimiser settings (`recipe_groups`:
+    the groups' hyperparameters before the checkpoint was loaded): loading restores the learning rate, betas
+    and weight decay it was trained with, but a resumed run may change them (e.g. a lower
+    train.learning_rate after divergence). Moments and momentum buffers are kept."""
     old = saved.get("base_lrs", [])
     scheduler.load_state_dict({**saved, "base_lrs": list(scheduler.base_lrs)})
     lrs = [base * rule(scheduler.last_epoch) for base, rule in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
-    for index, (group, lr, base) in enumerate(zip(optimizer.param_groups, lrs, scheduler.base_lrs)):
-        group.update(lr=lr, initial_lr=base, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                     weight_decay=cfg.weight_decay if index == 0 else 0.0)  # group 0 decays (see _optimizer)
+    for group, settings, lr, base in zip(optimizer.param_groups, recipe_groups, lrs, scheduler.base_lrs):
+        group.update({**settings, "lr": lr, "initial_lr": base})
     scheduler.load_state_dict({**scheduler.state_dict(), "_last_lr": lrs})
     if old and old[0] != scheduler.base_lrs[0]:
         log.info("resuming with train.learning_rate=%g (the checkpoint was trained with %g)", scheduler.base_lrs[0], old[0])
@@ -245,7 +234,8 @@ def _train(recipe: Recipe) -> dict[str, Any]:
     if objective.eval_dataset is not None:
         eval_loader = DataLoader(objective.eval_dataset, batch_size=cfg.batch_size, collate_fn=objective.collate)
 
-    optimizer = _optimizer(module, cfg)
+    optimizer = build_optimizer(module, objective.param_groups(module), cfg)
+    recipe_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     module, optimizer, train_loader = accelerator.prepare(module, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
@@ -263,7 +253,7 @@ def _train(recipe: Recipe) -> dict[str, Any]:
     if resume_dir is not None:
         try:  # accelerate reads model (safetensors), optimiser and RNG states with torch.load(weights_only=True)
             accelerator.load_state(str(resume_dir))
-            _resume_schedule(optimizer, scheduler, state.scheduler, cfg)
+            _resume_schedule(optimizer, scheduler, state.scheduler, recipe_groups)
         except pickle.UnpicklingError as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ckpt.CheckpointError(
@@ -399,7 +389,7 @@ def _train(recipe: Recipe) -> dict[str, Any]:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            objective.after_optimizer_step(module)
+            objective.after_optimizer_step(module, state.step + 1, total_steps)
             state.step += 1
             progress.update(1)
             if state.step % cfg.log_every == 0 or state.step == total_steps:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mmssl.errors import MmsslError, RecipeError
 from mmssl.outputs import LOCK, RunManifest, check_location, check_not_input, foreign_entries, resolved
-from mmssl.recipes import Recipe
+from mmssl.config import Recipe
 from mmssl.train.checkpoints import list_checkpoints
 
 # What every run may write, besides its exported model files (added when they are written). The folders are

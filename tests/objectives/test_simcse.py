@@ -145,7 +145,7 @@ def test_queue_fills_and_is_saved_in_state(tmp_path):
     # micro-batches leave the momentum encoder alone; the optimiser step moves it, once, by the EMA rule
     assert all(torch.equal(before[k], v) for k, v in module.key_encoder.state_dict().items())
     online = {k: v.detach().clone() for k, v in module.encoder.named_parameters()}
-    obj.after_optimizer_step(module)
+    obj.after_optimizer_step(module, 1, 10)
     moved = dict(module.key_encoder.named_parameters())
     assert any(not torch.equal(before[k], moved[k]) for k in moved)
     for k in moved:

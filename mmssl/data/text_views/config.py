@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from mmssl.recipes import DataConfig
+from mmssl.config import DataConfig
 from mmssl.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, Seed
 
 LEXICAL = ("synonym", "insert", "swap", "delete", "crop", "keyboard", "spelling", "ocr",

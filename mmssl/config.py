@@ -1,0 +1,141 @@
+"""The typed schema of a recipe: what a training run is made of (data, tokenizer, model, objective, training,
+publishing). Plain dataclasses validated by `mmssl.schema`; reading YAML and resolving the objective's own
+parameters is `mmssl.recipes`' job, so this module depends on nothing else in mmssl but the schema."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from mmssl.schema import (NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Range,
+                          Seed)
+
+
+@dataclass
+class WorldConfig:
+    """The built-in procedural world of coloured shapes (see `mmssl.data.world`)."""
+
+    num_scenes: PositiveInt = 2000
+    image_size: Annotated[int, Range(16, 1024)] = 32
+    num_colours: Annotated[int, Range(2, 10)] = 6
+    num_shapes: Annotated[int, Range(2, 6)] = 4
+    pair_fraction: Probability = 0.5
+    seed: Seed = 0
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from and how their columns map to the roles an objective needs."""
+
+    source: Literal["world", "files", "hub"] = "world"
+    path: str | None = None
+    format: Literal["auto", "txt", "jsonl", "csv", "parquet", "imagefolder", "webdataset"] = "auto"
+    split: str = "train"
+    columns: dict[str, str] = field(default_factory=dict)
+    eval_path: str | None = None
+    eval_fraction: Annotated[float, Range(0, 1, open_high=True)] = 0.05
+    max_examples: PositiveInt | None = None
+    world: WorldConfig = field(default_factory=WorldConfig)
+
+    def __post_init__(self) -> None:
+        if self.source in ("files", "hub") and not self.path:
+            raise ValueError(f"path is required when source is {self.source!r} (a file, folder or glob)")
+
+
+@dataclass
+class TokenizerConfig:
+    """A pretrained tokenizer (`path`: local folder or Hub id) or one trained on the recipe's corpus."""
+
+    path: str | None = None
+    vocab_size: Annotated[int, Range(100)] = 4096  # the trained tokenizer's size, special tokens included
+    min_frequency: PositiveInt = 2
+    lowercase: bool = True
+    trust_remote_code: bool = False  # run custom code that comes with tokenizer.path (named in the model card)
+
+
+@dataclass
+class ModelConfig:
+    """Pretrained weights (`pretrained`: local folder or Hub id) or a fresh model (`arch` + `config`)."""
+
+    pretrained: str | None = None
+    arch: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    trust_remote_code: bool = False  # run custom code that comes with model.pretrained (named in the model card)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, evaluation, checkpointing and logging: shared by every objective."""
+
+    batch_size: PositiveInt = 32
+    gradient_accumulation_steps: PositiveInt = 1
+    optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
+    learning_rate: PositiveFloat = 5e-4
+    weight_decay: NonNegativeFloat = 0.01
+    momentum: Annotated[float, Range(0, 1, open_high=True)] = 0.9  # sgd and lars
+    nesterov: bool = False  # sgd and lars
+    lars_trust_coefficient: PositiveFloat = 0.001
+    adam_betas: list[Annotated[float, Range(0, 1, open_high=True)]] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: PositiveFloat = 1e-8
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: NonNegativeInt = 0
+    warmup_ratio: Annotated[float, Range(0, 1, open_high=True)] = 0.0
+    max_steps: PositiveInt | None = None
+    epochs: PositiveFloat = 1.0
+    max_grad_norm: PositiveFloat | None = 1.0
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    eval_every: NonNegativeInt = 0  # 0: evaluate at the end only
+    eval_batches: PositiveInt | None = None
+    save_every: NonNegativeInt = 0  # 0: no checkpoints
+    keep_checkpoints: PositiveInt = 2
+    log_every: PositiveInt = 10
+    resume_from: str | None = None
+    overwrite: bool = False
+    trackers: list[str] = field(default_factory=list)
+    cpu: bool = False
+    num_workers: NonNegativeInt = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.resume_from and self.resume_from != "latest":
+            self.resume_from = os.path.expanduser(self.resume_from)
+        if len(self.adam_betas) != 2:
+            raise ValueError("train.adam_betas must be a list of two numbers, e.g. [0.9, 0.999]")
+
+
+@dataclass
+class PushConfig:
+    """Publish the run to the Hugging Face Hub when training ends (and optionally at each checkpoint)."""
+
+    repo_id: str
+    private: bool = False
+    revision: str | None = None
+    license: str | None = None
+    endpoint: str | None = None  # default: HF_ENDPOINT or huggingface.co
+    every_checkpoint: bool = False
+
+
+@dataclass
+class ObjectiveParams:
+    """Base of every objective's parameters; `name` selects the objective from the registry."""
+
+    name: str = ""
+
+
+@dataclass
+class Recipe:
+    """A whole training run: data, tokenizer, model, objective and training settings."""
+
+    output_dir: str
+    objective: ObjectiveParams
+    name: str = ""
+    seed: Seed = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    push_to_hub: PushConfig | None = None
+
+    def __post_init__(self) -> None:
+        self.output_dir = os.path.expanduser(self.output_dir)  # every check and write sees the same folder
