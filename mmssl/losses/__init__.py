@@ -1,8 +1,9 @@
-"""Contrastive losses and negative sources shared by SimCSE, retrieval training and CLIP."""
+"""Losses (one family per file) and negative sources shared by the objectives. Momentum encoders and feature
+queues are model state: :mod:`mmssl.models.momentum`."""
 
+from mmssl.losses.byol import negative_cosine, symmetric_negative_cosine
 from mmssl.losses.cached import RandState, cached_contrastive_backward, split_batch
 from mmssl.losses.contrastive import (
-    InfoNCELoss,
     LearnableTemperature,
     contrastive_margin_loss,
     duplicate_mask,
@@ -12,21 +13,11 @@ from mmssl.losses.contrastive import (
     text_ids,
     triplet_loss,
 )
-from mmssl.losses.negatives import (
-    EmbeddingQueue,
-    cosine_momentum,
-    gather_no_grad,
-    gather_with_grad,
-    local_slice_offset,
-    make_momentum_copy,
-    momentum_update,
-    rank,
-    world_size,
-)
+from mmssl.losses.negatives import gather_no_grad, gather_with_grad, local_slice_offset, rank, world_size
+from mmssl.losses.nt_xent import moco_v2_loss, moco_v3_loss, nt_xent
 
 __all__ = [
     "info_nce",
-    "InfoNCELoss",
     "LearnableTemperature",
     "duplicate_mask",
     "text_ids",
@@ -34,15 +25,16 @@ __all__ = [
     "triplet_loss",
     "pairwise_distance",
     "mutual_information_lower_bound",
+    "nt_xent",
+    "moco_v2_loss",
+    "moco_v3_loss",
+    "negative_cosine",
+    "symmetric_negative_cosine",
     "gather_with_grad",
     "gather_no_grad",
     "local_slice_offset",
     "world_size",
     "rank",
-    "EmbeddingQueue",
-    "momentum_update",
-    "make_momentum_copy",
-    "cosine_momentum",
     "cached_contrastive_backward",
     "split_batch",
     "RandState",

@@ -27,7 +27,6 @@ from torch import Tensor, nn
 
 __all__ = [
     "info_nce",
-    "InfoNCELoss",
     "LearnableTemperature",
     "duplicate_mask",
     "text_ids",
@@ -292,58 +291,6 @@ def info_nce(
     if reduction == "none":
         return torch.cat([forward, reverse])
     return (_reduce(forward, reduction) + _reduce(reverse, reduction)) / 2
-
-
-class InfoNCELoss(nn.Module):
-    """Module wrapper of :func:`info_nce` holding the temperature (fixed or learnable) and options.
-
-    Args:
-        temperature: initial / fixed temperature.
-        learnable: learn the temperature (a :class:`LearnableTemperature`, CLIP style).
-        max_logit_scale: cap of ``1/T`` when learnable.
-        symmetric: average the query->key and key->query directions (CLIP).
-        normalize: cosine similarity.
-
-    ``forward(queries, keys, **kwargs)`` accepts the other keyword arguments of :func:`info_nce`
-    (``extra_negatives``, ``all_queries``, ``label_offset``, masks, ``reduction``).
-    """
-
-    def __init__(
-        self,
-        temperature: float = 0.05,
-        *,
-        learnable: bool = False,
-        max_logit_scale: float = 100.0,
-        symmetric: bool = False,
-        normalize: bool = True,
-    ) -> None:
-        super().__init__()
-        _check_temperature(temperature)
-        self.symmetric = symmetric
-        self.normalize = normalize
-        self.temperature_module: LearnableTemperature | None = (
-            LearnableTemperature(temperature, max_logit_scale) if learnable else None
-        )
-        self.fixed_temperature = float(temperature)
-
-    @property
-    def temperature(self) -> float:
-        if self.temperature_module is not None:
-            return self.temperature_module.temperature
-        return self.fixed_temperature
-
-    def forward(self, queries: Tensor, keys: Tensor, **kwargs) -> Tensor:
-        kwargs.setdefault("symmetric", self.symmetric)
-        kwargs.setdefault("normalize", self.normalize)
-        if self.temperature_module is not None:
-            kwargs["logit_scale"] = self.temperature_module()
-        else:
-            kwargs.setdefault("temperature", self.fixed_temperature)
-        return info_nce(queries, keys, **kwargs)
-
-    def extra_repr(self) -> str:
-        kind = "learnable" if self.temperature_module is not None else "fixed"
-        return f"temperature={self.temperature:.4g} ({kind}), symmetric={self.symmetric}"
 
 
 # --------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ results are identical); search, save and memory-mapped load are bm25s'.
 from __future__ import annotations
 
 import itertools
-import math
 from pathlib import Path
 from typing import Iterable
 

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.errors import MmsslError, RecipeError
+from mmssl.errors import MmsslError
+from mmssl.models.heads import text_head
 from mmssl.config import ModelConfig
 
 Pooling = Literal["cls", "mean", "last_token"]
@@ -49,18 +50,6 @@ def pool(hidden: Tensor, attention_mask: Tensor | None, mode: str) -> Tensor:
     raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
 
 
-def build_head(kind: str, dim: int, out_dim: int | None) -> nn.Module:
-    """Training-only projection: ``none``, ``linear`` or ``mlp`` (Linear-Tanh, SimCSE's head)."""
-    out_dim = out_dim or dim
-    if kind == "none":
-        return nn.Identity()
-    if kind == "linear":
-        return nn.Linear(dim, out_dim)
-    if kind == "mlp":
-        return nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, out_dim))
-    raise ValueError(f"head must be 'none', 'linear' or 'mlp', got {kind!r}")
-
-
 class TextEncoder(nn.Module):
     """``AutoModel`` + pooling (+ training head) (+ normalisation).
 
@@ -80,13 +69,12 @@ class TextEncoder(nn.Module):
         self.normalize = normalize
         self.hidden_size = int(model.config.hidden_size)
         self.head_kind = head
-        self.head = build_head(head, self.hidden_size, head_dim)
+        self.head = text_head(head, self.hidden_size, head_dim)
 
     @property
     def embedding_dim(self) -> int:
         """Dimension of the training embedding (after the head)."""
-        return self.head.out_features if isinstance(self.head, nn.Linear) else (
-            self.head[-1].out_features if isinstance(self.head, nn.Sequential) else self.hidden_size)
+        return getattr(self.head, "out_features", self.hidden_size)
 
     def _pooled(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

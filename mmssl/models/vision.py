@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 

@@ -37,7 +37,6 @@ from mmssl.data.tokenizers import build_tokenizer, load_pretrained_tokenizer
 from mmssl.errors import DataError, RecipeError
 from mmssl.eval.embeddings import embedding_metrics
 from mmssl.losses import (
-    EmbeddingQueue,
     LearnableTemperature,
     cached_contrastive_backward,
     contrastive_margin_loss,
@@ -46,13 +45,12 @@ from mmssl.losses import (
     gather_with_grad,
     info_nce,
     local_slice_offset,
-    make_momentum_copy,
-    momentum_update,
     mutual_information_lower_bound,
     text_ids,
     triplet_loss,
 )
 from mmssl.losses import world_size as dist_world_size
+from mmssl.models.momentum import EmbeddingQueue, make_momentum_copy, momentum_update
 from mmssl.models.text_encoder import (
     TextEncoder,
     build_backbone,

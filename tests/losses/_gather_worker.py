@@ -137,3 +137,6 @@ def main(outfile: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # gloo's shutdown occasionally aborts the interpreter's own exit after the results are saved

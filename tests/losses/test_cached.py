@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmssl.losses import InfoNCELoss, cached_contrastive_backward, info_nce, split_batch
+from mmssl.losses import LearnableTemperature, cached_contrastive_backward, info_nce, split_batch
 
 
 def make_encoder(dropout: float = 0.1) -> nn.Module:
@@ -62,7 +62,7 @@ def test_three_towers_and_learnable_temperature():
     with torch.no_grad():
         for p in d_enc.parameters():
             p.mul_(0.5)
-    loss_mod = InfoNCELoss(0.05, learnable=True)
+    loss_mod = LearnableTemperature(0.05)
     towers = [
         (q_enc, split_batch(data(8, 1), 2)),
         (d_enc, split_batch(data(8, 2), 3)),  # uneven chunks 3, 3, 2
@@ -70,7 +70,7 @@ def test_three_towers_and_learnable_temperature():
     ]
 
     def loss_fn(q, pos, neg):
-        return loss_mod(q, pos, extra_negatives=neg)
+        return info_nce(q, pos, extra_negatives=neg, logit_scale=loss_mod())
 
     torch.manual_seed(7)
     ref_loss = uncached(loss_fn, towers)

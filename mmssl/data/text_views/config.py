@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from mmssl.config import DataConfig
-from mmssl.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, Seed
+from mmssl.schema import NonNegativeInt, PositiveFloat, PositiveInt, Range, Seed
 
 LEXICAL = ("synonym", "insert", "swap", "delete", "crop", "keyboard", "spelling", "ocr",
            "char_insert", "char_substitute", "char_swap", "char_delete")
