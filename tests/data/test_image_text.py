@@ -12,9 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mmssl.data.image_text import BadImage, load_image_text, open_image, raw_rows, to_rgb
+from mmssl.data.image_sources import raw_rows
+from mmssl.data.image_text import load_image_text
+from mmssl.data.images import BadImage, open_image, to_rgb
 from mmssl.errors import DataError, RecipeError
-from mmssl.recipes import DataConfig, WorldConfig
+from mmssl.config import DataConfig, WorldConfig
 
 
 def _png(path: Path, image: Image.Image) -> str:

@@ -2,8 +2,8 @@ import random
 
 import numpy as np
 
-from mmssl.data.world import captions, class_names, generate_scenes, hard_negatives, world_columns
-from mmssl.recipes import WorldConfig
+from mmssl.data.world import captions, class_names, generate_scenes, hard_negatives, shape_names, world_columns
+from mmssl.config import WorldConfig
 
 
 def test_seeded_and_held_out():
@@ -48,3 +48,34 @@ def test_tables_have_the_documented_columns():
     # something is drawn in colour on the white background
     pixels = np.asarray(images["image"][0]).reshape(-1, 3)
     assert (pixels.min(1) < 200).sum() > 10
+
+
+def test_image_only_table_labels_shapes_while_colour_position_and_size_vary():
+    cfg = WorldConfig(num_scenes=300, num_colours=3, num_shapes=3, pair_fraction=0.0, image_size=32)
+    cols = world_columns(cfg, "images")
+    assert set(cols) == {"image", "label", "colour", "position", "size", "single"}
+    assert shape_names(cfg) == ["circle", "square", "triangle"]
+    scenes = generate_scenes(cfg)
+    assert cols["label"] == [shape_names(cfg).index(s.first.shape) for s in scenes] and all(cols["single"])
+    assert np.array_equal(np.asarray(cols["image"][5]), np.asarray(world_columns(cfg, "images")["image"][5]))  # seeded
+    xs = np.array([p[0] for p in cols["position"]])
+    sizes = np.array(cols["size"])
+    for shape in range(3):  # each shape spans colours, places and sizes: no fixed template gives it away
+        rows = np.array(cols["label"]) == shape
+        assert len({c for c, keep in zip(cols["colour"], rows) if keep}) == 3
+        assert xs[rows].min() < 0.3 and xs[rows].max() > 0.7 and len(np.unique(xs[rows].round(2))) > 30
+        assert sizes[rows].min() < 0.18 and sizes[rows].max() > 0.24
+    # the object lies whole inside the picture where the columns say
+    image = np.asarray(cols["image"][0]).min(2) < 250
+    x, y = cols["position"][0]
+    rows_, cols_ = np.nonzero(image)
+    assert abs(cols_.mean() / 32 - x) < 0.1 and abs(rows_.mean() / 32 - y) < 0.1
+    assert image[0].sum() + image[-1].sum() + image[:, 0].sum() + image[:, -1].sum() <= 4
+
+
+def test_two_object_scenes_are_labelled_by_the_first_and_flagged():
+    cfg = WorldConfig(num_scenes=50, pair_fraction=1.0)
+    cols = world_columns(cfg, "images", "eval")
+    scenes = generate_scenes(cfg, "eval")
+    assert not any(cols["single"]) and set(cols["position"]) == {None}
+    assert cols["label"] == [shape_names(cfg).index(s.first.shape) for s in scenes]
