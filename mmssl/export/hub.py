@@ -99,9 +99,10 @@ def render_card(directory: Path, repo_id: str, license: str | None = None) -> st
     objective = dict(recipe.get("objective", {}))
     objective_name = objective.pop("name", "unknown")
     base_model = (recipe.get("model") or {}).get("pretrained")
-    eval_rows = _eval_rows(metrics, data_name)
+    eval_rows = [row for row in _eval_rows(metrics, data_name)
+                 if output.results is None or row["metric"] in output.results]
     card_data = ModelCardData(
-        library_name=output.library,
+        library_name=metrics.get("library_name") or output.library,
         pipeline_tag=output.pipeline_tag,
         license=license,
         tags=["mmssl", objective_name, "self-supervised"],
@@ -124,7 +125,7 @@ def render_card(directory: Path, repo_id: str, license: str | None = None) -> st
             recipe=recipe, metrics=metrics, optimizer=train.get("optimizer", "adamw"),
             card_data=card_data.to_yaml(), repo_id=repo_id, objective=objective_name, base_model=base_model,
             architecture=metrics.get("architecture", "transformer"), mask_token=mask_token,
-            objective_params=", ".join(f"{k}={v}" for k, v in objective.items()), eval_rows=eval_rows,
+            objective_params=", ".join(f"{k}={v}" for k, v in _compact(objective).items()), eval_rows=eval_rows,
             data_description=data_description, steps=metrics.get("steps"), processes=metrics.get("processes", 1),
             train_seconds=metrics.get("train_seconds"), hardware=metrics.get("hardware", "unknown hardware"),
             learning_rate=train.get("learning_rate"), batch_size=train.get("batch_size"),
@@ -136,6 +137,14 @@ def render_card(directory: Path, repo_id: str, license: str | None = None) -> st
         raise MmsslError(f"model card template {template!r} failed to render: {exc}") from None
     ModelCard(text)  # parses the metadata: a broken card fails here, before anything is uploaded
     return text
+
+
+def _compact(value: Any) -> Any:
+    """`value` without unset (null) keys and the sections left empty by removing them."""
+    if isinstance(value, dict):
+        kept = {k: _compact(v) for k, v in value.items() if v is not None}
+        return {k: v for k, v in kept.items() if v != {}}
+    return value
 
 
 def _remote_code(recipe: dict[str, Any]) -> list[dict[str, str]]:

@@ -32,6 +32,7 @@ class ModelOutput:
     pipeline_tag: str  # e.g. "fill-mask", "image-feature-extraction"
     card_template: str  # a file in the model_cards templates
     eval_task: str  # the model-index task type of its evaluation results
+    results: tuple[str, ...] | None = None  # the eval metrics reported as results on the Hub (None: all)
 
 
 class Objective:

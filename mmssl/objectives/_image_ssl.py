@@ -1,0 +1,274 @@
+"""What every image-only self-supervised method shares: images decoded once into a uint8 table, two augmented
+views per image made in the step (a function of seed, epoch and row: identical after a resume), an image
+backbone (`mmssl.models.vision`), evaluation of the frozen backbone (weighted kNN, linear probe, collapse
+monitors; the random-init encoder measured before training as the floor) and export in the backbone's own
+library format. A method subclasses `ImageSSL`, sets `Params`, builds its module in `build_module` and
+computes its loss in `loss`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+from torch import nn
+
+from mmssl.config import ObjectiveParams
+from mmssl.data.image_sources import ImageTable, load_images
+from mmssl.data.image_views import TwoViews, TwoViewsConfig, eval_view
+from mmssl.errors import DataError, RecipeError
+from mmssl.eval.collapse import collapse_metrics, is_collapsed
+from mmssl.eval.knn import knn_accuracy
+from mmssl.eval.linear_probe import linear_probe_accuracy
+from mmssl.models.vision import Backbone, build_backbone, load_backbone
+from mmssl.objectives.base import ModelOutput, Objective
+from mmssl.schema import PositiveFloat, PositiveInt, Range
+
+log = logging.getLogger(__name__)
+
+EVAL_FILE = "mmssl_image_eval.json"  # class names and the random-init floor, beside the exported backbone
+FLOOR_FILE = "random_init_eval.json"  # in checkpoints: the floor measured before the first step
+
+
+@dataclass
+class ImageSSLParams(ObjectiveParams):
+    image_size: Annotated[int, Range(8, 1024)] = 32  # images are decoded (resized, centre-cropped) to this size
+    views: TwoViewsConfig = field(default_factory=TwoViewsConfig)
+    projection_dim: PositiveInt = 128
+    hidden_dim: PositiveInt = 512
+    # evaluation of the frozen backbone
+    knn_k: PositiveInt = 20
+    knn_temperature: PositiveFloat = 0.07
+    linear_probe: bool = True
+    eval_max_images: PositiveInt | None = 5000  # labelled train images used as the kNN bank / probe train set
+    eval_before: bool = True  # measure the random-init encoder first (the floor every result is compared with)
+    image_store: Literal["auto", "memory", "disk"] = "auto"
+
+
+class ImageSSL(Objective):
+    """Base of image SSL methods; see the module docstring."""
+
+    Params = ImageSSLParams
+    output = ModelOutput("image_encoder", "timm", "image-feature-extraction", "image_encoder.md",
+                         "image-classification", results=("knn_top1", "knn_top5", "linear_probe_top1",
+                                                          "linear_probe_top5"))
+    default_preset = "simclr"
+
+    # -- to implement ------------------------------------------------------------------------------
+    def build_module(self, backbone: Backbone) -> nn.Module:
+        """The trained state: the backbone (as ``.backbone``) plus heads and momentum copies."""
+        raise NotImplementedError
+
+    def loss(self, module: nn.Module, view1: torch.Tensor, view2: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"loss": scalar, "embedding": [B, D] what the loss compares (detached; for the collapse monitor)}``
+        plus any scalars to log."""
+        raise NotImplementedError
+
+    def check(self, world: int) -> None:
+        """Recipe checks that need the run's shape (e.g. enough images per step for negatives)."""
+
+    # -- setup -------------------------------------------------------------------------------------
+    def setup(self, resume_dir: Path | None) -> None:
+        import os
+
+        recipe, p = self.recipe, self.params
+        self.check(int(os.environ.get("WORLD_SIZE", "1")))
+        backbone = build_backbone(recipe.model)
+        splits = load_images(recipe.data, p.image_size, recipe.seed, store=p.image_store,
+                             store_dir=Path(recipe.output_dir))
+        self.train, self.eval, self.class_names = splits.train, splits.eval, splits.class_names
+        self.mean, self.std = backbone.mean, backbone.std
+        self.views = TwoViews(p.views, p.image_size, self.mean, self.std)
+        self.module = self.build_module(backbone)
+        self.train_dataset = _Indices(len(self.train))  # type: ignore[assignment]
+        self.eval_dataset = self.train_dataset if self._labelled_eval() else None  # any loader: evaluate ignores it
+        self.before: dict[str, float] = {}
+        saved = resume_dir / FLOOR_FILE if resume_dir is not None else None
+        if saved is not None and saved.is_file():  # measured before the first step of this run
+            self.before = json.loads(saved.read_text(encoding="utf-8"))
+        elif p.eval_before and self.eval_dataset is not None:
+            measured = self._measure(self.module.backbone, torch.device("cpu"))
+            self.before = {f"random_init_{k}": v for k, v in measured.items()
+                           if k in ("knn_top1", "linear_probe_top1", "feature_std_sqrt_d", "feature_effective_rank")}
+
+    def _labelled_eval(self) -> bool:
+        return self.eval is not None and bool((self.eval.labels >= 0).any()) and bool((self.train.labels >= 0).any())
+
+    # -- per step ----------------------------------------------------------------------------------
+    def collate(self, rows: list[int]) -> dict[str, Any]:
+        return {"index": torch.tensor(rows, dtype=torch.long)}
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        index = batch["index"]
+        device = index.device
+        index = index.cpu()
+        view1, view2 = self.views(self.train.images[index], index, self.epoch, self.recipe.seed)
+        return {"view1": view1.to(device), "view2": view2.to(device)}
+
+    def forward(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = self.loss(module, batch["view1"], batch["view2"])
+        embedding = out.pop("embedding", None)
+        if embedding is not None:  # SimSiam's monitor: per-dimension std of the normalised embeddings x sqrt(d)
+            z = torch.nn.functional.normalize(embedding.detach().float(), dim=1)
+            out["embedding_std_sqrt_d"] = z.std(dim=0, correction=0).mean() * z.shape[1] ** 0.5
+            self.last_embedding_std = float(out["embedding_std_sqrt_d"])
+        return out
+
+    def batch_size_of(self, batch: dict[str, Any]) -> tuple[int, int]:
+        return batch["view1"].shape[0], 0
+
+    # -- evaluation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def features(self, backbone: nn.Module, table: ImageTable, device: torch.device, limit: int | None = None,
+                 batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone features of the labelled images of `table` (at most `limit`, evenly spaced), eval view."""
+        rows = (table.labels >= 0).nonzero().flatten()
+        if limit is not None and len(rows) > limit:
+            rows = rows[torch.linspace(0, len(rows) - 1, limit).long()]
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            out = [backbone(eval_view(table.images[rows[i:i + batch_size]], self.params.image_size, self.mean,
+                                      self.std).to(device)).float().cpu()
+                   for i in range(0, len(rows), batch_size)]
+        finally:
+            backbone.train(was_training)
+        return torch.cat(out), table.labels[rows]
+
+    def _measure(self, backbone: nn.Module, device: torch.device) -> dict[str, float]:
+        """kNN and linear-probe accuracy of the frozen backbone's features (train images as the bank / probe
+        training set, eval images as queries), and the features' collapse monitors (``feature_*``)."""
+        p = self.params
+        bank, bank_labels = self.features(backbone, self.train, device, p.eval_max_images)
+        queries, labels = self.features(backbone, self.eval, device)
+        classes = len(self.class_names) if self.class_names else None
+        out = knn_accuracy(bank, bank_labels, queries, labels, k=p.knn_k, temperature=p.knn_temperature,
+                           num_classes=classes)
+        if p.linear_probe:
+            out.update(linear_probe_accuracy(bank, bank_labels, queries, labels, num_classes=classes,
+                                             seed=self.recipe.seed))
+        out.update(_collapse(queries))
+        return {k: float(v) for k, v in out.items()}
+
+    def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
+        if self.eval_dataset is None:
+            return {}
+        inner = _unwrap(accelerator.unwrap_model(module))
+        out = self._measure(inner.backbone, accelerator.device)
+        embedding = getattr(self, "last_embedding_std", None)
+        if embedding is not None:
+            out["embedding_std_sqrt_d"] = embedding
+        out["collapsed"] = float(is_collapsed({"feature_std_sqrt_d": min(out["feature_std_sqrt_d"],
+                                                                         embedding if embedding is not None else 1.0)}))
+        if out["collapsed"]:
+            log.warning("the representation has collapsed (feature_std_sqrt_d=%.4f, embedding_std_sqrt_d=%s): every "
+                        "image gets nearly the same embedding", out["feature_std_sqrt_d"], embedding)
+        return {**out, **self.before}
+
+    def evaluate_export(self, directory: Path) -> dict[str, float]:
+        recipe, p = self.recipe, self.params
+        backbone = load_backbone(directory)
+        splits = load_images(recipe.data, p.image_size, recipe.seed)
+        self.train, self.eval, self.class_names = splits.train, splits.eval, splits.class_names
+        self.mean, self.std = backbone.mean, backbone.std
+        if not self._labelled_eval():
+            raise DataError("no labelled eval images: kNN and linear-probe accuracy need class labels in the train "
+                            "and eval data (data.eval_path or data.eval_fraction)")
+        out = self._measure(backbone, torch.device("cpu"))
+        out["collapsed"] = float(is_collapsed(out))
+        return out
+
+    def save_artifacts(self, directory: Path) -> None:
+        (directory / FLOOR_FILE).write_text(json.dumps(self.before), encoding="utf-8")
+
+    # -- export ------------------------------------------------------------------------------------
+    def export(self, module: nn.Module, directory: Path) -> None:
+        _unwrap(module).backbone.save(directory)
+        meta = {"class_names": self.class_names, "image_size": self.params.image_size, **self.before}
+        (directory / EVAL_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    def describe(self) -> dict[str, Any]:
+        backbone: Backbone = self.module.backbone
+        return {
+            "num_parameters": sum(p.numel() for p in backbone.parameters()),
+            "trained_parameters": sum(p.numel() for p in self.module.parameters() if p.requires_grad),
+            "architecture": backbone.arch,
+            "backbone_library": backbone.library,
+            "library_name": {"torchvision": "pytorch"}.get(backbone.library, backbone.library),
+            "feature_dim": backbone.dim,
+            "image_size": self.params.image_size,
+            "train_images": len(self.train),
+            "eval_images": len(self.eval) if self.eval is not None else 0,
+            "skipped_images": self.train.skipped + (self.eval.skipped if self.eval is not None else 0),
+            "num_classes": len(self.class_names or []),
+        }
+
+
+def _collapse(features: torch.Tensor) -> dict[str, float]:
+    """Collapse monitors of backbone features, centred first (ReLU features share a large mean direction, so
+    their raw spread says little): ``feature_std_sqrt_d`` (about 1 when spread, 0 when collapsed),
+    ``feature_effective_rank``, ``feature_uniformity``."""
+    metrics = collapse_metrics(features - features.mean(dim=0, keepdim=True))
+    return {"feature_std_sqrt_d": metrics["feature_std_sqrt_d"], "feature_effective_rank": metrics["effective_rank"],
+            "feature_uniformity": metrics["uniformity"]}
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    while not hasattr(module, "backbone") and hasattr(module, "module"):
+        module = module.module
+    return module
+
+
+def check_pairs_per_step(recipe, world: int, method: str) -> None:
+    """Contrastive methods need another image in the (global) batch to contrast with."""
+    if recipe.train.batch_size * world < 2:
+        raise RecipeError(f"train.batch_size={recipe.train.batch_size}: {method} contrasts each image with the other "
+                          "images of the batch, so it needs at least 2 images per step; raise train.batch_size")
+
+
+class _Indices(torch.utils.data.Dataset):
+    """Rows are image indices; images are gathered and augmented in `prepare_batch`, batched."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def lr_scaled_groups(module: nn.Module, scaled: dict[str, float]) -> list[dict[str, Any]]:
+    """Parameter groups: no weight decay (and no LARS adaptation) on biases and normalisation weights, and the
+    submodules named in `scaled` (e.g. a predictor) at their own multiple of the learning rate."""
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = next((s for prefix, s in scaled.items() if name == prefix or name.startswith(prefix + ".")), 1.0)
+        decay = param.ndim >= 2 and "norm" not in name.lower() and ".bn" not in name.lower()
+        groups.setdefault((scale, decay), []).append(param)
+    return [{"params": params, "lr_scale": scale, **({} if decay else {"weight_decay": 0.0})}
+            for (scale, decay), params in groups.items()]
+
+
+@dataclass
+class MomentumParams:
+    """The momentum (EMA) target of BYOL and MoCo: tau from `momentum` to `momentum_final` on a cosine over the
+    run (BYOL: 0.996 -> 1), or constant (MoCo v2: 0.999)."""
+
+    momentum: Annotated[float, Range(0, 1)] = 0.996
+    momentum_final: Annotated[float, Range(0, 1)] = 1.0
+    momentum_schedule: Literal["cosine", "constant"] = "cosine"
+
+
+def momentum_at(p, step: int, total_steps: int) -> float:
+    from mmssl.models.momentum import cosine_momentum
+
+    if p.momentum_schedule == "constant":
+        return p.momentum
+    return cosine_momentum(step, total_steps, base=p.momentum, final=p.momentum_final)
