@@ -7,6 +7,7 @@ computes its loss in `loss`."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass, field
@@ -122,6 +123,27 @@ class ImageSSL(Objective):
 
     # -- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()
+    def precise_bn(self, backbone: nn.Module, device: torch.device, images: int = 2048,
+                   batch_size: int = 256) -> nn.Module:
+        """A copy of `backbone` whose batch-norm statistics are the exact averages over (up to `images`) training
+        images in the eval view ("precise BN"). The running averages kept during training lag behind weights that
+        are still moving, and their initial value (variance 1) lingers for hundreds of steps on images with
+        little variance, such as the world's: in eval mode they can turn a good encoder into chance."""
+        norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return backbone
+        model = copy.deepcopy(backbone)
+        for norm in (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative average over the batches below
+        rows = torch.linspace(0, len(self.train) - 1, min(images, len(self.train))).long()
+        model.train()
+        for i in range(0, len(rows), batch_size):
+            model(eval_view(self.train.images[rows[i:i + batch_size]], self.params.image_size, self.mean,
+                            self.std).to(device))
+        return model.eval()
+
+    @torch.no_grad()
     def features(self, backbone: nn.Module, table: ImageTable, device: torch.device, limit: int | None = None,
                  batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features of the labelled images of `table` (at most `limit`, evenly spaced), eval view."""
@@ -142,6 +164,7 @@ class ImageSSL(Objective):
         """kNN and linear-probe accuracy of the frozen backbone's features (train images as the bank / probe
         training set, eval images as queries), and the features' collapse monitors (``feature_*``)."""
         p = self.params
+        backbone = self.precise_bn(backbone, device)
         bank, bank_labels = self.features(backbone, self.train, device, p.eval_max_images)
         queries, labels = self.features(backbone, self.eval, device)
         classes = len(self.class_names) if self.class_names else None
@@ -186,7 +209,8 @@ class ImageSSL(Objective):
 
     # -- export ------------------------------------------------------------------------------------
     def export(self, module: nn.Module, directory: Path) -> None:
-        _unwrap(module).backbone.save(directory)
+        backbone = _unwrap(module).backbone
+        self.precise_bn(backbone, next(backbone.parameters()).device).save(directory)
         meta = {"class_names": self.class_names, "image_size": self.params.image_size, **self.before}
         (directory / EVAL_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
