@@ -194,11 +194,14 @@ def render(scene: Scene, size: int, rng: random.Random) -> Image.Image:
     return image
 
 
+FREE_DIAMETERS = (0.3, 0.6)  # of the image side: large enough that a shape survives a crop and a 32 px image
+
+
 def render_free(thing: Thing, size: int, rng: random.Random) -> tuple[Image.Image, tuple[float, float], float]:
-    """Draw one thing anywhere it fits whole, at a diameter drawn between the small and the large size (its
-    own size word is ignored); -> (image, centre (x, y) as fractions of the side, diameter fraction)."""
+    """Draw one thing anywhere it fits whole, at a diameter drawn from `FREE_DIAMETERS` (its own size word is
+    ignored); -> (image, centre (x, y) as fractions of the side, diameter fraction)."""
     image = Image.new("RGB", (size, size), (255, 255, 255))
-    diameter = rng.uniform(SIZES["small"], SIZES["large"])
+    diameter = rng.uniform(*FREE_DIAMETERS)
     r = diameter * size / 2
     x, y = rng.uniform(r, size - r), rng.uniform(r, size - r)
     _draw_shape(ImageDraw.Draw(image), thing.shape, x, y, r, dict(COLOURS)[thing.colour])

@@ -7,7 +7,6 @@ computes its loss in `loss`."""
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from dataclasses import dataclass, field
@@ -18,12 +17,11 @@ import torch
 from torch import nn
 
 from mmssl.config import ObjectiveParams
-from mmssl.data.image_sources import ImageTable, load_images
-from mmssl.data.image_views import TwoViews, TwoViewsConfig, eval_view
+from mmssl.data.image_sources import load_images
+from mmssl.data.image_views import TwoViews, TwoViewsConfig
 from mmssl.errors import DataError, RecipeError
-from mmssl.eval.collapse import collapse_metrics, is_collapsed
-from mmssl.eval.knn import knn_accuracy
-from mmssl.eval.linear_probe import linear_probe_accuracy
+from mmssl.eval.collapse import is_collapsed
+from mmssl.eval.frozen_backbone import ProbeSettings, frozen_backbone_metrics, precise_bn
 from mmssl.models.vision import Backbone, build_backbone, load_backbone
 from mmssl.objectives.base import ModelOutput, Objective
 from mmssl.schema import PositiveFloat, PositiveInt, Range
@@ -122,59 +120,13 @@ class ImageSSL(Objective):
         return batch["view1"].shape[0], 0
 
     # -- evaluation --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def precise_bn(self, backbone: nn.Module, device: torch.device, images: int = 2048,
-                   batch_size: int = 256) -> nn.Module:
-        """A copy of `backbone` whose batch-norm statistics are the exact averages over (up to `images`) training
-        images in the eval view ("precise BN"). The running averages kept during training lag behind weights that
-        are still moving, and their initial value (variance 1) lingers for hundreds of steps on images with
-        little variance, such as the world's: in eval mode they can turn a good encoder into chance."""
-        norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms:
-            return backbone
-        model = copy.deepcopy(backbone)
-        for norm in (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
-            norm.reset_running_stats()
-            norm.momentum = None  # cumulative average over the batches below
-        rows = torch.linspace(0, len(self.train) - 1, min(images, len(self.train))).long()
-        model.train()
-        for i in range(0, len(rows), batch_size):
-            model(eval_view(self.train.images[rows[i:i + batch_size]], self.params.image_size, self.mean,
-                            self.std).to(device))
-        return model.eval()
-
-    @torch.no_grad()
-    def features(self, backbone: nn.Module, table: ImageTable, device: torch.device, limit: int | None = None,
-                 batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone features of the labelled images of `table` (at most `limit`, evenly spaced), eval view."""
-        rows = (table.labels >= 0).nonzero().flatten()
-        if limit is not None and len(rows) > limit:
-            rows = rows[torch.linspace(0, len(rows) - 1, limit).long()]
-        was_training = backbone.training
-        backbone.eval()
-        try:
-            out = [backbone(eval_view(table.images[rows[i:i + batch_size]], self.params.image_size, self.mean,
-                                      self.std).to(device)).float().cpu()
-                   for i in range(0, len(rows), batch_size)]
-        finally:
-            backbone.train(was_training)
-        return torch.cat(out), table.labels[rows]
+    def settings(self) -> ProbeSettings:
+        p = self.params
+        return ProbeSettings(p.image_size, self.mean, self.std, p.knn_k, p.knn_temperature, p.linear_probe,
+                             p.eval_max_images, len(self.class_names) if self.class_names else None, self.recipe.seed)
 
     def _measure(self, backbone: nn.Module, device: torch.device) -> dict[str, float]:
-        """kNN and linear-probe accuracy of the frozen backbone's features (train images as the bank / probe
-        training set, eval images as queries), and the features' collapse monitors (``feature_*``)."""
-        p = self.params
-        backbone = self.precise_bn(backbone, device)
-        bank, bank_labels = self.features(backbone, self.train, device, p.eval_max_images)
-        queries, labels = self.features(backbone, self.eval, device)
-        classes = len(self.class_names) if self.class_names else None
-        out = knn_accuracy(bank, bank_labels, queries, labels, k=p.knn_k, temperature=p.knn_temperature,
-                           num_classes=classes)
-        if p.linear_probe:
-            out.update(linear_probe_accuracy(bank, bank_labels, queries, labels, num_classes=classes,
-                                             seed=self.recipe.seed))
-        out.update(_collapse(queries))
-        return {k: float(v) for k, v in out.items()}
+        return frozen_backbone_metrics(backbone, self.train, self.eval, self.settings(), device)
 
     def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
         if self.eval_dataset is None:
@@ -210,7 +162,7 @@ class ImageSSL(Objective):
     # -- export ------------------------------------------------------------------------------------
     def export(self, module: nn.Module, directory: Path) -> None:
         backbone = _unwrap(module).backbone
-        self.precise_bn(backbone, next(backbone.parameters()).device).save(directory)
+        precise_bn(backbone, self.train.images, self.settings(), next(backbone.parameters()).device).save(directory)
         meta = {"class_names": self.class_names, "image_size": self.params.image_size, **self.before}
         (directory / EVAL_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
@@ -229,15 +181,6 @@ class ImageSSL(Objective):
             "skipped_images": self.train.skipped + (self.eval.skipped if self.eval is not None else 0),
             "num_classes": len(self.class_names or []),
         }
-
-
-def _collapse(features: torch.Tensor) -> dict[str, float]:
-    """Collapse monitors of backbone features, centred first (ReLU features share a large mean direction, so
-    their raw spread says little): ``feature_std_sqrt_d`` (about 1 when spread, 0 when collapsed),
-    ``feature_effective_rank``, ``feature_uniformity``."""
-    metrics = collapse_metrics(features - features.mean(dim=0, keepdim=True))
-    return {"feature_std_sqrt_d": metrics["feature_std_sqrt_d"], "feature_effective_rank": metrics["effective_rank"],
-            "feature_uniformity": metrics["uniformity"]}
 
 
 def _unwrap(module: nn.Module) -> nn.Module:

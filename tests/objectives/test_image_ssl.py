@@ -1,0 +1,183 @@
+"""Image-only self-supervised methods on a tiny world, through the real trainer: each trains, evaluates its frozen
+backbone against the random-init floor and exports a backbone that loads back; BYOL's target gets no gradient
+and follows its momentum schedule; MoCo's queue fills; clear errors for bad recipes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from clirun import assert_clear_error, mmssl, write_recipe
+
+from mmssl.models.vision import load_backbone
+from mmssl.recipes import parse_recipe
+from mmssl.registry import get_objective
+from mmssl.train.loop import train
+
+TINY_RESNET = {"channels": [8, 8, 16, 16], "small_stem": True}
+
+
+def image_recipe(output_dir, method: str, **objective) -> dict:
+    return {
+        "name": f"test-{method}", "output_dir": str(output_dir), "seed": 0,
+        "data": {"source": "world", "world": {"num_scenes": 160, "image_size": 16, "pair_fraction": 0.0}},
+        "model": {"arch": "resnet18", "config": dict(TINY_RESNET)},
+        "objective": {"name": method, "image_size": 16, "projection_dim": 16, "hidden_dim": 32,
+                      "eval_max_images": 200, **objective},
+        "train": {"batch_size": 16, "learning_rate": 3e-3, "max_steps": 6, "log_every": 2, "progress": False,
+                  "cpu": True},
+    }
+
+
+def losses(output_dir) -> list[float]:
+    return [e["loss"] for e in map(json.loads, (output_dir / "log.jsonl").read_text().splitlines()) if e["event"] == "train"]
+
+
+@pytest.mark.parametrize("method, objective", [
+    ("simclr", {"temperature": 0.5}),
+    ("moco", {"variant": "v2", "queue_size": 64}),
+    ("moco", {"variant": "v3"}),
+    ("byol", {}),
+    ("simsiam", {}),
+])
+def test_each_method_trains_evaluates_and_exports(tmp_path, method, objective):
+    out = tmp_path / "run"
+    metrics = train(parse_recipe(image_recipe(out, method, **objective)))
+    result = metrics["eval"]
+    for key in ("knn_top1", "linear_probe_top1", "random_init_knn_top1", "random_init_linear_probe_top1",
+                "feature_std_sqrt_d", "feature_effective_rank", "embedding_std_sqrt_d", "collapsed"):
+        assert math.isfinite(result[key]), key
+    assert 0 <= result["knn_top1"] <= 1 and result["knn_num_test"] > 0
+    assert all(math.isfinite(v) for v in losses(out))
+    backbone = load_backbone(out).eval()
+    assert backbone.arch == "resnet18" and backbone.small_stem
+    with torch.no_grad():
+        assert backbone(torch.rand(2, 3, 16, 16)).shape == (2, 16)
+    assert metrics["feature_dim"] == 16 and metrics["num_classes"] == 4
+
+
+def test_simclr_loss_goes_down(tmp_path):
+    out = tmp_path / "run"
+    raw = image_recipe(out, "simclr", temperature=0.5)
+    raw["train"].update(max_steps=30, log_every=5)
+    train(parse_recipe(raw))
+    values = losses(out)
+    assert values[-1] < values[0] - 0.2, values
+
+
+def _objective(tmp_path, method: str, **objective):
+    recipe = parse_recipe(image_recipe(tmp_path / "o", method, **objective))
+    obj = get_objective(method)(recipe)
+    obj.setup(None)
+    return obj
+
+
+def test_byol_target_gets_no_gradient_and_follows_the_cosine_schedule(tmp_path):
+    obj = _objective(tmp_path, "byol", eval_before=False)
+    module = obj.module
+    batch = obj.prepare_batch(obj.collate(list(range(8))))
+    out = obj.forward(module, batch)
+    out["loss"].backward()
+    target = list(module.target_backbone.parameters()) + list(module.target_projection.parameters())
+    assert target and all(not p.requires_grad and p.grad is None for p in target)
+    assert all(p.grad is not None for p in module.prediction.parameters())
+    before = [p.detach().clone() for p in module.target_backbone.parameters()]
+    with torch.no_grad():
+        for p in module.backbone.parameters():
+            p.add_(1.0)
+    obj.after_optimizer_step(module, 0, 100)
+    assert obj.tau == pytest.approx(0.996)
+    moved = list(module.target_backbone.parameters())
+    # tau = 0.996: the target moves 0.4% of the way to the online weights (which moved by +1)
+    assert all(torch.allclose(m, b + 0.004 * (o - b), atol=1e-6)
+               for m, b, o in zip(moved, before, module.backbone.parameters()))
+    obj.after_optimizer_step(module, 50, 100)
+    assert obj.tau == pytest.approx(0.998)
+    obj.after_optimizer_step(module, 100, 100)
+    assert obj.tau == pytest.approx(1.0)
+
+
+def test_simsiam_stops_the_gradient_of_the_target_branch(tmp_path):
+    from mmssl.losses import symmetric_negative_cosine
+
+    obj = _objective(tmp_path, "simsiam", eval_before=False)
+    module = obj.module
+    batch = obj.prepare_batch(obj.collate(list(range(8))))
+    p1, p2, z1, z2 = module(batch["view1"], batch["view2"])
+    for t in (p1, p2, z1, z2):
+        t.retain_grad()
+    symmetric_negative_cosine(p1, p2, z1, z2).backward()
+    # the projections z enter the loss only as (stopped) targets: no gradient reaches them that way, while the
+    # predictions p, and through them the projection and backbone, get one
+    assert z1.grad is None and z2.grad is None
+    assert p1.grad is not None and p1.grad.abs().sum() > 0
+    assert all(q.grad is not None for q in module.projection.parameters())
+    assert all(q.grad is not None for q in module.backbone.parameters() if q.requires_grad)
+
+
+def test_moco_v2_queue_fills_with_the_keys_of_each_step(tmp_path):
+    obj = _objective(tmp_path, "moco", variant="v2", queue_size=32, eval_before=False)
+    module = obj.module
+    for start in (0, 8, 16):
+        batch = obj.prepare_batch(obj.collate(list(range(start, start + 8))))
+        obj.forward(module, batch)["loss"].backward()
+    # first step: its keys seed the queue (16 = both views of 8 images), then each step adds 16 more
+    assert len(module.queue) == 32
+    state = module.state_dict()
+    assert {"queue.queue", "queue.ptr", "queue.filled"} <= set(state) and any(k.startswith("key_backbone.") for k in state)
+
+
+@pytest.mark.parametrize("override, message", [
+    (["train.batch_size=1"], "SimCLR contrasts each image with the other images of the batch"),
+    (["train.optimizer=lars", "train.weight_decay=0"], "train.optimizer=lars adapts only parameter groups with weight decay"),
+    (["model.arch=resnet81"], "model.arch: 'resnet81' is not a timm model"),
+    (["data.source=files", "data.path=EMPTY", "data.format=imagefolder"], "no images"),
+])
+def test_bad_image_recipes_are_one_clear_message(tmp_path, override, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    recipe = write_recipe(tmp_path / "r.yaml", image_recipe(tmp_path / "run", "simclr"))
+    args = [o.replace("EMPTY", str(tmp_path / "empty")) for o in override]
+    assert_clear_error(mmssl("train", str(recipe), *args), message)
+
+
+@pytest.mark.parametrize("method, objective", [("byol", {}), ("moco", {"variant": "v2", "queue_size": 48})])
+def test_killed_run_resumes_bit_identical_with_momentum_target_and_queue(tmp_path, method, objective):
+    """Momentum target, queue, schedule position and views (functions of seed, epoch and row) all come back:
+    a run killed after its first checkpoint and resumed ends with exactly the weights of an unbroken run."""
+    import signal
+    import subprocess
+    import time
+
+    from clirun import cli_env
+    from helpers import PYTHON
+    from safetensors.torch import load_file
+
+    from mmssl.train.checkpoints import list_checkpoints
+
+    raw = image_recipe(tmp_path / "unused", method, eval_before=False, linear_probe=False, **objective)
+    raw["train"].update(max_steps=24, save_every=4, keep_checkpoints=10)  # 10 batches per epoch: crosses epochs
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    done = mmssl("train", str(recipe), f"output_dir={straight}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    proc = subprocess.Popen([PYTHON, "-m", "mmssl.cli", "train", str(recipe), f"output_dir={broken}"], env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not (broken / "checkpoints" / "step-00000008").exists():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int(list_checkpoints(broken)[-1].name.split("-")[1])
+    assert 8 <= killed_at < 24
+    done = mmssl("train", str(recipe), f"output_dir={broken}", "train.resume_from=latest")
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = "checkpoints/step-00000024/model.safetensors"
+    a, b = load_file(str(straight / final)), load_file(str(broken / final))
+    assert a.keys() == b.keys() and any("target" in k or "key_" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    starts = [json.loads(line)["step"] for line in (broken / "log.jsonl").read_text().splitlines() if '"start"' in line]
+    assert starts == [0, killed_at]
