@@ -85,3 +85,43 @@ def test_open_clip_round_trip(hub, tmp_path):
     remote = json.loads(run_python(code.format("hf-hub:org/clip-world", "hf-hub:org/clip-world"), env))
     local = json.loads(run_python(code.format(f"local-dir:{out}", f"local-dir:{out}"), {**env, "HF_HUB_OFFLINE": "1"}))
     assert remote == local
+
+
+@pytest.mark.parametrize("backbone, loader", [
+    ({"arch": "resnet18", "config": {"channels": [8, 8, 16, 16]}},
+     "import timm; m = timm.create_model({ref!r}, pretrained=True, num_classes=0).eval(); f = m(x)"),
+    ({"arch": "vit", "config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                "intermediate_size": 64, "image_size": 16, "patch_size": 8}},
+     "from transformers import AutoModel; m = AutoModel.from_pretrained({ref!r}).eval(); f = m(pixel_values=x).pooler_output"),
+])
+def test_image_encoder_round_trip(hub, tmp_path, backbone, loader):
+    """An image SSL output, pushed, loads by repo id in its own library (timm / transformers) with the exact
+    features of the local folder; the card's own snippet runs."""
+    import re
+
+    out = tmp_path / "img"
+    train(parse_recipe({
+        "output_dir": str(out), "seed": 0,
+        "data": {"source": "world", "world": {"num_scenes": 80, "image_size": 16, "pair_fraction": 0.0}},
+        "model": backbone,
+        "objective": {"name": "simclr", "image_size": 16, "projection_dim": 8, "hidden_dim": 16, "eval_before": False},
+        "train": {"batch_size": 8, "max_steps": 2, "progress": False, "cpu": True},
+    }))
+    library = "timm" if backbone["arch"] == "resnet18" else "transformers"
+    repo = f"org/img-{library}"
+    push(hub, tmp_path, out, repo)
+    files = hub.files(repo)
+    card_text = files["README.md"].decode()
+    card = yaml.safe_load(card_text.split("---")[1])
+    assert card["library_name"] == library and card["pipeline_tag"] == "image-feature-extraction"
+    assert {r["type"] for r in card["model-index"][0]["results"][0]["metrics"]} == {"knn_top1", "linear_probe_top1"}
+    code = ("import json, torch; torch.manual_seed(0); x = torch.rand(2, 3, 16, 16); "
+            + loader + "; print(json.dumps(f.tolist()))")
+    ref = ("hf-hub:" + repo) if library == "timm" else repo
+    local_ref = f"local-dir:{out}" if library == "timm" else str(out)
+    env = env_for(hub, tmp_path)
+    remote = json.loads(run_python(code.format(ref=ref), env))
+    local = json.loads(run_python(code.format(ref=local_ref), {**env, "HF_HUB_OFFLINE": "1"}))
+    assert remote == local
+    snippet = re.search(r"```python\n(.*?)```", card_text, re.S).group(1)
+    run_python(snippet, env)
