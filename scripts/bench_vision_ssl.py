@@ -34,7 +34,8 @@ in one pass (batch norm sees 2B images), lightly's examples one view at a time; 
 batches with tensor ops in the training process (colour jitter in a fixed order, solarize at 0.5), lightly
 per PIL image in loader workers (torchvision's random jitter order, solarize at 128/255); data order and
 augmentation draws come from each side's own RNG; mmssl uses torch's fused AdamW, lightly torch's default
-(``--lightly-fused-adamw`` levels this); mmssl's BYOL loss is the paper's (2 - 2cos, summed over the two
+(``--lightly-fused-adamw`` levels this); mmssl trains in channels-last memory format, lightly's examples in
+the default one (``--lightly-channels-last`` levels this); mmssl's BYOL loss is the paper's (2 - 2cos, summed over the two
 directions: 4 + 4x lightly's -cos mean, the same direction; AdamW ignores the scale up to eps); lightly's
 ``cosine_schedule`` divides by steps - 1 where mmssl's momentum schedule divides by steps.
 
@@ -239,6 +240,8 @@ def worker_lightly(job: dict) -> dict:
     seed_everything(recipe.seed)
     backbone = build_backbone(recipe.model)
     model = lightly_model(method, backbone, p).to(device)
+    fmt = torch.channels_last if job.get("channels_last") else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     dataset = PILImages(splits.train, lightly_transform(method, p, backbone.mean, backbone.std))
     loader = torch.utils.data.DataLoader(dataset, batch_size=t.batch_size, shuffle=True, drop_last=True,
                                          num_workers=job["workers"])
@@ -260,7 +263,7 @@ def worker_lightly(job: dict) -> dict:
     while step < t.max_steps:
         for batch in loader:
             x0, x1 = batch[0]
-            x0, x1 = x0.to(device), x1.to(device)
+            x0, x1 = x0.to(device, memory_format=fmt), x1.to(device, memory_format=fmt)
             with autocast:
                 if method == "simclr":
                     loss = criterion(model(x0), model(x1))
@@ -443,6 +446,9 @@ def main() -> None:
                         help="lightly DataLoader workers (its examples use 8; default min(8, CPU cores))")
     parser.add_argument("--lightly-fused-adamw", action="store_true",
                         help="lightly side with torch's fused AdamW (mmssl's); default: torch's default AdamW")
+    parser.add_argument("--lightly-channels-last", action="store_true",
+                        help="lightly side in channels-last memory format (mmssl's default); default: as lightly's "
+                             "examples (contiguous)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -464,7 +470,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         base = {"threads": args.threads, "device": args.device, "workers": args.lightly_workers,
-                "fused_adamw": args.lightly_fused_adamw}
+                "fused_adamw": args.lightly_fused_adamw, "channels_last": args.lightly_channels_last}
         jobs = {m: {**base, "method": m, "recipe": str(RECIPES[m]), "overrides": overrides(args, f"{tmp}/unused")}
                 for m in methods}
         floor, _ = run_worker("floor", {"threads": args.threads, "methods": jobs}, args.threads)
@@ -472,7 +478,8 @@ def main() -> None:
               f"{args.image_size} px; {floor['arch']} widths [{args.channels}], small stem; batch {args.batch_size}; "
               f"{args.steps} steps ({args.warmup_steps} untimed); {args.threads} threads; {args.device}; "
               f"lightly DataLoader workers {args.lightly_workers}; AdamW on the lightly side: "
-              f"{'fused' if args.lightly_fused_adamw else 'torch default'}; repeats {args.repeats}")
+              f"{'fused' if args.lightly_fused_adamw else 'torch default'}, "
+              f"{'channels-last' if args.lightly_channels_last else 'contiguous'}; repeats {args.repeats}")
         print(f"random-init kNN top-1 {100 * floor['knn_top1']:.1f}%; initial weights identical on both sides: "
               f"{floor['identical_init']}; head layer shapes equal: {floor['same_head_shapes']}", flush=True)
 
@@ -496,7 +503,7 @@ def main() -> None:
     summary = print_table(results, args.device == "cuda")
     settings = {k: getattr(args, k) for k in ("steps", "warmup_steps", "batch_size", "image_size", "channels",
                                               "scenes", "threads", "lightly_workers", "lightly_fused_adamw",
-                                              "repeats", "seed", "device")}
+                                              "lightly_channels_last", "repeats", "seed", "device")}
     print("SUMMARY " + json.dumps({"settings": settings, "random_init_knn_top1": floor["knn_top1"], **summary}))
 
 
