@@ -2,7 +2,15 @@ import random
 
 import numpy as np
 
-from mmssl.data.world import captions, class_names, generate_scenes, hard_negatives, shape_names, world_columns
+from mmssl.data.world import (
+    FREE_DIAMETERS,
+    captions,
+    class_names,
+    generate_scenes,
+    hard_negatives,
+    shape_names,
+    world_columns,
+)
 from mmssl.config import WorldConfig
 
 
@@ -64,7 +72,9 @@ def test_image_only_table_labels_shapes_while_colour_position_and_size_vary():
         rows = np.array(cols["label"]) == shape
         assert len({c for c, keep in zip(cols["colour"], rows) if keep}) == 3
         assert xs[rows].min() < 0.3 and xs[rows].max() > 0.7 and len(np.unique(xs[rows].round(2))) > 30
-        assert sizes[rows].min() < 0.18 and sizes[rows].max() > 0.24
+        low, high = FREE_DIAMETERS
+        spread = high - low
+        assert low <= sizes[rows].min() < low + 0.2 * spread and high - 0.2 * spread < sizes[rows].max() <= high
     # the object lies whole inside the picture where the columns say
     image = np.asarray(cols["image"][0]).min(2) < 250
     x, y = cols["position"][0]

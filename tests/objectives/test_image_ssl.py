@@ -59,12 +59,15 @@ def test_each_method_trains_evaluates_and_exports(tmp_path, method, objective):
 
 
 def test_simclr_loss_goes_down(tmp_path):
+    """Mild views (crops only) so that 60 steps of a tiny ResNet on 16 px images visibly learn; 0.5-0.7 nats
+    below the first logged loss for seeds 0-2, asserted with margin, averaged over the last three logs."""
     out = tmp_path / "run"
-    raw = image_recipe(out, "simclr", temperature=0.5)
-    raw["train"].update(max_steps=30, log_every=5)
+    views = {"crop_scale": [0.5, 1.0], "color_jitter": 0.0, "grayscale": 0.0}
+    raw = image_recipe(out, "simclr", temperature=0.5, views=views, eval_max_images=40)
+    raw["train"].update(max_steps=60, log_every=5)
     train(parse_recipe(raw))
     values = losses(out)
-    assert values[-1] < values[0] - 0.2, values
+    assert sum(values[-3:]) / 3 < values[0] - 0.3, values
 
 
 def _objective(tmp_path, method: str, **objective):
@@ -181,3 +184,23 @@ def test_killed_run_resumes_bit_identical_with_momentum_target_and_queue(tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     starts = [json.loads(line)["step"] for line in (broken / "log.jsonl").read_text().splitlines() if '"start"' in line]
     assert starts == [0, killed_at]
+
+
+@pytest.mark.parametrize("method, objective", [("simclr", {}), ("moco", {"variant": "v2", "queue_size": 48})])
+def test_two_processes_train_in_sync(tmp_path, method, objective):
+    """Two real processes (torchrun, gloo): negatives / queue keys gathered across them, weights equal on both."""
+    import subprocess
+
+    from clirun import cli_env
+    from helpers import PYTHON
+
+    out = tmp_path / "run"
+    raw = image_recipe(out, method, eval_before=False, linear_probe=False, **objective)
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    done = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "mmssl.cli", "train", str(recipe)], env=cli_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["parameters_in_sync"]
+    assert math.isfinite(metrics["eval"]["knn_top1"])
