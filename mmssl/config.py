@@ -103,6 +103,13 @@ class TrainConfig:
         if len(self.adam_betas) != 2:
             raise ValueError("train.adam_betas must be a list of two numbers, e.g. [0.9, 0.999]")
 
+    @property
+    def on_cuda(self) -> bool:
+        """Whether the run trains on a CUDA device (one is visible and ``cpu`` is off): device-aware defaults."""
+        import torch
+
+        return not self.cpu and torch.cuda.is_available()
+
 
 @dataclass
 class PushConfig:

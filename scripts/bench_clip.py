@@ -15,6 +15,7 @@ separately, as ``startup_s``). Losses are the training losses of the last 5 step
 crops are drawn by each library's own RNG, so they agree statistically, not bit for bit).
 
     flock /tmp/mmssl-bench.lock .venv/bin/python scripts/bench_clip.py            # about 3-4 minutes
+    python scripts/bench_clip.py --device cuda --batch 256 --workers 8            # bf16 autocast on both sides
     .venv/bin/python scripts/bench_clip.py --steps 20 --repeats 1                  # quick look
 """
 
@@ -79,8 +80,12 @@ def prepare(workdir: Path, examples: int, image_size: int) -> tuple[Path, Path]:
 def _timed_steps(optimizer_cls, stamps: list[float]) -> None:
     original = optimizer_cls.step
 
+    import torch
+
     def step(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # the step's kernels are done before the clock reads
         stamps.append(time.perf_counter())
         return out
 
@@ -106,12 +111,13 @@ def worker_open_clip(job: dict) -> dict:
         "--csv-caption-key", "title", "--batch-size", str(job["batch"]), "--workers", str(job["workers"]),
         "--lr", str(HYPER["lr"]), "--wd", str(HYPER["wd"]), "--beta1", str(HYPER["beta1"]),
         "--beta2", str(HYPER["beta2"]), "--eps", str(HYPER["eps"]), "--warmup", str(HYPER["warmup"]),
-        "--epochs", "1", "--precision", "fp32", "--model", name, "--seed", "0", "--log-every-n-steps", "1000000",
+        "--epochs", "1", "--precision", "amp_bf16" if job["device"] == "cuda" else "fp32", "--model", name,
+        "--seed", "0", "--log-every-n-steps", "1000000",
     ])
-    args.device, args.distributed, args.world_size, args.rank, args.local_rank = "cpu", False, 1, 0, 0
+    args.device, args.distributed, args.world_size, args.rank, args.local_rank = job["device"], False, 1, 0, 0
     args.distill, args.wandb, args.tensorboard, args.save_logs = False, False, False, False  # as main() derives them
     torch.manual_seed(args.seed)
-    model, preprocess_train, preprocess_val = create_model_and_transforms(name, precision="fp32", device="cpu",
+    model, preprocess_train, preprocess_val = create_model_and_transforms(name, precision="fp32", device=job["device"],
                                                                           output_dict=True)
     data = get_data(args, (preprocess_train, preprocess_val), epoch=0, tokenizer=get_tokenizer(name))
     exclude = lambda n, p: p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n  # noqa: E731
@@ -157,7 +163,8 @@ def worker_mmssl(job: dict) -> dict:
             "batch_size": job["batch"], "learning_rate": HYPER["lr"], "weight_decay": HYPER["wd"],
             "adam_betas": [HYPER["beta1"], HYPER["beta2"]], "adam_eps": HYPER["eps"], "scheduler": "cosine",
             "warmup_steps": HYPER["warmup"], "max_steps": job["total_steps"], "max_grad_norm": None,
-            "mixed_precision": "no", "log_every": 1, "progress": False, "cpu": True, "overwrite": True,
+            "mixed_precision": "bf16" if job["device"] == "cuda" else "no", "log_every": 1, "progress": False,
+            "cpu": job["device"] == "cpu", "overwrite": True,
         },
     }
     stamps: list[float] = []
@@ -194,6 +201,7 @@ def run_worker(impl: str, job: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: bf16 autocast on both sides")
     parser.add_argument("--steps", type=int, default=40, help="measured steps per run (after warm-up)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured steps at the start of each run")
     parser.add_argument("--repeats", type=int, default=2, help="runs per implementation, alternating")
@@ -209,6 +217,10 @@ def main() -> None:
     if args.worker:
         job = json.loads(args.job)
         result = (worker_open_clip if args.worker == "open_clip" else worker_mmssl)(job)
+        if job["device"] == "cuda":
+            import torch
+
+            result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         print(json.dumps(result))
         return
 
@@ -221,19 +233,23 @@ def main() -> None:
               f"{total} steps ({args.warmup} warm-up), {args.threads} threads; prepared in {time.perf_counter() - t0:.1f}s",
               flush=True)
         job = {"csv": str(table), "init": str(init), "batch": args.batch, "total_steps": total,
-               "warmup_steps": args.warmup, "threads": args.threads, "workers": args.workers, "workdir": str(work)}
+               "warmup_steps": args.warmup, "threads": args.threads, "workers": args.workers, "workdir": str(work),
+               "device": args.device}
         results: dict[str, list[dict]] = {"open_clip": [], "mmssl": []}
         for repeat in range(args.repeats):
             order = ["open_clip", "mmssl"] if repeat % 2 == 0 else ["mmssl", "open_clip"]
             for impl in order:
                 r = run_worker(impl, job)
                 results[impl].append(r)
+                gpu = f"  peak GPU {r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else ""
                 print(f"  repeat {repeat + 1} {impl:9s}: {r['samples_per_s']:7.1f} samples/s  startup {r['startup_s']:5.1f}s  "
-                      f"loss first {r['losses'][0]:.4f} last-5 mean {r['final_loss']:.4f}", flush=True)
+                      f"loss first {r['losses'][0]:.4f} last-5 mean {r['final_loss']:.4f}{gpu}", flush=True)
     speed = {k: statistics.median(r["samples_per_s"] for r in v) for k, v in results.items()}
     print(f"open_clip train_one_epoch (CsvDataset, {args.workers} worker): {speed['open_clip']:.1f} samples/s (median)")
     print(f"mmssl train (clip objective)                    : {speed['mmssl']:.1f} samples/s (median)")
-    print(f"ratio mmssl / open_clip: {speed['mmssl'] / speed['open_clip']:.2f}x")
+    paired = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(results["mmssl"], results["open_clip"])]
+    print(f"ratio mmssl / open_clip: {speed['mmssl'] / speed['open_clip']:.2f}x "
+          f"(per repeat {min(paired):.2f}-{max(paired):.2f}x)")
     for impl, runs in results.items():
         losses = [r["final_loss"] for r in runs]
         print(f"final loss after {total} steps, {impl}: " + ", ".join(f"{x:.4f}" for x in losses))

@@ -18,6 +18,7 @@ give medians. Then the cached (GradCache) mode: mmssl with a 16x larger batch an
 = the small batch, whose peak RSS must stay within 1.5x of the small uncached batch.
 
     flock /tmp/mmssl-bench.lock .venv/bin/python scripts/bench_contrastive.py [--steps 20 --repeats 2]
+    python scripts/bench_contrastive.py --device cuda --batch 256 --skip-cached   # on a GPU, bf16
 
 The machine is shared: the load average is printed before each run; compare ratios, not absolute figures.
 """
@@ -95,10 +96,12 @@ def worker_mmssl(args, data: dict, model: str, workdir: Path) -> dict:
         "model": {"pretrained": model},
         "objective": {"name": "simcse", "mode": "supervised", "max_length": args.max_seq_length, "pooling": "mean",
                       "normalize": False, "temperature": 1.0 / SCALE, "mask_duplicates": False,
-                      "eval_before": False, "cached_chunk_size": args.chunk, "bucket_size": args.bucket_size},
+                      "eval_before": False, "cached_chunk_size": args.chunk, "bucket_size": args.bucket_size,
+                      "batching": args.batching, "pack_row_length": args.row_length},
         "train": {"batch_size": args.batch, "max_steps": args.steps, "learning_rate": LR, "weight_decay": 0.0,
                   "warmup_steps": 0, "max_grad_norm": 1.0, "progress": False, "log_every": 1, "save_every": 0,
-                  "eval_every": 0, "cpu": True, "overwrite": True},
+                  "eval_every": 0, "cpu": args.device == "cpu", "overwrite": True,
+                  "mixed_precision": "bf16" if args.device == "cuda" else "no"},
     }
     recipe_file = workdir / "recipe.yaml"
     recipe_file.write_text(yaml.safe_dump(raw))
@@ -115,13 +118,13 @@ def worker_st(args, data: dict, model: str, workdir: Path) -> dict:
                                        SentenceTransformerTrainingArguments)
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    st = SentenceTransformer(model, device="cpu")
+    st = SentenceTransformer(model, device=args.device)
     st.max_seq_length = args.max_seq_length
     loss = MultipleNegativesRankingLoss(st, scale=SCALE)
     training_args = SentenceTransformerTrainingArguments(
         output_dir=str(workdir / "st"), per_device_train_batch_size=args.batch, max_steps=args.steps,
         learning_rate=LR, weight_decay=0.0, warmup_steps=0, max_grad_norm=1.0, lr_scheduler_type="linear",
-        use_cpu=True, report_to=[], logging_steps=1, save_strategy="no", seed=args.seed,
+        use_cpu=args.device == "cpu", bf16=args.device == "cuda", report_to=[], logging_steps=1, save_strategy="no", seed=args.seed,
         dataloader_drop_last=True, disable_tqdm=True,
     )
     trainer = SentenceTransformerTrainer(model=st, args=training_args, loss=loss,
@@ -139,30 +142,33 @@ def worker_hand(args, data: dict, model: str, workdir: Path) -> dict:
 
     torch.manual_seed(args.seed)
     tok = AutoTokenizer.from_pretrained(model)
-    net = AutoModel.from_pretrained(model, attn_implementation="sdpa")
+    net = AutoModel.from_pretrained(model, attn_implementation="sdpa").to(args.device)
     net.train()
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=LR, weight_decay=0.0)
     b = args.batch
     batches = []
     for s in range(0, args.steps * b, b):  # tokenised once, up front; padded to each batch's longest
         kw = dict(padding=True, truncation=True, max_length=args.max_seq_length, return_tensors="pt")
-        batches.append((tok(data["anchor"][s : s + b], **kw), tok(data["positive"][s : s + b], **kw)))
+        batches.append(tuple({k: v.to(args.device) for k, v in tok(data[c][s : s + b], **kw).items()}
+                             for c in ("anchor", "positive")))
 
     def embed(x):
         h = net(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).last_hidden_state
         m = x["attention_mask"].unsqueeze(-1).to(h.dtype)
         return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
 
-    labels = torch.arange(b)
+    labels = torch.arange(b, device=args.device)
     start = time.perf_counter()
     for a, p in batches:
-        loss = F.cross_entropy(embed(a) @ embed(p).T * SCALE, labels)
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.device == "cuda"):
+            loss = F.cross_entropy((embed(a) @ embed(p).T).float() * SCALE, labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+    final = loss.item()  # synchronises the device
     seconds = time.perf_counter() - start
-    return {"samples_per_s": args.steps * b / seconds, "final_loss": loss.item(), "seconds": seconds}
+    return {"samples_per_s": args.steps * b / seconds, "final_loss": final, "seconds": seconds}
 
 
 WORKERS = {"mmssl": worker_mmssl, "st": worker_st, "hand": worker_hand}
@@ -176,6 +182,8 @@ def run_worker(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result = WORKERS[args.worker](args, data, args.model, Path(tmp))
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.device == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -187,7 +195,8 @@ def run_worker(args) -> None:
 def spawn(args, name: str, model: str, **overrides) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--model", model]
     settings = {"steps": args.steps, "batch": args.batch, "max_seq_length": args.max_seq_length,
-                "seed": args.seed, "threads": args.threads, "bucket_size": args.bucket_size, **overrides}
+                "seed": args.seed, "threads": args.threads, "bucket_size": args.bucket_size, "device": args.device,
+                "batching": args.batching, "row_length": args.row_length, **overrides}
     for key, value in settings.items():
         if value is not None:
             cmd += [f"--{key.replace('_', '-')}", str(value)]
@@ -204,6 +213,8 @@ def spawn(args, name: str, model: str, **overrides) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: bf16 on every side, GPU peak memory printed (use e.g. --batch 256)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=64)
@@ -211,6 +222,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bucket-size", type=int, default=32, help="mmssl objective.bucket_size")
+    parser.add_argument("--batching", default="auto", choices=("auto", "packed", "buckets", "padded"),
+                        help="mmssl objective.batching")
+    parser.add_argument("--row-length", type=int, default=None, help="mmssl objective.pack_row_length")
     parser.add_argument("--cached-factor", type=int, default=16, help="the cached run's batch = factor x batch")
     parser.add_argument("--cached-steps", type=int, default=2)
     parser.add_argument("--skip-cached", action="store_true")
@@ -226,6 +240,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model, description = prepare_model(Path(tmp))
         print(f"encoder: {description}")
+        print(f"device: {args.device}; mmssl batching {args.batching} (row length {args.row_length or 'default'})")
         print(f"data: built-in world paraphrase pairs; batch {args.batch}, max_seq_length {args.max_seq_length}, "
               f"steps {args.steps}, InfoNCE scale {SCALE:g}, AdamW lr {LR:g}, seed {args.seed}, "
               f"torch threads {args.threads}, repeats {args.repeats}")
@@ -235,17 +250,22 @@ def main() -> None:
             for name in names if repeat % 2 == 0 else list(reversed(names)):
                 r = spawn(args, name, model)
                 results[name].append(r)
+                gpu = f"  peak GPU {r['peak_gpu_mb']:7.0f} MB" if "peak_gpu_mb" in r else ""
                 print(f"  repeat {repeat + 1} {name:5s}: {r['samples_per_s']:7.2f} samples/s  final loss "
-                      f"{r['final_loss']:.4f}  peak RSS {r['peak_rss_mb']:7.0f} MB  (load avg before {r['load_before']:.2f})",
-                      flush=True)
+                      f"{r['final_loss']:.4f}  peak RSS {r['peak_rss_mb']:7.0f} MB{gpu}  (load avg before "
+                      f"{r['load_before']:.2f})", flush=True)
         median = {n: statistics.median(r["samples_per_s"] for r in rs) for n, rs in results.items()}
-        print("\nmedian samples/s: " + ", ".join(f"{n} {v:.2f}" for n, v in median.items()))
+        print("\nmedian samples/s: " + ", ".join(
+            f"{n} {v:.2f} (range {min(r['samples_per_s'] for r in results[n]):.2f}-"
+            f"{max(r['samples_per_s'] for r in results[n]):.2f})" for n, v in median.items()))
         if "mmssl" in median:
             for other, target in (("st", 1.2), ("hand", 0.95)):
                 if other in median:
                     ratio = median["mmssl"] / median[other]
+                    paired = [a["samples_per_s"] / b["samples_per_s"] for a, b in zip(results["mmssl"], results[other])]
                     verdict = "met" if ratio >= target else "NOT met"
-                    print(f"mmssl / {other}: {ratio:.2f}x (target >= {target}x: {verdict})")
+                    print(f"mmssl / {other}: {ratio:.2f}x (per repeat {min(paired):.2f}-{max(paired):.2f}x; "
+                          f"target >= {target}x: {verdict})")
         for n, rs in results.items():
             print(f"{n}: final loss {statistics.median(r['final_loss'] for r in rs):.4f}, "
                   f"peak RSS {max(r['peak_rss_mb'] for r in rs):.0f} MB")

@@ -10,6 +10,7 @@ Each measurement runs in its own subprocess (peak RSS per run); implementations 
 
     python scripts/bench_mining.py
     python scripts/bench_mining.py --docs 1000000 --queries 2000 --skip-dense --skip-rank-bm25   # scale
+    python scripts/bench_mining.py --device cuda --skip-rank-bm25      # dense encoders on the GPU
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ def dense_worker(impl: str, workdir: Path, encoder: str, negatives: int) -> dict
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.util import mine_hard_negatives
 
-        model = SentenceTransformer(encoder, device="cpu")
+        import torch
+
+        model = SentenceTransformer(encoder, device="cuda" if torch.cuda.is_available() else "cpu")
         ds = datasets.Dataset.from_dict({"anchor": pairs["anchor"], "positive": pairs["positive"]})
         rows = len(mine_hard_negatives(ds, model, corpus=pairs["corpus"], num_negatives=negatives, range_max=30,
                                        batch_size=32, output_format="n-tuple", verbose=False))
@@ -110,8 +113,14 @@ def dense_worker(impl: str, workdir: Path, encoder: str, negatives: int) -> dict
     return {"seconds": seconds, "queries_per_s": len(pairs["anchor"]) / seconds, "rows": rows}
 
 
+DEVICE = "cpu"
+
+
 def run_worker(args: list[str]) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True)
+    """One measurement in its own process; on ``--device cpu`` CUDA is hidden from it (both sides then use the CPU:
+    mmssl's dense miner and sentence-transformers otherwise take a visible GPU)."""
+    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if DEVICE == "cpu" else {})}
+    done = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env)
     line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
     if line is None:
         sys.exit(f"worker {args} failed:\n{done.stderr[-3000:]}")
@@ -142,6 +151,7 @@ def find_encoder(workdir: Path) -> tuple[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="the dense encoders' device")
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--k", type=int, default=10)
@@ -165,6 +175,8 @@ def main() -> None:
 
     import numpy as np
 
+    global DEVICE
+    DEVICE = args.device
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         corpus, queries = synthetic_corpus(args.docs, args.queries)

@@ -2,8 +2,9 @@
 
 * Masked LM: the prediction head runs on the masked positions only (about 15% of tokens) instead of
   every position, which removes most of the vocabulary projection's cost.
-* Causal LM: the vocabulary projection and cross-entropy are fused and chunked
-  (`fused_linear_cross_entropy`), so the [tokens x vocabulary] logits are never held in memory.
+* Causal LM: on a CPU the vocabulary projection and cross-entropy are fused and chunked
+  (`fused_linear_cross_entropy`), so the [tokens x vocabulary] logits are never held in memory; on a GPU
+  Liger Kernel's fused kernel where installed, else one plain matrix product (`resolve_output_loss`).
 """
 
 from __future__ import annotations
@@ -24,16 +25,27 @@ LMKind = Literal["mlm", "clm"]
 _AUTO = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM}
 
 
+def with_sdpa_or_eager(load):
+    """``load(attn_implementation)`` with PyTorch's SDPA attention, or eager attention for the architectures that
+    have no SDPA path (MPNet, DeBERTa-v2, ...)."""
+    try:
+        return load("sdpa")
+    except ValueError as exc:
+        if "scaled_dot_product_attention" not in str(exc):
+            raise
+        return load("eager")
+
+
 def build_transformers_model(cfg: ModelConfig, auto, what: str, tokenizer, special: dict) -> PreTrainedModel:
-    """`auto` model (an Auto* class, SDPA attention) from `cfg.pretrained`, or a fresh `cfg.arch` sized by
+    """`auto` model (an Auto* class, SDPA attention where the architecture has it) from `cfg.pretrained`, or a fresh `cfg.arch` sized by
     `cfg.config`; `what` names the kind of model in error messages."""
     if cfg.pretrained:
         from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
 
         refuse_prompts()
         try:
-            model = auto.from_pretrained(cfg.pretrained, attn_implementation="sdpa",
-                                         trust_remote_code=cfg.trust_remote_code)
+            model = with_sdpa_or_eager(lambda attn: auto.from_pretrained(
+                cfg.pretrained, attn_implementation=attn, trust_remote_code=cfg.trust_remote_code))
         except Exception as exc:
             if is_custom_code_error(exc):
                 raise custom_code_error("model.pretrained", cfg.pretrained, "model.trust_remote_code") from None
@@ -59,7 +71,7 @@ def build_transformers_model(cfg: ModelConfig, auto, what: str, tokenizer, speci
         )
     try:
         config = AutoConfig.for_model(cfg.arch, **settings)
-        return auto.from_config(config, attn_implementation="sdpa")
+        return with_sdpa_or_eager(lambda attn: auto.from_config(config, attn_implementation=attn))
     except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a negative size reaches torch as RuntimeError
         raise RecipeError(f"model: cannot build {what} {cfg.arch!r} from model.config ({exc}); fix model.config "
                           "(sizes must be positive, hidden_size a multiple of the number of heads)") from None
@@ -177,13 +189,44 @@ class MaskedLMModule(nn.Module):
         return {"loss": F.cross_entropy(logits.float(), labels[selected])}
 
 
-class CausalLMModule(nn.Module):
-    """Wraps a ``*ForCausalLM`` model; next-token loss through the fused, chunked output layer."""
+OutputLoss = Literal["auto", "chunked", "plain", "liger"]
 
-    def __init__(self, model: PreTrainedModel, chunk_size: int = 1024):
+
+def resolve_output_loss(choice: OutputLoss, on_cuda: bool) -> str:
+    """The causal LM's output layer + loss: ``chunked`` (`fused_linear_cross_entropy`: the CPU default, least
+    memory), ``plain`` (one logits matrix product and PyTorch's cross-entropy: a GPU's default without Liger),
+    ``liger`` (Liger Kernel's fused linear cross-entropy, Triton on CUDA: the GPU default where installed)."""
+    if choice == "auto":
+        if not on_cuda:
+            return "chunked"
+        return "liger" if liger_available() else "plain"
+    if choice == "liger":
+        if not liger_available():
+            raise RecipeError("objective.output_loss=liger needs Liger Kernel: pip install 'mmssl[gpu]' (CUDA only)")
+        if not on_cuda:
+            raise RecipeError("objective.output_loss=liger runs on CUDA only; use chunked or plain on a CPU")
+    return choice
+
+
+def liger_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+class CausalLMModule(nn.Module):
+    """Wraps a ``*ForCausalLM`` model; next-token loss through the output layer `resolve_output_loss` chose."""
+
+    def __init__(self, model: PreTrainedModel, chunk_size: int = 1024, output_loss: str = "chunked"):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        self.output_loss = output_loss
+        self._liger: nn.Module | None = None
+        if output_loss == "liger":
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+            self._liger = LigerFusedLinearCrossEntropyLoss(ignore_index=-100)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor) -> dict:
         output_layer = self.model.get_output_embeddings()
@@ -193,5 +236,12 @@ class CausalLMModule(nn.Module):
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
         targets = labels[:, 1:].reshape(-1)
-        loss = fused_linear_cross_entropy(hidden, output_layer.weight, targets, output_layer.bias, -100, self.chunk_size)
+        if self.output_loss == "plain":
+            logits = F.linear(hidden, output_layer.weight, output_layer.bias)
+            loss = F.cross_entropy(logits.float(), targets, ignore_index=-100)
+        elif self._liger is not None:
+            loss = self._liger(output_layer.weight, hidden, targets, output_layer.bias)
+        else:
+            loss = fused_linear_cross_entropy(hidden, output_layer.weight, targets, output_layer.bias, -100,
+                                              self.chunk_size)
         return {"loss": loss}

@@ -5,9 +5,11 @@ It exports as a sentence-transformers folder (``models.Transformer`` + ``models.
 ``models.Normalize``)), so ``SentenceTransformer(DIR)`` loads it offline and reproduces
 :meth:`TextEncoder.embed` (the head is not exported: it only shapes the training loss, as in SimCSE).
 
-Inputs may come *packed*: a list of length-sorted groups, each padded only to its own longest sequence,
-plus the permutation that restores the original order (:func:`pack_sequences`). This removes most of
-the padding of a random batch while keeping one ``forward`` call per step (one DDP forward).
+Inputs may come *packed*: a list of groups plus the permutation that restores the original order. A group is
+either padded to its own longest sequence (length-sorted buckets, :func:`pack_sequences`) or a few rows of
+sequences laid end to end with a block-diagonal attention mask (:func:`mmssl.models.packing.pack_rows`: no
+padding and, usually, one group and one encoder pass per batch). Either way it is one ``forward`` call per
+step (one DDP forward).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 
 from mmssl.errors import MmsslError
 from mmssl.models.heads import text_head
+from mmssl.models.packing import pool_packed
 from mmssl.config import ModelConfig
 
 Pooling = Literal["cls", "mean", "last_token"]
@@ -87,10 +90,21 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *,
                 packed: dict[str, Any] | None = None, head: bool = True) -> Tensor:
         if packed is not None:
-            outs = [self.forward(g["input_ids"], g["attention_mask"], head=head) for g in packed["groups"]]
-            out = torch.cat(outs, dim=0)
+            outs = [self._group(g, head) for g in packed["groups"]]
+            out = torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
             return out[packed["restore"]] if packed.get("restore") is not None else out
         out = self._pooled(input_ids, attention_mask)
+        if head:
+            out = self.head(out)
+        return F.normalize(out, dim=-1) if self.normalize else out
+
+    def _group(self, group: dict[str, Any], head: bool) -> Tensor:
+        """One group of a batch: padded (``input_ids``, ``attention_mask``) or packed rows (`pack_rows`)."""
+        if "row" not in group:
+            return self.forward(group["input_ids"], group["attention_mask"], head=head)
+        hidden = self.model(input_ids=group["input_ids"], position_ids=group["position_ids"],
+                            attention_mask=group["attention_mask"]).last_hidden_state
+        out = pool_packed(hidden, group, self.pooling)
         if head:
             out = self.head(out)
         return F.normalize(out, dim=-1) if self.normalize else out
@@ -184,6 +198,11 @@ def freeze_unused_parameters(encoder: TextEncoder, tokenizer) -> list[str]:
     return unused
 
 
+def _attention(model: nn.Module) -> str:
+    impl = getattr(model.config, "_attn_implementation", None)
+    return impl if impl in ("sdpa", "eager") else "sdpa"
+
+
 def save_sentence_transformer(encoder: TextEncoder, directory: str | Path, tokenizer, max_seq_length: int) -> None:
     """Save ``encoder`` (without its training head) as a sentence-transformers folder in `directory`."""
     import tempfile
@@ -204,7 +223,7 @@ def save_sentence_transformer(encoder: TextEncoder, directory: str | Path, token
         encoder.model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         transformer = models.Transformer(tmp, max_seq_length=max_seq_length,
-                                         model_kwargs={"attn_implementation": "sdpa"})
+                                         model_kwargs={"attn_implementation": _attention(encoder.model)})
         modules: list[nn.Module] = [transformer, models.Pooling(encoder.hidden_size, _ST_POOLING[encoder.pooling])]
         if encoder.normalize:
             modules.append(models.Normalize())
@@ -217,6 +236,7 @@ def load_sentence_transformer_dir(directory: str | Path, trust_remote_code: bool
     one Pooling (cls/mean/lasttoken) and an optional Normalize, as :func:`save_sentence_transformer` writes."""
     from transformers import AutoModel, AutoTokenizer
 
+    from mmssl.models.lm import with_sdpa_or_eager
     from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
 
     refuse_prompts()
@@ -250,7 +270,8 @@ def load_sentence_transformer_dir(directory: str | Path, trust_remote_code: bool
         max_seq_length = json.loads(st_config.read_text(encoding="utf-8")).get("max_seq_length") or max_seq_length
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(str(directory), attn_implementation="sdpa", trust_remote_code=trust_remote_code)
+        model = with_sdpa_or_eager(lambda attn: AutoModel.from_pretrained(
+            str(directory), attn_implementation=attn, trust_remote_code=trust_remote_code))
     except ValueError as exc:
         if is_custom_code_error(exc):
             raise custom_code_error("model", str(directory), None) from None

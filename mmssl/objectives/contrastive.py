@@ -15,8 +15,10 @@ positive masked out of the denominator), margin contrastive (Hadsell et al. 2006
 al. 2015). ``cached_chunk_size`` turns on GradCache (Gao et al. 2021): the batch is embedded in chunks,
 so a large batch fits in the memory of a small one.
 
-Texts are tokenised once in `setup`. Each step's sequences are sorted by length and cut into groups that
-are padded only to their own longest (``bucket_size``), which removes most padding work.
+Texts are tokenised once in `setup`. Each step's sequences are packed end to end into a few rows with a
+block-diagonal attention mask (``batching: packed``, :mod:`mmssl.models.packing`): one encoder pass per batch
+and no work on padding. Models that cannot take that layout get length-sorted buckets padded only to their own
+longest (``bucket_size``) on a CPU, one padded pass on a GPU (where many small passes cost more than padding).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from mmssl.losses import (
     triplet_loss,
 )
 from mmssl.losses import world_size as dist_world_size
+from mmssl.models.packing import mask_dtype_for, pack_rows, packing_error, position_offset
 from mmssl.models.momentum import EmbeddingQueue, make_momentum_copy, momentum_update
 from mmssl.models.text_encoder import (
     TextEncoder,
@@ -67,6 +70,10 @@ from mmssl.schema import NonNegativeFloat, PositiveInt, Probability, Range
 log = logging.getLogger(__name__)
 
 TOKENIZER_DIR = "tokenizer"
+PACK_ROW_LENGTH_CPU = 64  # measured on 2 CPU cores: attention over longer rows costs more than it saves
+PACK_ROW_LENGTH_CUDA = 256  # few large rows: one large kernel per layer
+PACKING_TOLERANCE = 1e-4
+PACKING_PROBE_TEXTS = ["a short one", "a somewhat longer sentence to check packing with", "x", "two words"]
 
 
 @dataclass
@@ -95,6 +102,11 @@ class SimCSEParams(ObjectiveParams):
     momentum: Probability = 0.999
     # speed and memory
     cached_chunk_size: PositiveInt | None = None
+    # how a batch's sequences reach the encoder: packed end to end in a few rows (no padding, one pass per batch),
+    # length-sorted buckets of bucket_size (one pass each), or padded to the longest (one pass); auto: packed when
+    # the model gives the same embeddings packed (checked at setup), else buckets on CPU and padded on a GPU
+    batching: Literal["auto", "packed", "buckets", "padded"] = "auto"
+    pack_row_length: PositiveInt | None = None  # tokens per packed row; default 64 on CPU, 256 on a GPU
     bucket_size: PositiveInt | None = 32
     # evaluation
     eval_pairs: str | None = field(default=None, metadata={"input": True})  # a local path mmssl must not write over
@@ -174,6 +186,7 @@ class SimCSE(Objective):
                               "objective.max_length or enlarge the model's max_position_embeddings")
         encoder = TextEncoder(backbone, pooling=p.pooling, normalize=p.normalize, head=p.head, head_dim=p.head_dim)
         self.frozen = freeze_unused_parameters(encoder, self.tokenizer)
+        self.batching = self._batching(backbone)
         temperature = LearnableTemperature(p.temperature, p.max_logit_scale) if p.learnable_temperature else None
         self.model = ContrastiveModule(encoder, temperature, p.queue_size if p.negatives == "queue" else None)
         self.module = self.model
@@ -185,6 +198,39 @@ class SimCSE(Objective):
         self.before: dict[str, float] = {}
         if p.eval_before and self.eval_rows:
             self.before = self._metrics(self.model.encoder)
+
+    def _batching(self, backbone: nn.Module) -> str:
+        """The batch layout this run uses (`SimCSEParams.batching`), packing only where the probe agrees."""
+        p, on_cuda = self.params, self.recipe.train.on_cuda
+        self.row_length = p.pack_row_length or (PACK_ROW_LENGTH_CUDA if on_cuda else PACK_ROW_LENGTH_CPU)
+        self.mask_dtype = mask_dtype_for(backbone)
+        self.first_position = position_offset(backbone)
+        if p.batching in ("buckets", "padded"):
+            return p.batching
+        sample = self._ids(PACKING_PROBE_TEXTS)
+        error = packing_error(backbone, self.tokenizer.pad_token_id, sample, p.pooling)
+        if error is not None and error <= PACKING_TOLERANCE:
+            return "packed"
+        fallback = "padded" if on_cuda else "buckets"
+        impl = getattr(backbone.config, "_attn_implementation", None)
+        why = (f"its attention ({impl}) does not take a block-diagonal mask" if error is None else
+               f"packed embeddings differ from padded ones by {error:.2g}")
+        if p.batching == "packed":
+            raise RecipeError(f"objective.batching=packed: model type {backbone.config.model_type!r} cannot be packed "
+                              f"({why}); use objective.batching: buckets or padded")
+        log.info("batching: %s (model type %r cannot be packed: %s)", fallback, backbone.config.model_type, why)
+        return fallback
+
+    def _group(self, seqs: list[list[int]], chunk: int | None) -> dict[str, Any]:
+        """`seqs` laid out for the encoder as `self.batching` says, in chunks of `chunk` sequences (GradCache)."""
+        pad = self.tokenizer.pad_token_id
+        if self.batching == "packed":
+            step = chunk or len(seqs)
+            groups = [pack_rows(seqs[s : s + step], pad, self.row_length, self.first_position, self.mask_dtype)
+                      for s in range(0, len(seqs), step)]
+            return {"groups": groups, "restore": None}
+        size = chunk or (self.params.bucket_size if self.batching == "buckets" else None)
+        return pack_sequences(seqs, pad, size or len(seqs), sort=size is not None)
 
     def _check_negatives(self, world: int) -> None:
         p, cfg = self.params, self.recipe.train
@@ -247,7 +293,6 @@ class SimCSE(Objective):
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         p = self.params
-        pad = self.tokenizer.pad_token_id
         b = len(rows)
         seqs = [[r[f"{view}_ids"] for r in rows] for view in self.views]
         changed = None
@@ -258,16 +303,15 @@ class SimCSE(Objective):
             changed = sum(src != new for src, new in zip(sources, edited)) / max(1, b)
         # duplicate masking compares source texts: a view of a duplicate caption is a false negative
         hashes = torch.tensor([[r[f"{view}_hash"] for r in rows] for view in self.views], dtype=torch.long)
-        group = p.cached_chunk_size or p.bucket_size
         batch: dict[str, Any] = {"hashes": hashes, "num_rows": b, "num_views": len(self.views)}
         if self._queue_mode:
             query, keys = seqs[0], [s for view in seqs[1:] for s in view]
-            batch["packed"] = pack_sequences(query, pad, group or len(query), sort=group is not None)
-            batch["packed_keys"] = pack_sequences(keys, pad, p.bucket_size or len(keys), sort=p.bucket_size is not None)
+            batch["packed"] = self._group(query, p.cached_chunk_size)
+            batch["packed_keys"] = self._group(keys, None)
             flat = query + keys
         else:
             flat = [s for view in seqs for s in view]
-            batch["packed"] = pack_sequences(flat, pad, group or len(flat), sort=group is not None)
+            batch["packed"] = self._group(flat, p.cached_chunk_size)
         batch["tokens"] = sum(len(s) for s in flat)
         if changed is not None:
             batch["views_changed"] = torch.tensor(changed, dtype=torch.float64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
@@ -14,7 +14,14 @@ from mmssl.data.sources import load_splits
 from mmssl.data.text_blocks import TextBlocks, collate_blocks, pack, truncate
 from mmssl.data.tokenizers import build_tokenizer, load_pretrained_tokenizer
 from mmssl.errors import DataError, RecipeError
-from mmssl.models.lm import CausalLMModule, LMKind, MaskedLMModule, build_language_model, max_positions
+from mmssl.models.lm import (
+    CausalLMModule,
+    LMKind,
+    MaskedLMModule,
+    build_language_model,
+    max_positions,
+    resolve_output_loss,
+)
 from mmssl.objectives.base import ModelOutput, Objective
 from mmssl.config import ObjectiveParams
 from mmssl.registry import register_objective
@@ -208,12 +215,19 @@ class MaskedLM(LanguageModeling):
         return {"input_ids": corrupted, "attention_mask": batch.get("attention_mask"), "labels": labels}
 
 
+@dataclass
+class CausalLMParams(LanguageModelParams):
+    # the output layer + loss: auto = chunked on a CPU, Liger Kernel's fused kernel on CUDA where installed,
+    # else plain (see mmssl.models.lm.resolve_output_loss)
+    output_loss: Literal["auto", "chunked", "plain", "liger"] = "auto"
+
+
 @register_objective("clm")
 class CausalLM(LanguageModeling):
     """GPT-style causal LM: predict every next token (Radford et al. 2019, "Language Models are
     Unsupervised Multitask Learners")."""
 
-    Params = LanguageModelParams
+    Params = CausalLMParams
     output = ModelOutput("clm", "transformers", "text-generation", "clm.md", "text-generation")
     kind = "clm"
     tokenizer_kind = "bpe"
@@ -223,7 +237,8 @@ class CausalLM(LanguageModeling):
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
     def _wrap(self, model) -> nn.Module:
-        return CausalLMModule(model)
+        self.output_loss = resolve_output_loss(self.params.output_loss, self.recipe.train.on_cuda)
+        return CausalLMModule(model, output_loss=self.output_loss)
 
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         ids, mask = batch["input_ids"], batch.get("attention_mask")

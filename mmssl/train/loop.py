@@ -59,7 +59,7 @@ def step_seed(seed: int, epoch: int, micro_batch: int, rank: int) -> int:
 
 def make_accelerator(recipe: Recipe) -> Accelerator:
     cfg = recipe.train
-    cpu = cfg.cpu or not torch.cuda.is_available()
+    cpu = not cfg.on_cuda
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if not cpu and torch.cuda.is_bf16_supported() else "no"

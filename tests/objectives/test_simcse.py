@@ -64,7 +64,7 @@ def step(objective, module, rows, seed=7):
 ], ids=["supervised-hardneg-learnable", "unsupervised-mlp"])
 def test_cached_gradients_equal_uncached(tmp_path, objective_params):
     """GradCache inside training_step gives the gradients of the plain step with the same chunks (dropout on)."""
-    obj = make(tmp_path, objective={**objective_params, "bucket_size": 4})
+    obj = make(tmp_path, objective={**objective_params, "batching": "buckets", "bucket_size": 4})
     module = obj.module
     module.train()
     rows = [obj.train_dataset[i] for i in range(8)]
@@ -243,3 +243,88 @@ def test_text_views_need_unsupervised_mode(tmp_path):
         parse_recipe(tiny_raw(tmp_path, objective={"mode": "supervised", "text_views": VIEWS}))
     with pytest.raises(RecipeError, match="objective.text_views"):
         parse_recipe(tiny_raw(tmp_path, objective={"mode": "unsupervised", "text_views": [{"type": "paraphrase"}]}))
+
+
+NO_DROPOUT = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+def count_forwards(encoder_model) -> list[int]:
+    calls: list[int] = []
+    encoder_model.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("objective_params", [
+    {"mode": "supervised", "hard_negatives": True},
+    {"mode": "supervised", "negatives": "queue", "queue_size": 32},
+    {"mode": "unsupervised"},
+], ids=["hard-negatives", "moco-queue", "unsupervised"])
+def test_packed_batches_take_one_encoder_pass_and_train_exactly_like_padded_ones(tmp_path, objective_params):
+    raw = tiny_raw(tmp_path, objective={**objective_params, "batching": "packed"})
+    raw["model"]["config"] = dict(NO_DROPOUT)
+    obj = get_objective("simcse")(parse_recipe(raw))
+    obj.setup(None)
+    calls = count_forwards(obj.model.encoder.model)
+    rows = [obj.train_dataset[i] for i in range(16)]
+    state = copy.deepcopy(obj.module.state_dict())  # MoCo's queue grows each step: both start from this
+    losses, gradients = {}, {}
+    for batching in ("packed", "padded"):
+        obj.batching = batching
+        obj.module.load_state_dict(state)
+        calls.clear()
+        out, gradients[batching] = step(obj, obj.module, rows)
+        losses[batching] = out["loss"]
+        assert len(calls) == 1  # every view and negative of the batch in one pass (+ the key encoder's, apart)
+    assert abs(losses["packed"] - losses["padded"]) < 1e-5
+    assert gradients["packed"].keys() == gradients["padded"].keys() and len(gradients["padded"]) > 10
+    for name, grad in gradients["padded"].items():
+        assert torch.allclose(gradients["packed"][name], grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_packed_gradcache_equals_packed_without_cache(tmp_path):
+    raw = tiny_raw(tmp_path, objective={"mode": "supervised", "batching": "packed"})
+    raw["model"]["config"] = dict(NO_DROPOUT)
+    obj = get_objective("simcse")(parse_recipe(raw))
+    obj.setup(None)
+    rows = [obj.train_dataset[i] for i in range(8)]
+    ref_out, ref = step(obj, obj.module, rows)
+    obj.params.cached_chunk_size = 4
+    batch = obj.collate(rows)
+    assert len(batch["packed"]["groups"]) == 6  # anchors, positives, negatives: 24 sequences in chunks of 4
+    out, got = step(obj, obj.module, rows)
+    assert abs(out["loss"] - ref_out["loss"]) < 1e-5
+    for name in ref:
+        assert torch.allclose(got[name], ref[name], atol=1e-5, rtol=1e-4), name
+
+
+def setup_with(tmp_path, arch: str, **objective):
+    raw = tiny_raw(tmp_path, objective=objective)
+    raw["model"]["arch"] = arch
+    obj = get_objective("simcse")(parse_recipe(raw))
+    obj.setup(None)
+    return obj
+
+
+def test_auto_batching_packs_where_the_model_allows_and_falls_back_per_device(tmp_path, monkeypatch):
+    """CPU: packed rows of 64 tokens for BERT, buckets for a model that cannot be packed (DeBERTa-v2's relative
+    attention takes no block mask); a GPU (the decision only: none here) gets rows of 256 or one padded pass."""
+    bert = setup_with(tmp_path / "a", "bert")
+    assert bert.batching == "packed" and bert.row_length == 64
+    deberta = setup_with(tmp_path / "b", "deberta-v2")
+    assert deberta.batching == "buckets"
+    assert len(deberta.collate([deberta.train_dataset[i] for i in range(8)])["packed"]["groups"]) == 1  # 16 <= 32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    raw = tiny_raw(tmp_path / "c", train={"cpu": False})
+    obj = get_objective("simcse")(parse_recipe(raw))
+    obj.setup(None)
+    assert obj.batching == "packed" and obj.row_length == 256
+    raw = tiny_raw(tmp_path / "d", train={"cpu": False})
+    raw["model"]["arch"] = "deberta-v2"
+    obj = get_objective("simcse")(parse_recipe(raw))
+    obj.setup(None)
+    assert obj.batching == "padded"
+
+
+def test_forcing_packing_on_a_model_that_cannot_be_packed_is_a_clear_error(tmp_path):
+    with pytest.raises(RecipeError, match=r"batching=packed: model type 'deberta-v2' cannot be packed.*buckets or padded"):
+        setup_with(tmp_path, "deberta-v2", batching="packed")
