@@ -118,28 +118,31 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             y = labels[start : start + chunk_size]
             ok = valid[start : start + chunk_size]
             safe_y = torch.where(ok, y, torch.zeros_like(y))
-            # few passes over the [chunk x vocabulary] block: logits, max, exp in place, sum; the softmax
-            # normalisation and the 1/count scale are folded into [chunk]-sized row factors instead
-            logits = F.linear(h, weight, bias).float()
-            target_logit = logits.gather(1, safe_y[:, None]).squeeze(1)
-            top = logits.amax(dim=-1, keepdim=True)
+            # The block is held transposed, [vocabulary x chunk]: `weight @ h.T` and `block @ h` are 1.5-1.7x
+            # faster on a CPU than the [chunk x vocabulary] products (their output is small or K is large).
+            # Few passes over it: logits, max, exp in place, sum; the softmax normalisation and the 1/count
+            # scale are folded into [chunk]-sized factors.
+            h_t = h.t().contiguous()
+            logits = (weight @ h_t if bias is None else torch.addmm(bias[:, None], weight, h_t)).float()
+            target_logit = logits.gather(0, safe_y[None, :]).squeeze(0)
+            top = logits.amax(dim=0, keepdim=True)
             exp = logits.sub_(top).exp_()
-            norm = exp.sum(dim=-1)
-            lse = top.squeeze(1) + norm.log()
+            norm = exp.sum(dim=0)
+            lse = top.squeeze(0) + norm.log()
             total += ((lse - target_logit) * ok).sum()
             if grad_hidden is None and grad_weight is None:
                 continue
             row = ok.float() / count              # d(mean loss)/d(row loss)
-            scale = (row / norm)[:, None]         # softmax_ij * row_i = exp_ij * scale_i
-            # d loss / d logits = exp * scale - onehot(y) * row
+            # d loss / d logits = softmax * row - onehot(y) * row; softmax * row = exp * (row / norm)
+            probs = exp.mul_((row / norm)[None, :])
             if grad_hidden is not None:
-                g = (exp.to(h.dtype) @ weight).float() * scale - row[:, None] * weight[safe_y].float()
+                g = (probs.t().to(h.dtype) @ weight).float() - row[:, None] * weight[safe_y].float()
                 grad_hidden[start : start + chunk_size] = g.to(h.dtype)
             if grad_weight is not None:
-                grad_weight.addmm_(exp.t(), h.float() * scale)
+                grad_weight.addmm_(probs, h.float())
                 grad_weight.index_add_(0, safe_y, h.float() * -row[:, None])
             if grad_bias is not None:
-                grad_bias += exp.t() @ scale.squeeze(1)
+                grad_bias += probs.sum(dim=1)
                 grad_bias.index_add_(0, safe_y, -row)
         ctx.save_for_backward(
             *(t if t is not None else torch.empty(0) for t in (grad_hidden, grad_weight, grad_bias))
@@ -161,7 +164,7 @@ def fused_linear_cross_entropy(
     labels: torch.Tensor,
     bias: torch.Tensor | None = None,
     ignore_index: int = -100,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> torch.Tensor:
     """Mean token cross-entropy of a linear output layer without materialising all logits."""
     return FusedLinearCrossEntropy.apply(hidden, weight, bias, labels, ignore_index, chunk_size)
@@ -217,7 +220,7 @@ def liger_available() -> bool:
 class CausalLMModule(nn.Module):
     """Wraps a ``*ForCausalLM`` model; next-token loss through the output layer `resolve_output_loss` chose."""
 
-    def __init__(self, model: PreTrainedModel, chunk_size: int = 1024, output_loss: str = "chunked"):
+    def __init__(self, model: PreTrainedModel, chunk_size: int = 256, output_loss: str = "chunked"):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
