@@ -118,7 +118,7 @@ def main() -> None:
         command = [sys.executable, "-m", "mmssl.cli", "train", str(recipe), f"output_dir={run_dir}",
                    f"train.max_steps={args.steps}", "train.overwrite=true", "train.progress=false",
                    "train.save_every=0", f"train.cpu={'true' if args.device == 'cpu' else 'false'}",
-                   f"train.mixed_precision={'bf16' if args.device == 'cuda' else 'no'}"]
+                   f"train.mixed_precision={'bf16' if args.device == 'cuda' else 'auto'}"]
         status, seconds, _ = run(command, args.recipe_limit, out / f"{recipe.stem}.log")
         rows.append((f"recipe {recipe.stem}", status, seconds, recipe_figures(run_dir)))
         print(f"  {rows[-1][0]:32s} {status:10s} {seconds:6.1f} s  {rows[-1][3]}", flush=True)
