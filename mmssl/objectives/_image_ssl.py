@@ -56,16 +56,22 @@ class ImageSSL(Objective):
                          "image-classification", results=("knn_top1", "knn_top5", "linear_probe_top1",
                                                           "linear_probe_top5"))
     default_preset = "simclr"
+    num_views = 2  # augmented views per image and step; 1 for pretext tasks that transform one view (RotNet)
 
     # -- to implement ------------------------------------------------------------------------------
     def build_module(self, backbone: Backbone) -> nn.Module:
         """The trained state: the backbone (as ``.backbone``) plus heads and momentum copies."""
         raise NotImplementedError
 
-    def loss(self, module: nn.Module, view1: torch.Tensor, view2: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, module: nn.Module, view1: torch.Tensor, view2: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """``{"loss": scalar, "embedding": [B, D] what the loss compares (detached; for the collapse monitor)}``
-        plus any scalars to log."""
+        plus any scalars to log. `view2` is None for a method with ``num_views = 1``."""
         raise NotImplementedError
+
+    def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The loss of one prepared batch (``view1``, ``view2`` and ``index``, the rows of the training images);
+        `loss` unless a method needs more than the views (a memory bank needs the rows)."""
+        return self.loss(module, batch["view1"], batch.get("view2"))
 
     def check(self, world: int) -> None:
         """Recipe checks that need the run's shape (e.g. enough images per step for negatives)."""
@@ -107,12 +113,14 @@ class ImageSSL(Objective):
         index = batch["index"]
         device = index.device
         index = index.cpu()
-        view1, view2 = self.views(self.train.images[index], index, self.epoch, self.recipe.seed)
-        fmt = torch.channels_last
-        return {"view1": view1.to(device, memory_format=fmt), "view2": view2.to(device, memory_format=fmt)}
+        images, fmt = self.train.images[index], torch.channels_last
+        views = [self.views.view(images, index, self.epoch, self.recipe.seed, which) for which in range(self.num_views)]
+        out = {f"view{i + 1}": v.to(device, memory_format=fmt) for i, v in enumerate(views)}
+        out["index"] = batch["index"]  # which training images these are (a memory bank's rows)
+        return out
 
     def forward(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        out = self.loss(module, batch["view1"], batch["view2"])
+        out = self.step_loss(module, batch)
         embedding = out.pop("embedding", None)
         if embedding is not None:  # SimSiam's monitor: per-dimension std of the normalised embeddings x sqrt(d)
             z = torch.nn.functional.normalize(embedding.detach().float(), dim=1)
