@@ -11,7 +11,9 @@ import pytest
 import torch
 from clirun import assert_clear_error, mmssl, write_recipe
 
+from mmssl.errors import RecipeError
 from mmssl.models.vision import load_backbone
+from mmssl.objectives.jigsaw import GRID, min_hamming_distance, permutation_set
 from mmssl.objectives.rotnet import rotate_batch
 from mmssl.recipes import parse_recipe
 from mmssl.registry import get_objective
@@ -45,6 +47,7 @@ def losses(output_dir) -> list[float]:
     ("rotnet", {}),
     ("instdisc", {"num_negatives": 32}),
     ("instdisc", {"num_negatives": 32, "loss": "softmax", "proximal": 1.0}),
+    ("jigsaw", {"permutations": 10, "gap": 1}),
 ])
 def test_each_method_trains_evaluates_and_exports(tmp_path, method, objective):
     out = tmp_path / "run"
@@ -265,3 +268,31 @@ def test_instdisc_bank_follows_the_embeddings_of_the_images_seen(tmp_path):
     assert math.isfinite(log_z)
     obj.step_loss(module, {"view1": view, "index": index})
     assert float(module.log_z) == log_z
+
+
+def test_jigsaw_permutation_set_keeps_its_promised_hamming_distance():
+    nine = permutation_set(9)
+    assert min_hamming_distance(nine) == 9  # 9 permutations can differ in every position
+    hundred = permutation_set(100)
+    assert hundred.shape == (100, 9) and min_hamming_distance(hundred) >= 6
+    assert all(sorted(row) == list(range(9)) for row in hundred.tolist())
+    assert len({tuple(row) for row in hundred.tolist()}) == 100
+    assert (permutation_set(100, seed=0) == hundred).all() and (permutation_set(100, seed=1) != hundred).any()
+
+
+def test_jigsaw_slot_j_holds_the_tile_of_the_cell_its_permutation_names(tmp_path):
+    obj = _objective(tmp_path, "jigsaw", permutations=10, gap=0)  # no gap: tiles are exactly the grid cells
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 15, 15)
+    tiles, labels = obj.puzzle(images)
+    assert tiles.shape == (6, 9, 3, 5, 5) and labels.shape == (6,)
+    for b in range(6):
+        order = obj.perms[labels[b]].tolist()
+        for slot, cell in enumerate(order):
+            r, c = divmod(cell, GRID)
+            assert torch.equal(tiles[b, slot], images[b, :, 5 * r : 5 * r + 5, 5 * c : 5 * c + 5])
+    assert len(set(labels.tolist())) > 1
+    gapped = _objective(tmp_path / "g", "jigsaw", permutations=10, gap=1)
+    assert gapped.puzzle(images)[0].shape == (6, 9, 3, 4, 4)
+    with pytest.raises(RecipeError, match="leaves tiles under 4 px"):
+        _objective(tmp_path / "h", "jigsaw", permutations=10, gap=2)  # 16 px: cells of 5, tiles of 3
