@@ -404,11 +404,13 @@ class TwoViews:
                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.view(images, rows, epoch, seed, 0), self.view(images, rows, epoch, seed, 1)
 
-    def view(self, images: torch.Tensor, rows: torch.Tensor, epoch: int, seed: int, which: int) -> torch.Tensor:
-        """View `which` (0 or 1) of a batch."""
+    def view(self, images: torch.Tensor, rows: torch.Tensor, epoch: int, seed: int, which: int,
+             stream: int | None = None) -> torch.Tensor:
+        """View `which` (0 or 1: whose parameters) of a batch; `stream` (default `which`) names its random
+        draws, so further views with the same parameters (e.g. SwAV's small crops) get their own."""
         cfg = self.views[which]
         b, _, h, w = images.shape
-        u = view_uniforms(rows.to(images.device), epoch, seed, which)
+        u = view_uniforms(rows.to(images.device), epoch, seed, which if stream is None else stream)
         x = images.float().div_(255)
         if cfg.random_resized_crop:
             lo, hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])

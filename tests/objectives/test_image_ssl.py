@@ -48,6 +48,8 @@ def losses(output_dir) -> list[float]:
     ("instdisc", {"num_negatives": 32}),
     ("instdisc", {"num_negatives": 32, "loss": "softmax", "proximal": 1.0}),
     ("jigsaw", {"permutations": 10, "gap": 1}),
+    ("swav", {"num_prototypes": 8, "small_crops": 2, "small_crop_size": 8, "small_crop_scale": [0.2, 0.5],
+              "freeze_prototypes_steps": 2, "queue_length": 16, "queue_start_step": 2}),
 ])
 def test_each_method_trains_evaluates_and_exports(tmp_path, method, objective):
     out = tmp_path / "run"
@@ -154,7 +156,10 @@ def test_bad_image_recipes_are_one_clear_message(tmp_path, override, message):
 
 
 @pytest.mark.parametrize("method, objective", [("byol", {}), ("moco", {"variant": "v2", "queue_size": 48}),
-                                               ("instdisc", {"num_negatives": 32})])
+                                               ("instdisc", {"num_negatives": 32}),
+                                               ("swav", {"num_prototypes": 8, "small_crops": 2, "small_crop_size": 8,
+                                                         "queue_length": 32, "queue_start_step": 4,
+                                                         "freeze_prototypes_steps": 6})])
 def test_killed_run_resumes_bit_identical_with_momentum_target_and_queue(tmp_path, method, objective):
     """Momentum target, queue, memory bank (and NCE's log Z), sampled negatives, schedule position and views
     (functions of seed, epoch and row) all come back: a run killed after its first checkpoint and resumed ends
@@ -189,7 +194,7 @@ def test_killed_run_resumes_bit_identical_with_momentum_target_and_queue(tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     final = "checkpoints/step-00000024/model.safetensors"
     a, b = load_file(str(straight / final)), load_file(str(broken / final))
-    assert a.keys() == b.keys() and any("target" in k or "key_" in k or "bank" in k for k in a)
+    assert a.keys() == b.keys() and any("target" in k or "key_" in k or "bank" in k or "queue" in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     starts = [json.loads(line)["step"] for line in (broken / "log.jsonl").read_text().splitlines() if '"start"' in line]
     assert starts == [0, killed_at]
@@ -296,3 +301,18 @@ def test_jigsaw_slot_j_holds_the_tile_of_the_cell_its_permutation_names(tmp_path
     assert gapped.puzzle(images)[0].shape == (6, 9, 3, 4, 4)
     with pytest.raises(RecipeError, match="leaves tiles under 4 px"):
         _objective(tmp_path / "h", "jigsaw", permutations=10, gap=2)  # 16 px: cells of 5, tiles of 3
+
+
+def test_swav_prototypes_get_no_gradient_while_frozen_and_small_crops_join_the_step(tmp_path):
+    obj = _objective(tmp_path, "swav", num_prototypes=8, small_crops=3, small_crop_size=8, freeze_prototypes_steps=5)
+    module = obj.module.train()
+    batch = obj.prepare_batch({"index": torch.arange(8)})
+    assert batch["view1"].shape == (8, 3, 16, 16) and batch["small"].shape == (24, 3, 8, 8)
+    assert not torch.equal(batch["small"][:8], batch["small"][8:16])  # each small crop draws its own
+    for steps_done, frozen in ((0, True), (4, True), (5, False)):
+        module.steps_done.fill_(steps_done)
+        module.zero_grad(set_to_none=True)
+        obj.step_loss(module, batch)["loss"].backward()
+        assert (module.prototypes.weight.grad is None) == frozen, steps_done
+        assert all(p.grad is not None for p in module.backbone.parameters() if p.requires_grad)
+    assert torch.allclose(module.prototypes.weight.norm(dim=1), torch.ones(8), atol=1e-5)  # on the unit sphere
