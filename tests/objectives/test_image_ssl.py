@@ -50,6 +50,7 @@ def losses(output_dir) -> list[float]:
     ("jigsaw", {"permutations": 10, "gap": 1}),
     ("swav", {"num_prototypes": 8, "small_crops": 2, "small_crop_size": 8, "small_crop_scale": [0.2, 0.5],
               "freeze_prototypes_steps": 2, "queue_length": 16, "queue_start_step": 2}),
+    ("deepcluster", {"num_clusters": 8, "pca_dim": 8}),
 ])
 def test_each_method_trains_evaluates_and_exports(tmp_path, method, objective):
     out = tmp_path / "run"
@@ -159,7 +160,8 @@ def test_bad_image_recipes_are_one_clear_message(tmp_path, override, message):
                                                ("instdisc", {"num_negatives": 32}),
                                                ("swav", {"num_prototypes": 8, "small_crops": 2, "small_crop_size": 8,
                                                          "queue_length": 32, "queue_start_step": 4,
-                                                         "freeze_prototypes_steps": 6})])
+                                                         "freeze_prototypes_steps": 6}),
+                                               ("deepcluster", {"num_clusters": 8, "pca_dim": 8})])
 def test_killed_run_resumes_bit_identical_with_momentum_target_and_queue(tmp_path, method, objective):
     """Momentum target, queue, memory bank (and NCE's log Z), sampled negatives, schedule position and views
     (functions of seed, epoch and row) all come back: a run killed after its first checkpoint and resumed ends
@@ -194,7 +196,7 @@ def test_killed_run_resumes_bit_identical_with_momentum_target_and_queue(tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     final = "checkpoints/step-00000024/model.safetensors"
     a, b = load_file(str(straight / final)), load_file(str(broken / final))
-    assert a.keys() == b.keys() and any("target" in k or "key_" in k or "bank" in k or "queue" in k for k in a)
+    assert a.keys() == b.keys() and any(w in k for k in a for w in ("target", "key_", "bank", "queue", "pseudo"))
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     starts = [json.loads(line)["step"] for line in (broken / "log.jsonl").read_text().splitlines() if '"start"' in line]
     assert starts == [0, killed_at]
@@ -316,3 +318,26 @@ def test_swav_prototypes_get_no_gradient_while_frozen_and_small_crops_join_the_s
         assert (module.prototypes.weight.grad is None) == frozen, steps_done
         assert all(p.grad is not None for p in module.backbone.parameters() if p.requires_grad)
     assert torch.allclose(module.prototypes.weight.norm(dim=1), torch.ones(8), atol=1e-5)  # on the unit sphere
+
+
+def test_deepcluster_reclusters_each_epoch_and_resets_its_head(tmp_path):
+    torch.manual_seed(0)
+    obj = _objective(tmp_path, "deepcluster", num_clusters=6, pca_dim=8)
+    module = obj.module.train()
+    batch = obj.prepare_batch({"index": torch.arange(16)})
+    out = obj.step_loss(module, batch)
+    labels = module.pseudo_labels.clone()
+    assert int(module.labels_epoch) == 0 and labels.min() >= 0 and len(labels.unique()) == 6
+    assert math.isfinite(float(out["loss"].detach())) and float(out["clusters_used"]) == 6
+    head = module.head[0].weight.clone()
+    obj.step_loss(module, batch)  # same epoch: same labels, no reset
+    assert torch.equal(module.pseudo_labels, labels) and torch.equal(module.head[0].weight, head)
+    with torch.no_grad():
+        module.head[0].weight.add_(1.0)
+    obj.set_epoch(1)
+    obj.step_loss(module, batch)
+    assert int(module.labels_epoch) == 1 and not torch.equal(module.head[0].weight, head + 1.0)  # a fresh head
+    fresh = module.head[0].weight.clone()
+    obj.set_epoch(2)
+    obj.step_loss(module, batch)
+    assert not torch.equal(module.head[0].weight, fresh)  # seeded by epoch: each epoch its own initialisation

@@ -1,0 +1,115 @@
+"""DeepCluster (Caron et al. 2018, "Deep Clustering for Unsupervised Learning of Visual Features"): at the start
+of every epoch the backbone's features of the whole training set (eval view; PCA, whitening and L2 normalisation)
+are clustered by k-means (`mmssl.models.kmeans`: faiss where installed); the cluster indices become pseudo-labels
+for the epoch and a freshly initialised classifier head learns them with the backbone. Clusters count equally:
+each image's loss is weighted by 1 / (its cluster's size), the expectation of the paper's uniform sampling over
+clusters. The assignments are module state, so a resumed run continues with exactly the epoch's pseudo-labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmssl.data.image_views import eval_view
+from mmssl.eval.frozen_backbone import precise_bn
+from mmssl.models.kmeans import kmeans
+from mmssl.models.vision import Backbone
+from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams
+from mmssl.registry import register_objective
+from mmssl.schema import PositiveInt
+
+
+@dataclass
+class DeepClusterParams(ImageSSLParams):
+    num_clusters: PositiveInt = 10000  # the paper: 10x the number of ImageNet classes
+    pca_dim: PositiveInt = 256
+    kmeans_iterations: PositiveInt = 20
+    balanced: bool = True  # weight each image by 1 / its cluster's size
+
+
+class DeepClusterModule(nn.Module):
+    def __init__(self, backbone: Backbone, hidden_dim: int, num_clusters: int, size: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Linear(backbone.dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
+                                  nn.Linear(hidden_dim, num_clusters))
+        self.register_buffer("pseudo_labels", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("labels_epoch", torch.full((), -1, dtype=torch.long))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone(images)
+        return features, self.head(features)
+
+
+@register_objective("deepcluster")
+class DeepCluster(ImageSSL):
+    Params = DeepClusterParams
+    num_views = 1
+
+    def build_module(self, backbone: Backbone) -> nn.Module:
+        p = self.params
+        if p.num_clusters > len(self.train):
+            from mmssl.errors import RecipeError
+
+            raise RecipeError(f"objective.num_clusters={p.num_clusters} exceeds the {len(self.train)} training "
+                              "images; lower objective.num_clusters")
+        return DeepClusterModule(backbone, p.hidden_dim, p.num_clusters, len(self.train))
+
+    @torch.no_grad()
+    def cluster(self, module: DeepClusterModule, epoch: int) -> None:
+        """Pseudo-labels of every training image for `epoch`, and a fresh classifier head (seeded by epoch)."""
+        p = self.params
+        device = next(module.parameters()).device
+        settings = self.settings()
+        backbone = precise_bn(module.backbone, self.train.images, settings, device)
+        was_training = backbone.training
+        backbone.eval()
+        images = self.train.images
+        features = torch.cat([backbone(eval_view(images[i : i + 256], p.image_size, self.mean, self.std).to(device))
+                              .float() for i in range(0, len(images), 256)])
+        backbone.train(was_training)
+        module.pseudo_labels.copy_(kmeans(reduce_features(features, p.pca_dim), p.num_clusters,
+                                          p.kmeans_iterations, seed=self.recipe.seed * 1000 + epoch)[1])
+        module.labels_epoch.fill_(epoch)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(self.recipe.seed * 1000 + epoch)
+        for layer in module.head:
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        torch.random.set_rng_state(generator_state)
+
+    def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        core = _unwrap(module)
+        if module.training and int(core.labels_epoch) != self.epoch:
+            self.cluster(core, self.epoch)
+        labels = core.pseudo_labels[batch["index"].to(core.pseudo_labels.device)]
+        features, logits = module(batch["view1"])
+        losses = F.cross_entropy(logits.float(), labels, reduction="none")
+        if self.params.balanced:
+            counts = torch.bincount(core.pseudo_labels, minlength=logits.shape[1]).clamp(min=1)
+            weights = (1.0 / counts[labels].float())
+            loss = (losses * weights).sum() / weights.sum()
+        else:
+            loss = losses.mean()
+        used = int((torch.bincount(core.pseudo_labels, minlength=logits.shape[1]) > 0).sum())
+        return {"loss": loss, "pseudo_label_accuracy": (logits.detach().argmax(1) == labels).float().mean(),
+                "clusters_used": torch.tensor(float(used)), "embedding": features.detach()}
+
+
+def reduce_features(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """PCA to `dim` dimensions with whitening, then L2 normalisation (the paper's pre-processing)."""
+    x = x - x.mean(dim=0, keepdim=True)
+    dim = min(dim, x.shape[1], x.shape[0])
+    _, s, v = torch.linalg.svd(x, full_matrices=False)
+    projected = x @ v[:dim].t() / (s[:dim] / (x.shape[0] - 1) ** 0.5).clamp(min=1e-6)
+    return F.normalize(projected, dim=1)
+
+
+def _unwrap(module: nn.Module) -> DeepClusterModule:
+    while not isinstance(module, DeepClusterModule) and hasattr(module, "module"):
+        module = module.module
+    return module  # type: ignore[return-value]
