@@ -51,6 +51,8 @@ def losses(output_dir) -> list[float]:
     ("swav", {"num_prototypes": 8, "small_crops": 2, "small_crop_size": 8, "small_crop_scale": [0.2, 0.5],
               "freeze_prototypes_steps": 2, "queue_length": 16, "queue_start_step": 2}),
     ("deepcluster", {"num_clusters": 8, "pca_dim": 8}),
+    ("colorization", {"grid": 4, "rebalance_images": 64}),
+    ("colorization", {"mode": "regression", "grid": 4}),
 ])
 def test_each_method_trains_evaluates_and_exports(tmp_path, method, objective):
     out = tmp_path / "run"
@@ -341,3 +343,19 @@ def test_deepcluster_reclusters_each_epoch_and_resets_its_head(tmp_path):
     obj.set_epoch(2)
     obj.step_loss(module, batch)
     assert not torch.equal(module.head[0].weight, fresh)  # seeded by epoch: each epoch its own initialisation
+
+
+def test_colorization_sees_only_lightness_and_predicts_the_cells_colours(tmp_path):
+    from mmssl.data.lab import rgb_to_lab
+
+    obj = _objective(tmp_path, "colorization", grid=4, rebalance_images=64)
+    torch.manual_seed(0)
+    rgb = torch.rand(2, 3, 16, 16)
+    inputs, ab = obj.targets(rgb)
+    lab = rgb_to_lab(rgb)
+    grey = inputs * torch.tensor(obj.std).view(1, 3, 1, 1) + torch.tensor(obj.mean).view(1, 3, 1, 1)
+    assert torch.allclose(grey[:, 0], grey[:, 1], atol=1e-5) and torch.allclose(grey[:, 1], grey[:, 2], atol=1e-5)
+    assert torch.allclose(grey[:, 0], lab[:, 0] / 100, atol=1e-5)  # the input is the lightness, nothing else
+    assert torch.allclose(ab[:, :, 0, 0], lab[:, 1:, :4, :4].mean(dim=(2, 3)), atol=1e-4)  # cell (0, 0): its mean ab
+    assert not torch.allclose(obj.targets(rgb[:, [2, 0, 1]])[1], ab)  # other colours, other targets
+    assert obj.bin_weights.shape == (len(obj.bins),) and (obj.bin_weights > 0).all()
