@@ -359,3 +359,53 @@ def test_colorization_sees_only_lightness_and_predicts_the_cells_colours(tmp_pat
     assert torch.allclose(ab[:, :, 0, 0], lab[:, 1:, :4, :4].mean(dim=(2, 3)), atol=1e-4)  # cell (0, 0): its mean ab
     assert not torch.allclose(obj.targets(rgb[:, [2, 0, 1]])[1], ab)  # other colours, other targets
     assert obj.bin_weights.shape == (len(obj.bins),) and (obj.bin_weights > 0).all()
+
+
+MAE_MODEL = {"arch": "vit_tiny_patch16_224", "config": {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32,
+                                                        "num_heads": 2}}
+
+
+def test_patchify_reads_patches_in_the_vits_order_and_the_loss_counts_masked_patches_only():
+    from mmssl.losses.reconstruction import masked_patch_loss, patchify
+
+    images = torch.rand(2, 3, 8, 12)
+    patches = patchify(images, 4)
+    assert patches.shape == (2, 6, 48)
+    assert torch.equal(patches[1, 4].view(4, 4, 3), images[1, :, 4:8, 4:8].permute(1, 2, 0))  # row 1, column 1
+    target, mask = torch.rand(2, 6, 48), torch.tensor([[1.0, 0, 1, 0, 0, 1], [0, 1, 0, 0, 1, 1]])
+    prediction = torch.rand(2, 6, 48)
+    base = masked_patch_loss(prediction, target, mask)
+    changed = prediction.clone()
+    changed[mask == 0] += 5.0  # visible patches: no effect
+    assert torch.equal(masked_patch_loss(changed, target, mask), base)
+    changed[0, 0] += 1.0  # a masked patch: an effect
+    assert masked_patch_loss(changed, target, mask) != base
+    plain = ((prediction - target).pow(2).mean(-1) * mask).sum() / mask.sum()
+    assert torch.allclose(masked_patch_loss(prediction, target, mask, norm_pix=False), plain)
+
+
+def test_mae_encoder_sees_only_the_visible_quarter_and_exports_a_plain_timm_vit(tmp_path):
+    import timm
+
+    raw = image_recipe(tmp_path / "run", "mae", decoder_dim=16, decoder_depth=1, decoder_heads=2)
+    raw["model"] = dict(MAE_MODEL)
+    recipe = parse_recipe(raw)
+    obj = get_objective("mae")(recipe)
+    obj.setup(None)
+    module = obj.module.train()
+    seen = []
+    module.backbone.model.blocks.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    batch = obj.prepare_batch({"index": torch.arange(4)})
+    out = obj.step_loss(module, batch)
+    assert seen == [(4, 1 + 4, 32)]  # 16 patches, 75% masked: the class token and 4 patches
+    assert math.isfinite(float(out["loss"].detach()))
+    metrics = train(parse_recipe(raw))
+    assert 0 <= metrics["eval"]["knn_top1"] <= 1 and math.isfinite(metrics["eval"]["linear_probe_top1"])
+    vit = timm.create_model(f"local-dir:{tmp_path / 'run'}", pretrained=True, num_classes=0)
+    with torch.no_grad():
+        assert vit(torch.rand(2, 3, 16, 16)).shape == (2, 32)
+
+
+def test_mae_refuses_a_backbone_that_is_not_a_vit(tmp_path):
+    with pytest.raises(RecipeError, match="needs a timm ViT backbone"):
+        _objective(tmp_path, "mae")
