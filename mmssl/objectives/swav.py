@@ -7,7 +7,6 @@ prototypes stay frozen for the first `freeze_prototypes_steps` optimiser steps."
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -22,8 +21,6 @@ from mmssl.models.vision import Backbone
 from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeInt, PositiveFloat, PositiveInt, Range
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,10 +78,6 @@ class SwAV(ImageSSL):
 
     def build_module(self, backbone: Backbone) -> nn.Module:
         p = self.params
-        if p.num_prototypes < p.projection_dim:
-            log.warning("objective.num_prototypes=%d is below objective.projection_dim=%d: embeddings can turn away "
-                        "from every prototype (a run on the world sat at loss ln K); use at least as many prototypes "
-                        "as dimensions", p.num_prototypes, p.projection_dim)
         projection = simclr_projection(backbone.dim, p.hidden_dim, p.projection_dim)
         return SwAVModule(backbone, projection, p.projection_dim, p.num_prototypes, p.queue_length)
 
