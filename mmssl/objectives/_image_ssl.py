@@ -143,7 +143,7 @@ class ImageSSL(Objective):
     def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
         if self.eval_dataset is None:
             return {}
-        inner = _unwrap(accelerator.unwrap_model(module))
+        inner = unwrap(accelerator.unwrap_model(module))
         out = self._measure(inner.backbone, accelerator.device)
         embedding = getattr(self, "last_embedding_std", None)
         if embedding is not None:
@@ -173,7 +173,7 @@ class ImageSSL(Objective):
 
     # -- export ------------------------------------------------------------------------------------
     def export(self, module: nn.Module, directory: Path) -> None:
-        backbone = _unwrap(module).backbone
+        backbone = unwrap(module).backbone
         model = precise_bn(backbone, self.train.images, self.settings(), next(backbone.parameters()).device)
         if model is backbone:
             model = copy.deepcopy(backbone)
@@ -198,7 +198,8 @@ class ImageSSL(Objective):
         }
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
+def unwrap(module: nn.Module) -> Any:
+    """The method's own module (the one `build_module` made, with ``.backbone``) inside DDP / Accelerate wrappers."""
     while not hasattr(module, "backbone") and hasattr(module, "module"):
         module = module.module
     return module

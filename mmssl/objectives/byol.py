@@ -15,7 +15,14 @@ from mmssl.losses import symmetric_negative_cosine
 from mmssl.models.heads import byol_prediction, byol_projection
 from mmssl.models.momentum import make_momentum_copy, momentum_update
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, MomentumParams, lr_scaled_groups, momentum_at
+from mmssl.objectives._image_ssl import (
+    ImageSSL,
+    ImageSSLParams,
+    MomentumParams,
+    lr_scaled_groups,
+    momentum_at,
+    unwrap,
+)
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveFloat, PositiveInt
 
@@ -65,10 +72,4 @@ class BYOL(ImageSSL):
 
     def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
         self.tau = momentum_at(self.params, step, total_steps)
-        _core(module).update_target(self.tau)
-
-
-def _core(module: nn.Module) -> BYOLModule:
-    while not isinstance(module, BYOLModule):
-        module = module.module
-    return module
+        unwrap(module).update_target(self.tau)

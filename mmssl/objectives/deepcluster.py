@@ -18,7 +18,7 @@ from mmssl.data.image_views import eval_view
 from mmssl.eval.frozen_backbone import precise_bn
 from mmssl.models.kmeans import kmeans
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams
+from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, unwrap
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveInt
 
@@ -83,7 +83,7 @@ class DeepCluster(ImageSSL):
         torch.random.set_rng_state(generator_state)
 
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        core = _unwrap(module)
+        core = unwrap(module)
         if module.training and int(core.labels_epoch) != self.epoch:
             self.cluster(core, self.epoch)
         labels = core.pseudo_labels[batch["index"].to(core.pseudo_labels.device)]
@@ -107,9 +107,3 @@ def reduce_features(x: torch.Tensor, dim: int) -> torch.Tensor:
     _, s, v = torch.linalg.svd(x, full_matrices=False)
     projected = x @ v[:dim].t() / (s[:dim] / (x.shape[0] - 1) ** 0.5).clamp(min=1e-6)
     return F.normalize(projected, dim=1)
-
-
-def _unwrap(module: nn.Module) -> DeepClusterModule:
-    while not isinstance(module, DeepClusterModule) and hasattr(module, "module"):
-        module = module.module
-    return module  # type: ignore[return-value]

@@ -17,7 +17,7 @@ from torch import nn
 from mmssl.losses.instance import bank_logits, estimate_log_z, instance_nce_loss, instance_softmax_loss
 from mmssl.models.memory_bank import MemoryBank
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams
+from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, unwrap
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeFloat, PositiveFloat, PositiveInt, Range
 
@@ -54,7 +54,7 @@ class InstDisc(ImageSSL):
 
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         p = self.params
-        core = _unwrap(module)
+        core = unwrap(module)
         index = batch["index"]
         query = module(batch["view1"])
         bank = core.bank
@@ -77,9 +77,3 @@ class InstDisc(ImageSSL):
         if module.training:
             bank.update(index, query)
         return out
-
-
-def _unwrap(module: nn.Module) -> InstDiscModule:
-    while not isinstance(module, InstDiscModule) and hasattr(module, "module"):
-        module = module.module
-    return module  # type: ignore[return-value]

@@ -16,7 +16,7 @@ from mmssl.data.image_views import TwoViewsConfig
 from mmssl.errors import RecipeError
 from mmssl.losses.reconstruction import masked_patch_loss, patchify
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams
+from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, unwrap
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveInt, Range
 
@@ -98,9 +98,7 @@ class MAE(ImageSSL):
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         p = self.params
         images = batch["view1"]
-        core = module
-        while not isinstance(core, MAEModule) and hasattr(core, "module"):
-            core = core.module
+        core = unwrap(module)
         patches = (images.shape[-1] // core.patch) ** 2
         noise = torch.rand(images.shape[0], patches, device=images.device)
         prediction, mask, encoded = module(images, noise, p.mask_ratio)

@@ -15,7 +15,7 @@ from mmssl.models.heads import moco_v2_projection, moco_v3_prediction, moco_v3_p
 from mmssl.models.momentum import EmbeddingQueue, make_momentum_copy, momentum_update
 from mmssl.models.vision import Backbone
 from mmssl.objectives._image_ssl import (ImageSSL, ImageSSLParams, MomentumParams, check_pairs_per_step,
-                                         lr_scaled_groups, momentum_at)
+                                         lr_scaled_groups, momentum_at, unwrap)
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveFloat, PositiveInt, Range
 
@@ -73,7 +73,7 @@ class MoCo(ImageSSL):
                           p.projection_dim)
 
     def loss(self, module: nn.Module, view1: torch.Tensor, view2: torch.Tensor) -> dict[str, torch.Tensor]:
-        p, core = self.params, _core(module)
+        p, core = self.params, unwrap(module)
         q1, q2, k1, k2 = module(view1, view2)
         if p.variant == "v3":
             return {"loss": moco_v3_loss(q1, q2, k1, k2, p.temperature, gather=p.gather), "embedding": q1}
@@ -95,10 +95,4 @@ class MoCo(ImageSSL):
 
     def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
         self.tau = momentum_at(self.params, step, total_steps)
-        _core(module).update_keys(self.tau)
-
-
-def _core(module: nn.Module) -> MoCoModule:
-    while not isinstance(module, MoCoModule):
-        module = module.module
-    return module
+        unwrap(module).update_keys(self.tau)

@@ -18,7 +18,7 @@ from mmssl.data.image_views import TwoViews, ViewOverrides
 from mmssl.losses.swav import sinkhorn, swapped_prediction
 from mmssl.models.heads import simclr_projection
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams
+from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, unwrap
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeInt, PositiveFloat, PositiveInt, Range
 
@@ -93,7 +93,7 @@ class SwAV(ImageSSL):
         return out
 
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        p, core = self.params, _unwrap(module)
+        p, core = self.params, unwrap(module)
         with torch.no_grad():  # prototypes on the unit sphere before every step, as the paper's code
             core.prototypes.weight.copy_(F.normalize(core.prototypes.weight, dim=1))
         b = batch["view1"].shape[0]
@@ -120,10 +120,4 @@ class SwAV(ImageSSL):
         return {"loss": loss / 2, "embedding": z[:b].detach()}
 
     def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
-        _unwrap(module).steps_done.fill_(step)
-
-
-def _unwrap(module: nn.Module) -> SwAVModule:
-    while not isinstance(module, SwAVModule) and hasattr(module, "module"):
-        module = module.module
-    return module  # type: ignore[return-value]
+        unwrap(module).steps_done.fill_(step)
