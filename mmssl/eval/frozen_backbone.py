@@ -58,9 +58,14 @@ def labelled_features(backbone: nn.Module, table: ImageTable, s: ProbeSettings, 
     rows = (table.labels >= 0).nonzero().flatten()
     if limit is not None and len(rows) > limit:
         rows = rows[torch.linspace(0, len(rows) - 1, limit).long()]
-    out = [backbone(eval_view(table.images[rows[i:i + s.batch_size]], s.image_size, s.mean, s.std).to(device))
-           .float().cpu() for i in range(0, len(rows), s.batch_size)]
-    return torch.cat(out), table.labels[rows]
+    return image_features(backbone, table.images[rows], s, device).cpu(), table.labels[rows]
+
+
+@torch.no_grad()
+def image_features(backbone: nn.Module, images: torch.Tensor, s: ProbeSettings, device: torch.device) -> torch.Tensor:
+    """Float features ``[N, D]`` (on `device`) of uint8 `images` in the eval view, `s.batch_size` at a time."""
+    return torch.cat([backbone(eval_view(images[i:i + s.batch_size], s.image_size, s.mean, s.std).to(device)).float()
+                      for i in range(0, len(images), s.batch_size)])
 
 
 def frozen_backbone_metrics(backbone: nn.Module, train: ImageTable, evaluation: ImageTable, s: ProbeSettings,

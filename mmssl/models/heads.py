@@ -98,6 +98,11 @@ def _mlp(dims: Sequence[int], batch_norm: bool, last_bn: bool | nn.Module = Fals
     return MLPHead([*hidden, Layer(dims[-2], dims[-1], last_bn, None, last_bias)])
 
 
+def classifier_head(in_dim: int, hidden_dim: int | None, num_classes: int) -> MLPHead:
+    """A pretext-task classifier: Linear-BN-ReLU-Linear (`hidden_dim` wide), or one Linear if `hidden_dim` is None."""
+    return _mlp([in_dim, num_classes] if hidden_dim is None else [in_dim, hidden_dim, num_classes], True, False, True)
+
+
 def simclr_projection(in_dim: int = 2048, hidden_dim: int = 2048, out_dim: int = 128, *,
                       num_layers: int = 2, batch_norm: bool = True) -> MLPHead:
     """SimCLR projection g (Chen et al. 2020): ``num_layers`` linear layers (2 in v1, 3 in v2), ReLU between,

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmssl.data.image_views import eval_view
-from mmssl.eval.frozen_backbone import precise_bn
+from mmssl.errors import RecipeError
+from mmssl.eval.frozen_backbone import image_features, precise_bn
 from mmssl.models.kmeans import kmeans
 from mmssl.models.vision import Backbone
 from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, unwrap
@@ -53,8 +53,6 @@ class DeepCluster(ImageSSL):
     def build_module(self, backbone: Backbone) -> nn.Module:
         p = self.params
         if p.num_clusters > len(self.train):
-            from mmssl.errors import RecipeError
-
             raise RecipeError(f"objective.num_clusters={p.num_clusters} exceeds the {len(self.train)} training "
                               "images; lower objective.num_clusters")
         return DeepClusterModule(backbone, p.hidden_dim, p.num_clusters, len(self.train))
@@ -68,19 +66,16 @@ class DeepCluster(ImageSSL):
         backbone = precise_bn(module.backbone, self.train.images, settings, device)
         was_training = backbone.training
         backbone.eval()
-        images = self.train.images
-        features = torch.cat([backbone(eval_view(images[i : i + 256], p.image_size, self.mean, self.std).to(device))
-                              .float() for i in range(0, len(images), 256)])
+        features = image_features(backbone, self.train.images, settings, device)
         backbone.train(was_training)
         module.pseudo_labels.copy_(kmeans(reduce_features(features, p.pca_dim), p.num_clusters,
                                           p.kmeans_iterations, seed=self.recipe.seed * 1000 + epoch)[1])
         module.labels_epoch.fill_(epoch)
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(self.recipe.seed * 1000 + epoch)
-        for layer in module.head:
-            if hasattr(layer, "reset_parameters"):
-                layer.reset_parameters()
-        torch.random.set_rng_state(generator_state)
+        with torch.random.fork_rng(devices=[]):  # the training RNG stream is left as it was
+            torch.manual_seed(self.recipe.seed * 1000 + epoch)
+            for layer in module.head:
+                if hasattr(layer, "reset_parameters"):
+                    layer.reset_parameters()
 
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         core = unwrap(module)
@@ -89,13 +84,13 @@ class DeepCluster(ImageSSL):
         labels = core.pseudo_labels[batch["index"].to(core.pseudo_labels.device)]
         features, logits = module(batch["view1"])
         losses = F.cross_entropy(logits.float(), labels, reduction="none")
+        counts = torch.bincount(core.pseudo_labels, minlength=logits.shape[1])
         if self.params.balanced:
-            counts = torch.bincount(core.pseudo_labels, minlength=logits.shape[1]).clamp(min=1)
-            weights = (1.0 / counts[labels].float())
+            weights = 1.0 / counts.clamp(min=1)[labels].float()
             loss = (losses * weights).sum() / weights.sum()
         else:
             loss = losses.mean()
-        used = int((torch.bincount(core.pseudo_labels, minlength=logits.shape[1]) > 0).sum())
+        used = int((counts > 0).sum())
         return {"loss": loss, "pseudo_label_accuracy": (logits.detach().argmax(1) == labels).float().mean(),
                 "clusters_used": torch.tensor(float(used)), "embedding": features.detach()}
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from mmssl.data.image_views import TwoViewsConfig
 from mmssl.errors import RecipeError
-from mmssl.models.heads import Layer, MLPHead
+from mmssl.models.heads import classifier_head
 from mmssl.models.vision import Backbone
 from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams
 from mmssl.registry import register_objective
@@ -108,8 +108,7 @@ class Jigsaw(ImageSSL):
     def build_module(self, backbone: Backbone) -> nn.Module:
         p = self.params
         self.perms = torch.from_numpy(permutation_set(p.permutations, self.recipe.seed))
-        head = MLPHead([Layer(TILES * backbone.dim, p.hidden_dim, True, nn.ReLU()),
-                        Layer(p.hidden_dim, p.permutations, False, None, True)])
+        head = classifier_head(TILES * backbone.dim, p.hidden_dim, p.permutations)
         return JigsawModule(backbone, head)
 
     def puzzle(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

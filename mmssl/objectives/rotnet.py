@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmssl.data.image_views import TwoViewsConfig
-from mmssl.models.heads import Layer, MLPHead
+from mmssl.models.heads import classifier_head
 from mmssl.models.vision import Backbone
 from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams
 from mmssl.registry import register_objective
@@ -58,11 +58,7 @@ class RotNet(ImageSSL):
 
     def build_module(self, backbone: Backbone) -> nn.Module:
         p = self.params
-        if p.head == "linear":
-            classifier = MLPHead([Layer(backbone.dim, ROTATIONS, False, None, True)])
-        else:
-            classifier = MLPHead([Layer(backbone.dim, p.hidden_dim, True, nn.ReLU()),
-                                  Layer(p.hidden_dim, ROTATIONS, False, None, True)])
+        classifier = classifier_head(backbone.dim, p.hidden_dim if p.head == "mlp" else None, ROTATIONS)
         return RotNetModule(backbone, classifier)
 
     def loss(self, module: nn.Module, view1: torch.Tensor, view2: torch.Tensor | None) -> dict[str, torch.Tensor]:
