@@ -61,14 +61,15 @@ def cut_tiles(images: torch.Tensor, tile: int, jitter: torch.Tensor) -> torch.Te
     offset ``jitter[b, r * 3 + c]`` (``[B, 9, 2]`` pixels (dy, dx), each in ``[0, cell - tile]``)."""
     b, c, s, _ = images.shape
     cell = s // GRID
-    out = images.new_empty(b, TILES, c, tile, tile)
-    for k in range(TILES):
-        r, col = divmod(k, GRID)
-        for i in range(b):
-            dy, dx = int(jitter[i, k, 0]), int(jitter[i, k, 1])
-            y, x = r * cell + dy, col * cell + dx
-            out[i, k] = images[i, :, y : y + tile, x : x + tile]
-    return out
+    jitter = jitter.to(images.device)
+    offsets = torch.arange(GRID, device=images.device) * cell
+    top = offsets.repeat_interleave(GRID) + jitter[..., 0]  # [B, 9]: cell k's first row + dy
+    left = offsets.repeat(GRID) + jitter[..., 1]  # [B, 9]: cell k's first column + dx
+    span = torch.arange(tile, device=images.device)
+    rows = (top.unsqueeze(-1) + span).view(b, TILES, tile, 1)
+    cols = (left.unsqueeze(-1) + span).view(b, TILES, 1, tile)
+    batch = torch.arange(b, device=images.device).view(b, 1, 1, 1)
+    return images[batch, :, rows, cols].permute(0, 1, 4, 2, 3)  # one gather: [B, 9, t, t, C] -> [B, 9, C, t, t]
 
 
 def _jigsaw_views() -> TwoViewsConfig:

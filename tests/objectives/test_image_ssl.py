@@ -13,7 +13,7 @@ from clirun import assert_clear_error, mmssl, write_recipe
 
 from mmssl.errors import RecipeError
 from mmssl.models.vision import load_backbone
-from mmssl.objectives.jigsaw import GRID, min_hamming_distance, permutation_set
+from mmssl.objectives.jigsaw import GRID, cut_tiles, min_hamming_distance, permutation_set
 from mmssl.objectives.rotnet import rotate_batch
 from mmssl.recipes import parse_recipe
 from mmssl.registry import get_objective
@@ -303,6 +303,12 @@ def test_jigsaw_slot_j_holds_the_tile_of_the_cell_its_permutation_names(tmp_path
     assert len(set(labels.tolist())) > 1
     gapped = _objective(tmp_path / "g", "jigsaw", permutations=10, gap=1)
     assert gapped.puzzle(images)[0].shape == (6, 9, 3, 4, 4)
+    jitter = torch.randint(2, (6, 9, 2))  # tiles of 4 in cells of 5: each starts 0 or 1 px into its cell
+    tiles = cut_tiles(images, 4, jitter)
+    for b in range(6):
+        for cell in range(9):
+            y, x = 5 * (cell // GRID) + int(jitter[b, cell, 0]), 5 * (cell % GRID) + int(jitter[b, cell, 1])
+            assert torch.equal(tiles[b, cell], images[b, :, y : y + 4, x : x + 4])
     with pytest.raises(RecipeError, match="leaves tiles under 4 px"):
         _objective(tmp_path / "h", "jigsaw", permutations=10, gap=2)  # 16 px: cells of 5, tiles of 3
 
