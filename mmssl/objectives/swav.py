@@ -7,7 +7,7 @@ prototypes stay frozen for the first `freeze_prototypes_steps` optimiser steps."
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 import torch
@@ -54,14 +54,17 @@ class SwAVModule(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projection(self.backbone(images)).float(), dim=1)
 
-    def forward(self, large: torch.Tensor, small: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, large: torch.Tensor, small: torch.Tensor | None,
+                freeze_prototypes: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of all crops and their prototype scores (no gradient to the prototypes if frozen)."""
         z = self.embed(large)
         if small is not None:
             z = torch.cat([z, self.embed(small)])
-        return z, self.scores(z)
+        return z, self.scores(z, freeze_prototypes)
 
-    def scores(self, z: torch.Tensor) -> torch.Tensor:
-        return z @ self.prototypes.weight.t().float()
+    def scores(self, z: torch.Tensor, freeze_prototypes: bool = False) -> torch.Tensor:
+        weight = self.prototypes.weight.detach() if freeze_prototypes else self.prototypes.weight
+        return z @ weight.t().float()
 
 
 @register_objective("swav")
@@ -72,8 +75,8 @@ class SwAV(ImageSSL):
     def setup(self, resume_dir) -> None:
         super().setup(resume_dir)
         p = self.params
-        small = ViewOverrides(**{**self.params.views.set_keys(), "crop_scale": list(p.small_crop_scale)})
-        cfg = type(p.views)(preset=p.views.preset, **small.set_keys())
+        # the recipe's views (both-view keys) at the small crops' scale
+        cfg = replace(p.views, crop_scale=list(p.small_crop_scale), view1=ViewOverrides(), view2=ViewOverrides())
         self.small_views = TwoViews(cfg, p.small_crop_size, self.mean, self.std)
 
     def build_module(self, backbone: Backbone) -> nn.Module:
@@ -97,9 +100,8 @@ class SwAV(ImageSSL):
         with torch.no_grad():  # prototypes on the unit sphere before every step, as the paper's code
             core.prototypes.weight.copy_(F.normalize(core.prototypes.weight, dim=1))
         b = batch["view1"].shape[0]
-        z, scores = module(torch.cat([batch["view1"], batch["view2"]]), batch.get("small"))
-        if int(core.steps_done) < p.freeze_prototypes_steps:  # no gradient reaches the prototypes yet
-            scores = z @ core.prototypes.weight.detach().t().float()
+        frozen = int(core.steps_done) < p.freeze_prototypes_steps  # no gradient reaches the prototypes yet
+        z, scores = module(torch.cat([batch["view1"], batch["view2"]]), batch.get("small"), frozen)
         crops = scores.shape[0] // b
         use_queue = p.queue_length > 0 and int(core.steps_done) >= p.queue_start_step
         loss = scores.new_zeros(())
