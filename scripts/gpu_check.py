@@ -59,8 +59,9 @@ def run(command: list[str], limit: int, log: Path) -> tuple[str, float, str]:
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit)
         status, output = ("ok" if done.returncode == 0 else f"exit {done.returncode}"), done.stdout + done.stderr
     except subprocess.TimeoutExpired as exc:
-        raw = (exc.stdout or "") + (exc.stderr or "") if isinstance(exc.stdout or "", str) else b""
-        status, output = f"timeout {limit}s", raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+        # the partial output comes back as bytes even with text=True
+        parts = [p.decode(errors="replace") if isinstance(p, bytes) else p for p in (exc.stdout, exc.stderr) if p]
+        status, output = f"timeout {limit}s", "".join(parts)
     log.write_text(output, encoding="utf-8")
     return status, time.perf_counter() - start, output
 
