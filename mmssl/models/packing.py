@@ -4,7 +4,7 @@ A batch of variable-length sequences becomes ``[rows, row_length]`` token ids wh
 whole sequences back to back (first-fit decreasing, so almost no padding), their position ids restart at each
 sequence, and a block-diagonal attention mask keeps every sequence attending to itself only. The encoder then
 runs once per batch (one large kernel per layer on a GPU) and does no work on padding (the saving on a CPU).
-The pooled embedding of a sequence is the same as when it is encoded alone, to float rounding: `packing_probe`
+The pooled embedding of a sequence is the same as when it is encoded alone, to float rounding: `packing_error`
 checks that for a given model before a run relies on it.
 
 Models take the packed layout through two standard inputs of transformers' encoders: ``position_ids`` and a
@@ -38,7 +38,8 @@ def pack_rows(seqs: Sequence[Sequence[int]], pad_id: int, row_length: int = DEFA
 
     Returns ``input_ids``/``position_ids`` [R, T] and ``attention_mask`` [R, 1, T, T] (True, or 0.0 for a float
     `mask_dtype`, where a token may attend), plus where each sequence lies: ``row``, ``start``, ``length`` [N]
-    in the input order. Padding attends to its row's padding only, so no softmax row is empty.
+    in the input order, and ``segment`` [R, T], the sequence each token belongs to (-1 for padding). Padding
+    attends to its row's padding only, so no softmax row is empty.
     """
     n = len(seqs)
     if n == 0:
@@ -71,7 +72,7 @@ def pack_rows(seqs: Sequence[Sequence[int]], pad_id: int, row_length: int = DEFA
         mask = same.unsqueeze(1)
     else:
         mask = torch.zeros(same.shape, dtype=mask_dtype).masked_fill_(~same, torch.finfo(mask_dtype).min).unsqueeze(1)
-    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask,
+    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask, "segment": segment,
             "row": torch.tensor(row_of), "start": torch.tensor(start_of), "length": torch.tensor(lengths)}
 
 
@@ -88,12 +89,10 @@ def pool_packed(hidden: Tensor, packed: dict[str, Any], mode: str) -> Tensor:
         return flat[first + length - 1]
     if mode == "mean":
         acc = torch.float32 if hidden.dtype in (torch.float16, torch.bfloat16) else hidden.dtype
-        n = first.shape[0]
-        owner = torch.repeat_interleave(torch.arange(n, device=hidden.device), length)
-        offsets = torch.arange(int(length.sum()), device=hidden.device) - torch.repeat_interleave(
-            torch.cumsum(length, 0) - length, length)
-        tokens = flat[torch.repeat_interleave(first, length) + offsets]
-        summed = torch.zeros(n, size, dtype=acc, device=hidden.device).index_add_(0, owner, tokens.to(acc))
+        owner = packed["segment"].to(hidden.device).reshape(-1)
+        real = owner >= 0
+        summed = torch.zeros(first.shape[0], size, dtype=acc, device=hidden.device)
+        summed.index_add_(0, owner[real], flat[real].to(acc))
         return (summed / length.unsqueeze(1).to(acc)).to(hidden.dtype)
     raise ValueError(f"pooling must be cls, mean or last_token, got {mode!r}")
 
