@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from mmssl.models.lm import (
     CausalLMModule,
     LMKind,
     MaskedLMModule,
+    OutputLoss,
     build_language_model,
     max_positions,
     resolve_output_loss,
@@ -219,7 +220,7 @@ class MaskedLM(LanguageModeling):
 class CausalLMParams(LanguageModelParams):
     # the output layer + loss: auto = chunked on a CPU, Liger Kernel's fused kernel on CUDA where installed,
     # else plain (see mmssl.models.lm.resolve_output_loss)
-    output_loss: Literal["auto", "chunked", "plain", "liger"] = "auto"
+    output_loss: OutputLoss = "auto"
 
 
 @register_objective("clm")
