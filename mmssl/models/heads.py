@@ -112,6 +112,12 @@ def simclr_projection(in_dim: int = 2048, hidden_dim: int = 2048, out_dim: int =
     return _mlp([in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim], batch_norm, batch_norm)
 
 
+def swav_projection(in_dim: int = 2048, hidden_dim: int = 2048, out_dim: int = 128) -> MLPHead:
+    """SwAV projection (Caron et al. 2020): Linear-BN-ReLU-Linear, the output unnormalised by batch norm (as
+    lightly's ``SwaVProjectionHead``); the embedding is L2-normalised before the prototypes."""
+    return _mlp([in_dim, hidden_dim, out_dim], batch_norm=True)
+
+
 def moco_v2_projection(in_dim: int = 2048, hidden_dim: int = 2048, out_dim: int = 128) -> MLPHead:
     """MoCo v2 projection (Chen, Fan, Girshick & He 2020): Linear-ReLU-Linear, no batch norm."""
     return _mlp([in_dim, hidden_dim, out_dim], batch_norm=False)

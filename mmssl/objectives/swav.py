@@ -16,7 +16,7 @@ from torch import nn
 
 from mmssl.data.image_views import TwoViews, ViewOverrides
 from mmssl.losses.swav import sinkhorn, swapped_prediction
-from mmssl.models.heads import simclr_projection
+from mmssl.models.heads import swav_projection
 from mmssl.models.vision import Backbone
 from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, unwrap
 from mmssl.registry import register_objective
@@ -81,7 +81,7 @@ class SwAV(ImageSSL):
 
     def build_module(self, backbone: Backbone) -> nn.Module:
         p = self.params
-        projection = simclr_projection(backbone.dim, p.hidden_dim, p.projection_dim)
+        projection = swav_projection(backbone.dim, p.hidden_dim, p.projection_dim)
         return SwAVModule(backbone, projection, p.projection_dim, p.num_prototypes, p.queue_length)
 
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -72,6 +72,7 @@ def test_presets_default_dims_follow_the_papers():
     linears = lambda m: [(x.in_features, x.out_features) for x in m if isinstance(x, nn.Linear)]  # noqa: E731
     assert linears(heads.simclr_projection()) == [(2048, 2048), (2048, 128)]
     assert linears(heads.moco_v2_projection()) == [(2048, 2048), (2048, 128)]
+    assert linears(heads.swav_projection()) == [(2048, 2048), (2048, 128)]
     assert linears(heads.byol_projection()) == [(2048, 4096), (4096, 256)]
     assert linears(heads.byol_prediction()) == [(256, 4096), (4096, 256)]
     assert linears(heads.simsiam_projection()) == [(2048, 2048), (2048, 2048), (2048, 2048)]
@@ -86,6 +87,7 @@ def test_preset_structures():
     assert kinds(heads.simclr_projection(8, 6, 4, num_layers=3, batch_norm=False)) == [
         "Linear(8,6,True)", "ReLU", "Linear(6,6,True)", "ReLU", "Linear(6,4,True)"]
     assert kinds(heads.moco_v2_projection(8, 6, 4)) == ["Linear(8,6,True)", "ReLU", "Linear(6,4,True)"]
+    assert kinds(heads.swav_projection(8, 6, 4)) == ["Linear(8,6,False)", "BN(6,True)", "ReLU", "Linear(6,4,True)"]
     byol = ["Linear(8,16,False)", "BN(16,True)", "ReLU", "Linear(16,4,True)"]
     assert kinds(heads.byol_projection(8, 16, 4)) == kinds(heads.byol_prediction(8, 16, 4)) == byol
     assert kinds(heads.simsiam_projection(8, 6, 4)) == ["Linear(8,6,False)", "BN(6,True)", "ReLU",
