@@ -1,8 +1,10 @@
 """Masked autoencoder (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners"), the vision
 counterpart of BERT's masked LM: a timm ViT encoder sees a random 25% of the patches only; a light transformer
 decoder, given the encoded visible patches and a mask token at every other position, reconstructs the
-(per-patch normalised) pixels of the masked patches, and only those count in the loss. The exported backbone is
-the plain timm ViT (no masking at inference)."""
+(per-patch normalised) pixels of the masked patches, and only those count in the loss. Initialised as the paper's
+code does (fixed 2-D sine-cosine position embeddings in encoder and decoder, Xavier-uniform linear layers and patch
+embedding); a `model.pretrained` encoder keeps its weights. The exported backbone is the plain timm ViT (no
+masking at inference)."""
 
 from __future__ import annotations
 
@@ -33,10 +35,37 @@ class MAEParams(ImageSSLParams):
     decoder_depth: PositiveInt = 2
     decoder_heads: PositiveInt = 4
     norm_pix: bool = True
+    paper_init: bool = True  # False: timm's ViT initialisation and learned position embeddings
+
+
+def sincos_position_embedding(dim: int, grid: tuple[int, int], prefix: int) -> torch.Tensor:
+    """MAE's fixed 2-D sine-cosine embedding ``[1, prefix + rows*cols, dim]`` (zeros for the prefix tokens): half
+    of the channels encode a patch's column, half its row, each as sines and cosines of 10000^(-k / (dim/4))."""
+    if dim % 4:
+        raise RecipeError(f"MAE's sine-cosine position embedding needs a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    rows, cols = grid
+    cells = torch.arange(rows * cols)
+
+    def encode(position: torch.Tensor) -> torch.Tensor:
+        angles = position.double()[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.cat([encode(cells % cols), encode(cells // cols)], dim=1).float()
+    return torch.cat([torch.zeros(prefix, dim), table]).unsqueeze(0)
+
+
+def xavier_init(module: nn.Module) -> None:
+    """The MAE code's initialisation: Xavier-uniform weights and zero biases for linear layers."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 class MAEModule(nn.Module):
-    def __init__(self, backbone: Backbone, p: MAEParams):
+    def __init__(self, backbone: Backbone, p: MAEParams, fresh_encoder: bool = True):
         super().__init__()
         from timm.models.vision_transformer import Block
 
@@ -47,12 +76,33 @@ class MAEModule(nn.Module):
         width, patches = int(vit.embed_dim), int(vit.patch_embed.num_patches)
         self.decoder_embed = nn.Linear(width, p.decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, p.decoder_dim))
-        self.decoder_pos = nn.Parameter(torch.randn(1, self.prefix + patches, p.decoder_dim) * 0.02)
+        grid = tuple(int(g) for g in vit.patch_embed.grid_size)
+        if p.paper_init:
+            self.decoder_pos = nn.Parameter(sincos_position_embedding(p.decoder_dim, grid, self.prefix),
+                                            requires_grad=False)
+        else:
+            self.decoder_pos = nn.Parameter(torch.randn(1, self.prefix + patches, p.decoder_dim) * 0.02)
         self.decoder = nn.Sequential(*[Block(p.decoder_dim, p.decoder_heads, mlp_ratio=4.0, qkv_bias=True)
                                        for _ in range(p.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(p.decoder_dim)
         self.predict = nn.Linear(p.decoder_dim, self.patch * self.patch * 3)
         nn.init.normal_(self.mask_token, std=0.02)
+        if p.paper_init:
+            xavier_init(nn.ModuleList([self.decoder_embed, self.decoder, self.predict]))
+            if fresh_encoder:
+                self.init_encoder(grid)
+
+    def init_encoder(self, grid: tuple[int, int]) -> None:
+        """A fresh timm ViT as MAE's code initialises it (its position embedding fixed, not learned)."""
+        vit = self.backbone.model
+        with torch.no_grad():
+            vit.pos_embed.copy_(sincos_position_embedding(vit.pos_embed.shape[-1], grid, self.prefix))
+        vit.pos_embed.requires_grad_(False)
+        xavier_init(vit.blocks)
+        weight = vit.patch_embed.proj.weight
+        nn.init.xavier_uniform_(weight.data.view(weight.shape[0], -1))
+        if getattr(vit, "cls_token", None) is not None:
+            nn.init.normal_(vit.cls_token, std=0.02)
 
     def encode_visible(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Encoder states of the prefix tokens and the patches `keep` ``[B, K]`` (the encoder sees nothing else)."""
@@ -93,7 +143,7 @@ class MAE(ImageSSL):
         if getattr(vit, "no_embed_class", False) or getattr(vit, "dynamic_img_size", False):
             raise RecipeError("objective mae needs a ViT whose position embedding covers its class token and a fixed "
                               "image size (timm's default ViTs)")
-        return MAEModule(backbone, self.params)
+        return MAEModule(backbone, self.params, fresh_encoder=not self.recipe.model.pretrained)
 
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         p = self.params
