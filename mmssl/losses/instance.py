@@ -11,9 +11,10 @@ from torch import Tensor
 
 
 def bank_logits(query: Tensor, positive: Tensor, negatives: Tensor, temperature: float) -> Tensor:
-    """``[B, 1 + K]`` similarities / temperature: column 0 the positive ``[B, D]``, then negatives ``[B, K, D]``."""
+    """``[B, 1 + K]`` similarities / temperature: column 0 the positive ``[B, D]``, then the negatives, per example
+    ``[B, K, D]`` or shared by the batch ``[K, D]``."""
     pos = (query * positive).sum(dim=1, keepdim=True)
-    neg = torch.einsum("bd,bkd->bk", query, negatives)
+    neg = query @ negatives.t() if negatives.dim() == 2 else torch.einsum("bd,bkd->bk", query, negatives)
     return torch.cat([pos, neg], dim=1).float() / temperature
 
 

@@ -67,3 +67,22 @@ def test_nce_pulls_the_positive_up_and_the_negatives_down():
     logits = torch.zeros(1, 5, requires_grad=True)
     instance_nce_loss(logits, 100, 0.0).backward()
     assert logits.grad[0, 0] < 0 and (logits.grad[0, 1:] > 0).all()
+
+
+def test_negatives_shared_by_the_batch_give_the_logits_of_the_same_negatives_per_example():
+    torch.manual_seed(0)
+    query, positive = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(4, 8), dim=1)
+    shared = F.normalize(torch.randn(6, 8), dim=1)
+    per_example = shared.expand(4, 6, 8)
+    assert torch.allclose(bank_logits(query, positive, shared, 0.1), bank_logits(query, positive, per_example, 0.1),
+                          atol=1e-6)
+
+
+def test_one_process_draws_shared_negatives_uniformly_from_the_whole_bank():
+    bank = MemoryBank(10, 4, seed=1)
+    assert not bank.sharded and bank.rows_held == 10
+    torch.manual_seed(0)
+    drawn = bank.sample_shared(2000)
+    assert drawn.shape == (2000, 4)
+    rows = {tuple(r.tolist()) for r in drawn}
+    assert rows == {tuple(r.tolist()) for r in bank.features}  # every entry, nothing else
