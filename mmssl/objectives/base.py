@@ -6,7 +6,7 @@ accumulation, precision, checkpoints, logging, processes). One trainer runs ever
 A method is one module in `mmssl/objectives/` (found by the registry), with its loss in `mmssl/losses/`:
 subclass `Objective`, set `Params` and `output`, implement `setup`, `collate`, `forward` (or
 `training_step`) and `export`; override the hooks it needs (`param_groups`, `after_optimizer_step`,
-`evaluate`, `save_artifacts`). State that changes during training (momentum encoders, queues, schedules)
+`evaluate`, `save_artifacts`; `reset_optimizer_state` forgets the optimiser's state of some parameters). State that changes during training (momentum encoders, queues, schedules)
 lives in the module's parameters and buffers, so checkpoints and resume carry it exactly.
 """
 
@@ -50,6 +50,7 @@ class Objective:
         self.train_dataset: datasets.Dataset
         self.eval_dataset: datasets.Dataset | None = None
         self.epoch = 0
+        self.optimizer: torch.optim.Optimizer | None = None  # set by the trainer (`attach_optimizer`)
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self, resume_dir: Path | None) -> None:
@@ -90,6 +91,17 @@ class Objective:
     def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
         """Called after each optimiser step (not per micro-batch) with the number of steps done (1-based)
         and the run's total: e.g. a momentum (EMA) encoder update on a schedule."""
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called once by the trainer with the run's optimiser, for methods that reset part of its state."""
+        self.optimizer = optimizer
+
+    def reset_optimizer_state(self, params) -> None:  # noqa: ANN001 - any iterable of parameters
+        """Forget the optimiser's state (moments, step counts) of `params`: their next update starts as for new
+        parameters (e.g. a head re-initialised every epoch)."""
+        if self.optimizer is not None:
+            for param in params:
+                self.optimizer.state.pop(param, None)
 
     def param_groups(self, module: nn.Module) -> list[dict[str, Any]]:
         """Optimiser parameter groups: dicts with ``params`` and optionally ``weight_decay`` (a multiplier of

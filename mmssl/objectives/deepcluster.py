@@ -1,9 +1,11 @@
 """DeepCluster (Caron et al. 2018, "Deep Clustering for Unsupervised Learning of Visual Features"): at the start
 of every epoch the backbone's features of the whole training set (eval view; PCA, whitening and L2 normalisation)
 are clustered by k-means (`mmssl.models.kmeans`: faiss where installed); the cluster indices become pseudo-labels
-for the epoch and a freshly initialised classifier head learns them with the backbone. Clusters count equally:
-each image's loss is weighted by 1 / (its cluster's size), the expectation of the paper's uniform sampling over
-clusters. The assignments are module state, so a resumed run continues with exactly the epoch's pseudo-labels."""
+for the epoch and a freshly initialised classifier head (its optimiser state forgotten too, as the paper's code
+builds a new optimiser for it) learns them with the backbone. Clusters count equally: each image's loss is
+weighted by 1 / (its cluster's size), the expectation of the paper's uniform sampling over clusters with lower
+variance and without changing the data order. The assignments are module state, so a resumed run continues
+with exactly the epoch's pseudo-labels."""
 
 from __future__ import annotations
 
@@ -76,6 +78,7 @@ class DeepCluster(ImageSSL):
             for layer in module.head:
                 if hasattr(layer, "reset_parameters"):
                     layer.reset_parameters()
+        self.reset_optimizer_state(module.head.parameters())
 
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         core = unwrap(module)

@@ -237,6 +237,7 @@ def _train(recipe: Recipe) -> dict[str, Any]:
     optimizer = build_optimizer(module, objective.param_groups(module), cfg)
     recipe_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     module, optimizer, train_loader = accelerator.prepare(module, optimizer, train_loader)
+    objective.attach_optimizer(optimizer)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
     batches_per_epoch = len(train_loader)
