@@ -70,7 +70,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-RECIPES = {"simclr": ROOT / "configs" / "simclr_world.yaml", "byol": ROOT / "configs" / "byol_world.yaml"}
+RECIPES = {m: ROOT / "configs" / f"{m}_world.yaml" for m in ("simclr", "byol", "swav", "mae")}
+RESNET_METHODS = {"simclr", "byol", "swav"}  # MAE trains its recipe's ViT
 TARGET_SPEED = 1.1  # mmssl / lightly samples/s
 TARGET_KNN_POINTS = 2.0  # |mmssl - lightly| kNN top-1, in percentage points
 
@@ -80,13 +81,18 @@ TARGET_KNN_POINTS = 2.0  # |mmssl - lightly| kNN top-1, in percentage points
 # ------------------------------------------------------------------------------------------------------
 
 
-def overrides(args, run_dir: str) -> list[str]:
+def overrides(args, run_dir: str, method: str) -> list[str]:
     """Overrides of the method's recipe; the lightly side reads the same recipe with the same overrides."""
     cuda = args.device == "cuda"
-    return [
+    special = {
+        "swav": [f"objective.small_crop_size={args.image_size // 2}"],
+        "mae": ["objective.norm_pix=false"],  # lightly's example regresses raw (normalised-image) pixels
+    }.get(method, [])
+    return special + [
         f"output_dir={run_dir}", f"seed={args.seed}",
         f"data.world.num_scenes={args.scenes}", f"data.world.image_size={args.image_size}",
-        f"objective.image_size={args.image_size}", f"model.config.channels=[{args.channels}]",
+        f"objective.image_size={args.image_size}",
+        *([f"model.config.channels=[{args.channels}]"] if method in RESNET_METHODS else []),
         "objective.eval_before=false", "objective.linear_probe=false",
         f"train.batch_size={args.batch_size}", f"train.max_steps={args.steps}", "train.max_grad_norm=null",
         "train.log_every=1", "train.eval_every=0", "train.save_every=0", "train.progress=false",
@@ -146,7 +152,58 @@ def lightly_model(method: str, backbone, p):
         def forward_momentum(self, x):
             return self.projection_head_momentum(self.backbone_momentum(x).flatten(start_dim=1)).detach()
 
-    return SimCLR() if method == "simclr" else BYOL()
+    class SwaV(nn.Module):
+        def __init__(self):
+            from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
+
+            super().__init__()
+            self.backbone = backbone
+            self.projection_head = SwaVProjectionHead(backbone.dim, p.hidden_dim, p.projection_dim)
+            self.prototypes = SwaVPrototypes(p.projection_dim, n_prototypes=p.num_prototypes,
+                                             n_steps_frozen_prototypes=p.freeze_prototypes_steps)
+            # the paper's prototypes are a bias-free linear map (mmssl's too); lightly's layer adds a bias
+            self.prototypes.heads[0].register_parameter("bias", None)
+
+        def forward(self, x, step):
+            x = self.projection_head(self.backbone(x).flatten(start_dim=1))
+            return self.prototypes(nn.functional.normalize(x, dim=1, p=2), step)
+
+    class MAE(nn.Module):
+        """lightly's examples/pytorch/mae.py, with the recipe's decoder and mask ratio."""
+
+        def __init__(self):
+            import warnings
+
+            from lightly.models.modules.masked_autoencoder_timm import MAEDecoderTIMM
+            from lightly.models.modules.masked_vision_transformer_timm import MaskedVisionTransformerTIMM
+
+            super().__init__()
+            vit = backbone.model
+            self.mask_ratio = p.mask_ratio
+            self.patch_size = vit.patch_embed.patch_size[0]
+            self.backbone = MaskedVisionTransformerTIMM(vit=vit)  # re-initialises the ViT as MAE's code does
+            self.sequence_length = self.backbone.sequence_length
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # deprecated in lightly 1.6, still its example's decoder
+                self.decoder = MAEDecoderTIMM(num_patches=vit.patch_embed.num_patches, patch_size=self.patch_size,
+                                              embed_dim=vit.embed_dim, decoder_embed_dim=p.decoder_dim,
+                                              decoder_depth=p.decoder_depth, decoder_num_heads=p.decoder_heads,
+                                              mlp_ratio=4.0, proj_drop_rate=0.0, attn_drop_rate=0.0)
+
+        def forward(self, images):
+            from lightly.models import utils
+
+            idx_keep, idx_mask = utils.random_token_mask(size=(images.shape[0], self.sequence_length),
+                                                         mask_ratio=self.mask_ratio, device=images.device)
+            encoded = self.backbone.encode(images=images, idx_keep=idx_keep)
+            decoded = self.decoder.embed(encoded)
+            masked = utils.repeat_token(self.decoder.mask_token, (images.shape[0], self.sequence_length))
+            masked = utils.set_at_index(masked, idx_keep, decoded.type_as(masked))
+            prediction = self.decoder.predict(utils.get_at_index(self.decoder.decode(masked), idx_mask))
+            target = utils.get_at_index(utils.patchify(images, self.patch_size), idx_mask - 1)
+            return prediction, target
+
+    return {"simclr": SimCLR, "byol": BYOL, "swav": SwaV, "mae": MAE}[method]()
 
 
 def view_kwargs(view, size: int, mean, std) -> dict:
@@ -162,10 +219,22 @@ def view_kwargs(view, size: int, mean, std) -> dict:
 
 
 def lightly_transform(method: str, p, mean, std):
-    from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform, SimCLRTransform
+    from lightly.transforms import (BYOLTransform, BYOLView1Transform, BYOLView2Transform, MAETransform,
+                                    SimCLRTransform, SwaVTransform)
 
     v1, v2 = p.views.resolve(p.image_size)
     kw1, kw2 = view_kwargs(v1, p.image_size, mean, std), view_kwargs(v2, p.image_size, mean, std)
+    if method == "mae":
+        if v1.color_jitter or v1.grayscale or v1.gaussian_blur or v1.solarize or v1.horizontal_flip != 0.5:
+            raise SystemExit("MAETransform crops and flips (p = 0.5) only")
+        return MAETransform(input_size=p.image_size, min_scale=v1.crop_scale[0], normalize=kw1["normalize"])
+    if method == "swav":
+        if kw1 != kw2 or v1.solarize:
+            raise SystemExit("SwaVTransform makes all crops alike, without solarization")
+        kw = {k: v for k, v in kw1.items() if k not in ("input_size", "min_scale")}
+        return SwaVTransform(crop_sizes=(p.image_size, p.small_crop_size), crop_counts=(2, p.small_crops),
+                             crop_min_scales=(v1.crop_scale[0], p.small_crop_scale[0]),
+                             crop_max_scales=(1.0, p.small_crop_scale[1]), **kw)
     if method == "simclr":
         if kw1 != kw2 or v1.solarize or v2.solarize:
             raise SystemExit("SimCLRTransform makes both views alike, without solarization")
@@ -224,7 +293,7 @@ def worker_lightly(job: dict) -> dict:
     import contextlib
 
     import torch
-    from lightly.loss import NegativeCosineSimilarity, NTXentLoss
+    from lightly.loss import NegativeCosineSimilarity, NTXentLoss, SwaVLoss
     from lightly.models.utils import get_weight_decay_parameters, update_momentum
     from lightly.utils.scheduler import cosine_schedule
     from transformers import get_scheduler
@@ -245,14 +314,20 @@ def worker_lightly(job: dict) -> dict:
     dataset = PILImages(splits.train, lightly_transform(method, p, backbone.mean, backbone.std))
     loader = torch.utils.data.DataLoader(dataset, batch_size=t.batch_size, shuffle=True, drop_last=True,
                                          num_workers=job["workers"])
-    online = [model.backbone, model.projection_head] + ([model.prediction_head] if method == "byol" else [])
+    online = [getattr(model, name) for name in {"simclr": ["backbone", "projection_head"],
+                                                 "byol": ["backbone", "projection_head", "prediction_head"],
+                                                 "swav": ["backbone", "projection_head", "prototypes"],
+                                                 "mae": ["backbone", "decoder"]}[method]]
     decay, no_decay = get_weight_decay_parameters(online)
     optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=t.learning_rate,
                                   betas=tuple(t.adam_betas), eps=t.adam_eps, weight_decay=t.weight_decay,
                                   **({"fused": True} if job["fused_adamw"] else {}))
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=lr_warmup_steps(t),
                               num_training_steps=t.max_steps)
-    criterion = NTXentLoss(temperature=p.temperature) if method == "simclr" else NegativeCosineSimilarity()
+    criterion = {"simclr": lambda: NTXentLoss(temperature=p.temperature), "byol": NegativeCosineSimilarity,
+                 "swav": lambda: SwaVLoss(temperature=p.temperature, sinkhorn_iterations=p.sinkhorn_iterations,
+                                          sinkhorn_epsilon=p.epsilon),
+                 "mae": torch.nn.MSELoss}[method]()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     if device.type == "cuda":
@@ -262,10 +337,16 @@ def worker_lightly(job: dict) -> dict:
     started = time.perf_counter()
     while step < t.max_steps:
         for batch in loader:
-            x0, x1 = batch[0]
-            x0, x1 = x0.to(device, memory_format=fmt), x1.to(device, memory_format=fmt)
+            views = [x.to(device, memory_format=fmt) for x in batch[0]]
+            x0, x1 = (views * 2)[:2]
             with autocast:
-                if method == "simclr":
+                if method == "swav":
+                    model.prototypes.normalize()
+                    scores = [model(x, step) for x in views]
+                    loss = criterion(scores[:2], scores[2:])
+                elif method == "mae":
+                    loss = criterion(*model(x0))
+                elif method == "simclr":
                     loss = criterion(model(x0), model(x1))
                 else:
                     momentum = cosine_schedule(step, t.max_steps, p.momentum, p.momentum_final)
@@ -282,18 +363,21 @@ def worker_lightly(job: dict) -> dict:
             stamps.append(time.perf_counter())
             # mmssl's BYOL loss is the paper's sum of two 2 - 2cos terms: 4 + 4 x this loss (same gradient
             # direction; AdamW is invariant to the scale up to eps)
-            losses.append(loss.item() if method == "simclr" else 4 + 4 * loss.item())
+            losses.append(4 + 4 * loss.item() if method == "byol" else loss.item())
             if step == t.max_steps:
                 break
-    knn = knn_top1(model.backbone, splits, p, device)
+    knn = knn_top1(backbone, splits, p, device)  # the mmssl Backbone lightly's modules wrap or share
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
     return {"stamps": stamps, "losses": losses, "knn_top1": knn, "first_step_s": stamps[0] - started,
             "gpu_peak_mb": gpu}
 
 
 def worker_floor(job: dict) -> dict:
-    """The random-init kNN top-1 (same initial backbone on both sides), and whether mmssl's module (built in
-    the order of `ImageSSL.setup`) and lightly's start from identical weights, for each method."""
+    """The random-init kNN top-1 of each method's initial backbone (same on both sides), and whether mmssl's
+    module (built in the order of `ImageSSL.setup`) and lightly's start from identical weights. MAE: lightly's
+    `MaskedVisionTransformerTIMM` re-initialises the ViT with the same recipe as mmssl (MAE's code: Xavier,
+    fixed sine-cosine positions) but in another order, so the draws differ (None); the parameter shapes and
+    which ones train are compared instead."""
     import torch
 
     from mmssl.data.image_sources import load_images
@@ -301,8 +385,8 @@ def worker_floor(job: dict) -> dict:
     from mmssl.registry import get_objective
 
     torch.set_num_threads(job["threads"])
-    identical, heads = {}, {}
-    splits = knn = None
+    identical, heads, floor, arch = {}, {}, {}, {}
+    splits = None
     for method, method_job in job["methods"].items():
         recipe = load(method_job)
         p = recipe.objective
@@ -314,23 +398,30 @@ def worker_floor(job: dict) -> dict:
         theirs = get_objective(method)(recipe).build_module(backbone)
         seed_everything(recipe.seed)
         ours = lightly_model(method, build_backbone(recipe.model), p)
-        a, b = theirs.state_dict(), ours.state_dict()
-        identical[method] = (not loads_consume_rng and len(a) == len(b)
-                             and all(torch.equal(x, y) for x, y in zip(a.values(), b.values())))
+        a, b = list(theirs.parameters()), list(ours.parameters())
+        identical[method] = None if method == "mae" else (
+            not loads_consume_rng and len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b)))
         heads[method] = head_shapes(method, theirs) == head_shapes(method, ours)
-        if knn is None:
-            knn = knn_top1(theirs.backbone, splits, p, torch.device("cpu"))
-    return {"knn_top1": knn, "identical_init": identical, "same_head_shapes": heads, "arch": recipe.model.arch,
+        floor[method] = knn_top1(theirs.backbone, splits, p, torch.device("cpu"))
+        arch[method] = recipe.model.arch
+    return {"knn_top1": floor, "identical_init": identical, "same_head_shapes": heads, "arch": arch,
             "train_images": len(splits.train), "eval_images": len(splits.eval)}
 
 
 def head_shapes(method: str, module) -> list:
-    """(layer type, parameter shapes) of every layer of the heads, in order."""
+    """(layer type, parameter shapes) of every layer of the heads, in order; MAE: the sorted (shape, trains)
+    of all parameters, encoder and decoder."""
     from torch import nn
 
-    names = ["projection", "prediction"] if hasattr(module, "projection") else ["projection_head", "prediction_head"]
+    if method == "mae":
+        return sorted((tuple(q.shape), q.requires_grad) for name, q in module.named_parameters()
+                      if name != "backbone.mask_token")  # lightly's encoder wrapper has one; MAE leaves it unused
+    ours = hasattr(module, "projection")
+    names = {"simclr": ["projection"], "byol": ["projection", "prediction"], "swav": ["projection", "prototypes"]}
     out = []
-    for name in names[: 1 if method == "simclr" else 2]:
+    for name in names[method]:
+        if not ours:
+            name = {"projection": "projection_head", "prediction": "prediction_head"}.get(name, name)
         for layer in getattr(module, name).modules():
             if isinstance(layer, (nn.Linear, nn.BatchNorm1d, nn.ReLU)):
                 out.append((type(layer).__name__, [tuple(q.shape) for q in layer.parameters(recurse=False)]))
@@ -471,16 +562,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         base = {"threads": args.threads, "device": args.device, "workers": args.lightly_workers,
                 "fused_adamw": args.lightly_fused_adamw, "channels_last": args.lightly_channels_last}
-        jobs = {m: {**base, "method": m, "recipe": str(RECIPES[m]), "overrides": overrides(args, f"{tmp}/unused")}
-                for m in methods}
+        jobs = {m: {**base, "method": m, "recipe": str(RECIPES[m]),
+                    "overrides": overrides(args, f"{tmp}/unused", m)} for m in methods}
         floor, _ = run_worker("floor", {"threads": args.threads, "methods": jobs}, args.threads)
         print(f"data: world shape task, {floor['train_images']} train / {floor['eval_images']} eval images, "
-              f"{args.image_size} px; {floor['arch']} widths [{args.channels}], small stem; batch {args.batch_size}; "
+              f"{args.image_size} px; {floor['arch']} (ResNets: widths [{args.channels}], small stem); "
+              f"batch {args.batch_size}; "
               f"{args.steps} steps ({args.warmup_steps} untimed); {args.threads} threads; {args.device}; "
               f"lightly DataLoader workers {args.lightly_workers}; AdamW on the lightly side: "
               f"{'fused' if args.lightly_fused_adamw else 'torch default'}, "
               f"{'channels-last' if args.lightly_channels_last else 'contiguous'}; repeats {args.repeats}")
-        print(f"random-init kNN top-1 {100 * floor['knn_top1']:.1f}%; initial weights identical on both sides: "
+        floors = ", ".join(f"{m} {100 * v:.1f}%" for m, v in floor["knn_top1"].items())
+        print(f"random-init kNN top-1: {floors}; initial weights identical on both sides: "
               f"{floor['identical_init']}; head layer shapes equal: {floor['same_head_shapes']}", flush=True)
 
         results: dict[str, dict[str, list[dict]]] = {m: {"mmssl": [], "lightly": []} for m in methods}
@@ -490,7 +583,7 @@ def main() -> None:
                     load_avg = os.getloadavg()[0]
                     if side == "mmssl":
                         run_dir = Path(tmp) / f"mmssl-{method}-{repeat}"
-                        r = run_mmssl({**jobs[method], "overrides": overrides(args, str(run_dir))}, run_dir)
+                        r = run_mmssl({**jobs[method], "overrides": overrides(args, str(run_dir), method)}, run_dir)
                     else:
                         r = run_lightly(jobs[method])
                     r = summarise(r, args.steps, args.warmup_steps, args.batch_size)
