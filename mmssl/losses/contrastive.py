@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmssl.losses.hard_negatives import NegativeShaping, mochi_logits, reweighted_loss
+
 __all__ = [
     "info_nce",
     "LearnableTemperature",
@@ -138,6 +140,7 @@ def _directional_loss(
     label_offset: int,
     positive_mask: Tensor | None,
     false_negative_mask: Tensor | None,
+    shaping: NegativeShaping | None = None,
 ) -> Tensor:
     """Per-row InfoNCE of ``rows`` [B, D] against ``cols`` [N, D]; returns [B]."""
     logits = (rows @ cols.T) * scale
@@ -145,19 +148,35 @@ def _directional_loss(
         logits = logits.float()
     b, n = logits.shape
     labels = torch.arange(b, device=logits.device) + label_offset
+    shaped = shaping is not None and shaping.active
     if positive_mask is None:
         pos = None
-        if false_negative_mask is not None:
+        if false_negative_mask is not None or shaped:
             pos = torch.zeros(b, n, dtype=torch.bool, device=logits.device)
             pos[torch.arange(b, device=logits.device), labels] = True
     else:
         pos = positive_mask.to(logits.device)
         if not bool(pos.any(dim=1).all()):
             raise ValueError("positive_mask has a row without any positive: every query needs at least one True")
+    not_negative = pos
     if false_negative_mask is not None:
         # Positives are never removed from the denominator.
         drop = false_negative_mask.to(logits.device) & ~pos
         logits = logits.masked_fill(drop, float("-inf"))
+        not_negative = pos | drop
+    if shaped:
+        assert shaping is not None and not_negative is not None
+        if shaping.mixes:
+            synthetic = mochi_logits(rows, cols, logits, not_negative, scale, shaping)
+            logits = torch.cat([logits, synthetic], dim=1)
+            not_negative = torch.cat([not_negative, not_negative.new_zeros(synthetic.shape)], dim=1)
+            if positive_mask is not None:
+                pos = torch.cat([pos, pos.new_zeros(synthetic.shape)], dim=1)
+        if shaping.reweights:
+            if positive_mask is not None:
+                raise ValueError("the debiased / hardness-weighted loss takes one positive per query, not a "
+                                 "positive_mask")
+            return reweighted_loss(logits, labels, ~not_negative, scale, shaping)
     if positive_mask is None:
         return F.cross_entropy(logits, labels, reduction="none")
     # Several positives: average log-probability of the positives (SupCon "L_out", Khosla et al. 2020).
@@ -189,6 +208,7 @@ def info_nce(
     normalize: bool = True,
     label_offset: int = 0,
     reduction: Reduction = "mean",
+    shaping: NegativeShaping | None = None,
 ) -> Tensor:
     r"""InfoNCE / NT-Xent (Oord et al. 2018; SimCSE, Gao et al. 2021; CLIP, Radford et al. 2021).
 
@@ -223,6 +243,9 @@ def info_nce(
         label_offset: column of the first local positive (``rank * B`` for gathered keys).
         reduction: ``'mean'`` (default), ``'sum'`` or ``'none'`` (per query; [B], or [2B] forward rows then
             reverse rows when symmetric).
+        shaping: MoCHi's synthetic hard negatives, the debiased loss and hardness weighting
+            (:class:`mmssl.losses.hard_negatives.NegativeShaping`), in both directions when symmetric; None
+            or all options 0: the plain loss.
 
     For the symmetric direction the masks are reused sliced to the first ``M`` columns, which is right
     when they describe a symmetric relation between *pairs* (duplicates, same class) as those of
@@ -279,7 +302,7 @@ def info_nce(
             all_queries = F.normalize(all_queries, dim=-1)
 
     cols = keys if extra_negatives is None else torch.cat([keys, extra_negatives.to(keys.dtype)], dim=0)
-    forward = _directional_loss(queries, cols, scale, label_offset, positive_mask, false_negative_mask)
+    forward = _directional_loss(queries, cols, scale, label_offset, positive_mask, false_negative_mask, shaping)
     if not symmetric:
         return _reduce(forward, reduction)
 
@@ -287,7 +310,7 @@ def info_nce(
     paired_keys = keys[label_offset : label_offset + b]
     rev_pos = None if positive_mask is None else positive_mask[:, :m]
     rev_fn = None if false_negative_mask is None else false_negative_mask[:, :m]
-    reverse = _directional_loss(paired_keys, all_queries, scale, label_offset, rev_pos, rev_fn)
+    reverse = _directional_loss(paired_keys, all_queries, scale, label_offset, rev_pos, rev_fn, shaping)
     if reduction == "none":
         return torch.cat([forward, reverse])
     return (_reduce(forward, reduction) + _reduce(reverse, reduction)) / 2
