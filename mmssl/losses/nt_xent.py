@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmssl.losses.contrastive import Reduction, _check_2d, _reduce, info_nce
+from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.losses.negatives import gather_no_grad, gather_with_grad, local_slice_offset
 
 __all__ = ["nt_xent", "moco_v2_loss", "moco_v3_loss"]
@@ -36,8 +37,10 @@ def nt_xent(
     temperature: float | Tensor = 0.5,
     gather: bool = True,
     *,
+    extra_negatives: Tensor | None = None,
     group=None,
     reduction: Reduction = "mean",
+    shaping: NegativeShaping | None = None,
 ) -> Tensor:
     r"""NT-Xent, the normalised temperature-scaled cross entropy of SimCLR (Chen et al. 2020).
 
@@ -58,6 +61,8 @@ def nt_xent(
         temperature: softmax temperature ``T > 0`` (SimCLR: 0.5 for small batches, 0.1 for 4096).
         gather: take negatives from every process (every process must pass the same ``N``); ignored when
             torch.distributed is not initialised.
+        extra_negatives: [K, D] more negatives for every row (e.g. entries of a memory bank), no gradient.
+        shaping: MoCHi / debiased / hardness-weighted negatives (`mmssl.losses.hard_negatives`).
         group: process group for the gather.
         reduction: ``'mean'`` over the ``2N`` local rows (default), ``'sum'`` or ``'none'`` ([2N]: the
             ``z1`` rows then the ``z2`` rows).
@@ -70,12 +75,18 @@ def nt_xent(
         raise ValueError("NT-Xent with a single pair has no negatives: use a (global) batch of at least 2 images")
     offset = local_slice_offset(n, group) if gather else 0
     rows = torch.arange(n, device=z1.device)
-    self_mask = torch.zeros(n, 2 * total, dtype=torch.bool, device=z1.device)
+    bank = None
+    if extra_negatives is not None:
+        _check_2d("extra_negatives", extra_negatives, z1.shape[1])
+        bank = F.normalize(extra_negatives.detach().to(z1.dtype), dim=-1)
+    self_mask = torch.zeros(n, 2 * total + (0 if bank is None else bank.shape[0]), dtype=torch.bool,
+                            device=z1.device)
     self_mask[rows, total + offset + rows] = True  # the query itself, among the extra negatives
 
     def half(q: Tensor, positives: Tensor, same_view: Tensor) -> Tensor:
-        return info_nce(q, positives, extra_negatives=same_view, temperature=temperature, normalize=False,
-                        label_offset=offset, false_negative_mask=self_mask, reduction="none")
+        negatives = same_view if bank is None else torch.cat([same_view, bank])
+        return info_nce(q, positives, extra_negatives=negatives, temperature=temperature, normalize=False,
+                        label_offset=offset, false_negative_mask=self_mask, reduction="none", shaping=shaping)
 
     return _reduce(torch.cat([half(z1, all2, all1), half(z2, all1, all2)]), reduction)
 
@@ -88,6 +99,7 @@ def moco_v2_loss(
     *,
     in_batch_negatives: bool = False,
     reduction: Reduction = "mean",
+    shaping: NegativeShaping | None = None,
 ) -> Tensor:
     r"""MoCo v1/v2 InfoNCE (He et al. 2020; Chen, Fan, Girshick & He 2020).
 
@@ -104,6 +116,7 @@ def moco_v2_loss(
         temperature: ``T`` (MoCo v2: 0.2).
         in_batch_negatives: also use the other keys of the batch as negatives.
         reduction: ``'mean'``, ``'sum'`` or ``'none'`` ([N]).
+        shaping: MoCHi / debiased / hardness-weighted negatives (`mmssl.losses.hard_negatives`).
     """
     _check_pair("q", q, "k", k)
     _check_2d("queue", queue, q.shape[1])
@@ -116,7 +129,7 @@ def moco_v2_loss(
         mask = torch.zeros(n, n + size, dtype=torch.bool, device=q.device)
         mask[:, :n] = ~torch.eye(n, dtype=torch.bool, device=q.device)
     return info_nce(q, k.detach(), extra_negatives=queue.detach(), temperature=temperature,
-                    false_negative_mask=mask, reduction=reduction)
+                    false_negative_mask=mask, reduction=reduction, shaping=shaping)
 
 
 def moco_v3_loss(
@@ -129,6 +142,7 @@ def moco_v3_loss(
     *,
     scale_by_temperature: bool = True,
     group=None,
+    shaping: NegativeShaping | None = None,
 ) -> Tensor:
     r"""MoCo v3 (Chen, Xie & He 2021): ``ctr(q1, k2) + ctr(q2, k1)``, no queue.
 
@@ -144,6 +158,7 @@ def moco_v3_loss(
         temperature: ``T`` (MoCo v3: 0.2 for ViT, 1.0 for ResNet-50).
         gather: negatives from the keys of every process (ignored when not distributed).
         group: process group for the gather.
+        shaping: MoCHi / debiased / hardness-weighted negatives (`mmssl.losses.hard_negatives`).
     """
     _check_pair("q1", q1, "k2", k2)
     _check_pair("q2", q2, "k1", k1)
@@ -152,7 +167,7 @@ def moco_v3_loss(
     def ctr(q: Tensor, k: Tensor) -> Tensor:
         keys = gather_no_grad(k.detach(), group) if gather else k.detach()
         offset = local_slice_offset(q, group) if gather else 0
-        return info_nce(q, keys, temperature=temperature, label_offset=offset)
+        return info_nce(q, keys, temperature=temperature, label_offset=offset, shaping=shaping)
 
     loss = ctr(q1, k2) + ctr(q2, k1)
     return loss * (2 * temperature) if scale_by_temperature else loss

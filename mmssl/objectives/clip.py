@@ -29,6 +29,7 @@ from mmssl.data.world import POSITIONS
 from mmssl.errors import DataError
 from mmssl.eval.zero_shot import DEFAULT_TEMPLATES, check_classes, class_embeddings, image_text_retrieval, zero_shot_accuracy
 from mmssl.losses import gather_with_grad, info_nce, local_slice_offset
+from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.models.clip import (
     ClipModule,
     build_open_clip,
@@ -60,6 +61,7 @@ class ClipParams(ObjectiveParams):
     max_logit_scale: Annotated[float, Range(1, open_low=True)] = 100.0
     learn_temperature: bool = True
     gather_negatives: bool = True
+    negative_shaping: NegativeShaping = field(default_factory=NegativeShaping)  # MoCHi, debiased, hardness-weighted
     class_names: list[str] | None = None
     templates: list[str] | None = None
     retrieval_ks: list[PositiveInt] = field(default_factory=lambda: [1, 5, 10])
@@ -162,7 +164,8 @@ class Clip(Objective):
             offset = local_slice_offset(image)
         else:
             all_image, all_text, offset = image, text, 0
-        loss = info_nce(image, all_text, logit_scale=scale, symmetric=True, all_queries=all_image, label_offset=offset)
+        loss = info_nce(image, all_text, logit_scale=scale, symmetric=True, all_queries=all_image, label_offset=offset,
+                        shaping=self.params.negative_shaping)
         return {"loss": loss, "logit_scale": scale.detach()}
 
     def batch_size_of(self, batch: dict[str, Any]) -> tuple[int, int]:

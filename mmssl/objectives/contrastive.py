@@ -52,6 +52,7 @@ from mmssl.losses import (
     triplet_loss,
 )
 from mmssl.losses import world_size as dist_world_size
+from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.models.packing import mask_dtype_for, pack_rows, packing_error, position_offset
 from mmssl.models.momentum import EmbeddingQueue, make_momentum_copy, momentum_update
 from mmssl.models.text_encoder import (
@@ -98,6 +99,7 @@ class SimCSEParams(ObjectiveParams):
     gather: bool = True
     hard_negatives: bool = True
     mask_duplicates: bool = True
+    negative_shaping: NegativeShaping = field(default_factory=NegativeShaping)  # MoCHi, debiased, hardness-weighted
     queue_size: PositiveInt = 4096
     momentum: Probability = 0.999
     # speed and memory
@@ -416,7 +418,7 @@ class SimCSE(Objective):
             kwargs = {"logit_scale": core.temperature()}
             out["temperature"] = 1.0 / kwargs["logit_scale"].detach()
         loss = info_nce(query, positive, extra_negatives=extra_negatives, false_negative_mask=mask,
-                        label_offset=offset, **kwargs)
+                        label_offset=offset, shaping=p.negative_shaping, **kwargs)
         candidates = positive.shape[0] + (0 if extra_negatives is None else extra_negatives.shape[0])
         out["loss"] = loss
         out["mi_lower_bound"] = mutual_information_lower_bound(loss.detach(), candidates)

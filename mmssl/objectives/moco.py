@@ -4,13 +4,14 @@ encoder follows the query encoder by a momentum average once per optimiser step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
 from mmssl.losses import gather_no_grad, moco_v2_loss, moco_v3_loss
+from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.models.heads import moco_v2_projection, moco_v3_prediction, moco_v3_projection
 from mmssl.models.momentum import EmbeddingQueue, make_momentum_copy, momentum_update
 from mmssl.models.vision import Backbone
@@ -30,6 +31,7 @@ class MoCoParams(ImageSSLParams, MomentumParams):
     momentum_schedule: Literal["cosine", "constant"] = "cosine"
     prediction_hidden_dim: PositiveInt = 512  # v3
     gather: bool = True  # keys from every process (the queue is then the same on every process)
+    negative_shaping: NegativeShaping = field(default_factory=NegativeShaping)  # MoCHi, debiased, hardness-weighted
 
 
 class MoCoModule(nn.Module):
@@ -76,14 +78,14 @@ class MoCo(ImageSSL):
         p, core = self.params, unwrap(module)
         q1, q2, k1, k2 = module(view1, view2)
         if p.variant == "v3":
-            return {"loss": moco_v3_loss(q1, q2, k1, k2, p.temperature, gather=p.gather), "embedding": q1}
+            return {"loss": moco_v3_loss(q1, q2, k1, k2, p.temperature, gather=p.gather, shaping=p.negative_shaping), "embedding": q1}
         queue = core.queue
         if len(queue) == 0:  # the first step: this batch's keys are the first negatives
             queue.enqueue(self._all(torch.cat([k1, k2])))
         negatives = queue.negatives
-        loss = moco_v2_loss(q1, k2, negatives, p.temperature)
+        loss = moco_v2_loss(q1, k2, negatives, p.temperature, shaping=p.negative_shaping)
         if p.symmetric:
-            loss = (loss + moco_v2_loss(q2, k1, negatives, p.temperature)) / 2
+            loss = (loss + moco_v2_loss(q2, k1, negatives, p.temperature, shaping=p.negative_shaping)) / 2
         queue.enqueue(self._all(torch.cat([k2, k1]) if p.symmetric else k2))  # the step's keys, after the loss
         return {"loss": loss, "embedding": q1}
 

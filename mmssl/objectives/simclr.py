@@ -1,20 +1,25 @@
 """SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations"): two views
 of each image, a projection MLP, and NT-Xent over the global batch (negatives from every process, with
-gradient)."""
+gradient). Optionally a memory bank (InstDisc's, `mmssl.models.memory_bank`) of every image's past view-1
+embedding adds `bank_negatives` entries per step as extra negatives, without gradient."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmssl.losses import nt_xent
+from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.models.heads import simclr_projection
+from mmssl.models.memory_bank import MemoryBank
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, check_pairs_per_step
+from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, check_pairs_per_step, unwrap
 from mmssl.registry import register_objective
-from mmssl.schema import PositiveFloat, PositiveInt
+from mmssl.schema import NonNegativeInt, PositiveFloat, PositiveInt, Range
 
 
 @dataclass
@@ -22,12 +27,18 @@ class SimCLRParams(ImageSSLParams):
     temperature: PositiveFloat = 0.5
     projection_layers: PositiveInt = 2  # 2 in SimCLR v1, 3 in v2
     gather: bool = True  # negatives from every process
+    bank_negatives: NonNegativeInt = 0  # memory-bank entries drawn per step as extra negatives (0: no bank)
+    bank_momentum: Annotated[float, Range(0, 1, open_high=True)] = 0.5
+    shard_bank: bool = True  # several processes: each holds 1/W of the bank
+    negative_shaping: NegativeShaping = field(default_factory=NegativeShaping)  # MoCHi, debiased, hardness-weighted
 
 
 class SimCLRModule(nn.Module):
-    def __init__(self, backbone: Backbone, projection: nn.Module):
+    def __init__(self, backbone: Backbone, projection: nn.Module, bank: MemoryBank | None = None):
         super().__init__()
-        self.backbone, self.projection = backbone, projection
+        self.backbone, self.projection, self.bank = backbone, projection, bank
+        if bank is not None and bank.sharded:  # DDP must not broadcast process 0's slice over the others'
+            self._ddp_params_and_buffers_to_ignore = ["bank.features"]
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.projection(self.backbone(torch.cat([view1, view2])))  # one pass: batch norm sees both views
@@ -43,9 +54,17 @@ class SimCLR(ImageSSL):
 
     def build_module(self, backbone: Backbone) -> nn.Module:
         p = self.params
+        bank = (MemoryBank(len(self.train), p.projection_dim, p.bank_momentum, self.recipe.seed, p.shard_bank)
+                if p.bank_negatives else None)
         return SimCLRModule(backbone, simclr_projection(backbone.dim, p.hidden_dim, p.projection_dim,
-                                                        num_layers=p.projection_layers))
+                                                        num_layers=p.projection_layers), bank)
 
-    def loss(self, module: nn.Module, view1: torch.Tensor, view2: torch.Tensor) -> dict[str, torch.Tensor]:
-        z1, z2 = module(view1, view2)
-        return {"loss": nt_xent(z1, z2, self.params.temperature, gather=self.params.gather), "embedding": z1}
+    def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        p = self.params
+        z1, z2 = module(batch["view1"], batch["view2"])
+        bank = unwrap(module).bank
+        extra = bank.sample_shared(p.bank_negatives).to(z1.device) if bank is not None else None
+        loss = nt_xent(z1, z2, p.temperature, gather=p.gather, extra_negatives=extra, shaping=p.negative_shaping)
+        if bank is not None and module.training:
+            bank.update(batch["index"], F.normalize(z1.detach().float(), dim=1))
+        return {"loss": loss, "embedding": z1}

@@ -41,6 +41,17 @@ def naive_nt_xent(z1, z2, temperature):
     return torch.stack(out)
 
 
+def naive_nt_xent_with_bank(z1, z2, bank, temperature):
+    """As `naive_nt_xent`, every bank entry one more negative of every row."""
+    z, b = F.normalize(torch.cat([z1, z2]), dim=-1), F.normalize(bank, dim=-1)
+    n2 = z.shape[0]
+    out = []
+    for i in range(n2):
+        others = [z[i] @ z[j] / temperature for j in range(n2) if j != i] + [z[i] @ e / temperature for e in b]
+        out.append(torch.logsumexp(torch.stack(others), 0) - z[i] @ z[(i + n2 // 2) % n2] / temperature)
+    return torch.stack(out)
+
+
 def naive_ce(q, cols, positive, temperature):
     """-log softmax(q_i . cols / T)[positive[i]] per row, normalised vectors."""
     q, cols = F.normalize(q, dim=-1), F.normalize(cols, dim=-1)
@@ -66,6 +77,15 @@ def test_nt_xent_matches_naive_values_and_gradients(temperature):
         assert b.abs().sum() > 0 and torch.allclose(a, b, atol=1e-10)
     assert torch.allclose(nt_xent(z1, z2, temperature, reduction="sum"), ref.sum(), atol=1e-9)
     assert torch.allclose(nt_xent(z1, z2, temperature, gather=False), mean)  # world 1: gather is a no-op
+
+
+def test_nt_xent_with_bank_negatives_matches_naive_and_the_bank_gets_no_gradient():
+    z1, z2, bank = rand(4, 3, seed=1, grad=True), rand(4, 3, seed=2, grad=True), rand(6, 3, seed=3, grad=True)
+    got = nt_xent(z1, z2, 0.5, extra_negatives=bank, reduction="none")
+    assert torch.allclose(got, naive_nt_xent_with_bank(z1, z2, bank, 0.5), atol=1e-10)
+    assert not torch.allclose(got, nt_xent(z1, z2, 0.5, reduction="none"))  # the entries count
+    got.mean().backward()
+    assert bank.grad is None and z1.grad.abs().sum() > 0
 
 
 def test_nt_xent_hand_value_for_two_orthogonal_pairs():

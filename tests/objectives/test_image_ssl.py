@@ -12,6 +12,7 @@ import torch
 from clirun import assert_clear_error, mmssl, write_recipe
 
 from mmssl.errors import RecipeError
+from mmssl.export.hub import render_card
 from mmssl.models.vision import load_backbone
 from mmssl.objectives.jigsaw import GRID, cut_tiles, min_hamming_distance, permutation_set
 from mmssl.objectives.rotnet import rotate_batch
@@ -40,6 +41,7 @@ def losses(output_dir) -> list[float]:
 
 @pytest.mark.parametrize("method, objective", [
     ("simclr", {"temperature": 0.5}),
+    ("simclr", {"temperature": 0.5, "bank_negatives": 32}),
     ("moco", {"variant": "v2", "queue_size": 64}),
     ("moco", {"variant": "v3"}),
     ("byol", {}),
@@ -68,6 +70,8 @@ def test_each_method_trains_evaluates_and_exports(tmp_path, method, objective):
     with torch.no_grad():
         assert backbone(torch.rand(2, 3, 16, 16)).shape == (2, 16)
     assert metrics["feature_dim"] == 16 and metrics["num_classes"] == 4
+    card = render_card(out, "org/encoder")  # what `mmssl push` publishes: the method and its results
+    assert f"objective `{method}`" in card and f"| kNN top-1 | {result['knn_top1']:.4f} |" in card
 
 
 def test_simclr_loss_goes_down(tmp_path):
@@ -224,6 +228,36 @@ def test_two_processes_train_in_sync(tmp_path, method, objective):
     assert math.isfinite(metrics["eval"]["knn_top1"])
 
 
+def test_a_sharded_memory_bank_trains_exactly_as_a_replicated_one_on_two_processes(tmp_path):
+    """InstDisc on two real processes: with the bank sharded each process holds half the rows, and the run ends
+    with exactly the weights and the (gathered) bank of the same run with the bank replicated on both."""
+    import subprocess
+
+    from clirun import cli_env
+    from helpers import PYTHON
+    from safetensors.torch import load_file
+
+    runs = {}
+    for shard in (True, False):
+        out = tmp_path / f"shard-{shard}"
+        raw = image_recipe(out, "instdisc", num_negatives=32, shard_bank=shard, eval_before=False,
+                           linear_probe=False)
+        raw["train"].update(save_every=6)
+        recipe = write_recipe(tmp_path / f"r-{shard}.yaml", raw)
+        done = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               "-m", "mmssl.cli", "train", str(recipe)], env=cli_env(), capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["processes"] == 2 and metrics["parameters_in_sync"]
+        runs[shard] = (metrics, load_file(str(out / "checkpoints/step-00000006/model.safetensors")))
+    (sharded, a), (replicated, b) = runs[True], runs[False]
+    assert sharded["bank_rows"] == replicated["bank_rows"] == 160  # one row per training image
+    assert sharded["bank_rows_per_process"] == 80 and replicated["bank_rows_per_process"] == 160
+    assert a.keys() == b.keys() and a["bank.features"].shape == (160, 16)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+
+
 def test_each_block_is_the_batch_turned_by_its_label():
     images = torch.rand(5, 3, 8, 8)
     rotated, labels = rotate_batch(images)
@@ -277,6 +311,21 @@ def test_instdisc_bank_follows_the_embeddings_of_the_images_seen(tmp_path):
     assert math.isfinite(log_z)
     obj.step_loss(module, {"view1": view, "index": index})
     assert float(module.log_z) == log_z
+
+
+def test_simclr_draws_bank_negatives_and_moves_the_rows_of_its_batch(tmp_path):
+    obj = _objective(tmp_path, "simclr", bank_negatives=24)
+    module = obj.module.train()
+    before = module.bank.features.clone()
+    batch = obj.prepare_batch({"index": torch.arange(3, 11)})
+    seen = []
+    original = module.bank.sample_shared
+    module.bank.sample_shared = lambda num: seen.append(num) or original(num)
+    loss = obj.step_loss(module, batch)["loss"]
+    assert seen == [24] and math.isfinite(float(loss))
+    moved = (module.bank.features != before).any(dim=1)
+    assert moved[3:11].all() and not moved[:3].any() and not moved[11:].any()
+    assert _objective(tmp_path / "plain", "simclr").module.bank is None
 
 
 def test_jigsaw_permutation_set_keeps_its_promised_hamming_distance():
@@ -349,6 +398,15 @@ def test_deepcluster_reclusters_each_epoch_and_resets_its_head(tmp_path):
     obj.set_epoch(2)
     obj.step_loss(module, batch)
     assert not torch.equal(module.head[0].weight, fresh)  # seeded by epoch: each epoch its own initialisation
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    obj.attach_optimizer(optimizer)
+    obj.step_loss(module, batch)["loss"].backward()
+    optimizer.step()
+    head, body = list(module.head.parameters()), list(module.backbone.parameters())
+    assert all(p in optimizer.state for p in head + body)
+    obj.set_epoch(3)
+    obj.step_loss(module, batch)  # a new head forgets its moments, the backbone keeps its own
+    assert not any(p in optimizer.state for p in head) and all(p in optimizer.state for p in body)
 
 
 def test_colorization_sees_only_lightness_and_predicts_the_cells_colours(tmp_path):
@@ -410,6 +468,37 @@ def test_mae_encoder_sees_only_the_visible_quarter_and_exports_a_plain_timm_vit(
     vit = timm.create_model(f"local-dir:{tmp_path / 'run'}", pretrained=True, num_classes=0)
     with torch.no_grad():
         assert vit(torch.rand(2, 3, 16, 16)).shape == (2, 32)
+
+
+def test_mae_position_embeddings_are_the_papers_fixed_sine_cosine_table(tmp_path):
+    """Against the MAE code's numpy formula (a meshgrid of (column, row), 1-D tables of sin | cos per axis); the
+    encoder's and decoder's tables are fixed, the encoder's linear layers re-initialised."""
+    import numpy as np
+
+    from mmssl.objectives.mae import sincos_position_embedding
+
+    def table_1d(dim, positions):
+        omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+        out = np.einsum("m,d->md", positions.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    def table_2d(dim, rows, cols):
+        grid = np.stack(np.meshgrid(np.arange(cols, dtype=np.float32), np.arange(rows, dtype=np.float32)))
+        patches = np.concatenate([table_1d(dim // 2, grid[0]), table_1d(dim // 2, grid[1])], axis=1)
+        return np.concatenate([np.zeros([1, dim]), patches])  # the class token's row
+
+    for rows, cols in [(4, 4), (3, 5)]:
+        ours = sincos_position_embedding(32, (rows, cols), 1)[0].numpy()
+        assert np.abs(ours - table_2d(32, rows, cols)).max() < 1e-6
+    raw = image_recipe(tmp_path / "run", "mae", decoder_dim=16, decoder_depth=1, decoder_heads=2)
+    raw["model"] = dict(MAE_MODEL)
+    obj = get_objective("mae")(parse_recipe(raw))
+    obj.setup(None)
+    vit = obj.module.backbone.model
+    assert not vit.pos_embed.requires_grad and not obj.module.decoder_pos.requires_grad
+    assert torch.equal(vit.pos_embed, sincos_position_embedding(32, (4, 4), 1))
+    assert torch.equal(obj.module.decoder_pos, sincos_position_embedding(16, (4, 4), 1))
+    assert all(float(block.attn.qkv.bias.abs().max()) == 0 for block in vit.blocks)  # Xavier init, zero biases
 
 
 def test_mae_refuses_a_backbone_that_is_not_a_vit(tmp_path):
