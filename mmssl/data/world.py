@@ -18,6 +18,7 @@ at free places and sizes raw pixels give 37% (linear) / 37% (20-NN) on 4 shapes 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -175,6 +176,21 @@ def hard_negatives(scene: Scene, cfg: WorldConfig, rng: random.Random) -> list[s
     if a.colour != b.colour:  # colours swapped between the two things
         negs.append(f"{_np(Thing(b.colour, a.shape, a.size))} {rel} {_np(Thing(a.colour, b.shape, b.size))}")
     return negs
+
+
+def relation_probes(caption: str) -> tuple[str, str | None] | None:
+    """For a two-object caption in the world's first form ("a red circle to the left of a blue square"): the
+    same words with the objects swapped ("a blue square to the left of a red circle") and with the colours
+    swapped ("a blue circle to the left of a red square"; None when both share a colour). Both mean another
+    scene; None for any other caption."""
+    colours, relations = "|".join(c for c, _ in COLOURS), "|".join(RELATIONS)
+    found = re.fullmatch(rf"an? ({colours}) (\w+) ({relations}) an? ({colours}) (\w+)", caption)
+    if found is None or found[2] not in SHAPES or found[5] not in SHAPES:
+        return None
+    a, rel, b = Thing(found[1], found[2], "small"), found[3], Thing(found[4], found[5], "small")
+    objects = f"{_np(b)} {rel} {_np(a)}"
+    attributes = None if a.colour == b.colour else f"{_np(Thing(b.colour, a.shape, 's'))} {rel} {_np(Thing(a.colour, b.shape, 's'))}"
+    return objects, attributes
 
 
 def render(scene: Scene, size: int, rng: random.Random) -> Image.Image:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,9 +26,10 @@ from torch import nn
 
 from mmssl.data.image_text import ImageTextTable, load_image_text
 from mmssl.data.image_views import BatchImageViews, ImageViewsConfig, eval_view
-from mmssl.data.world import POSITIONS
+from mmssl.data.world import POSITIONS, relation_probes
 from mmssl.errors import DataError
 from mmssl.eval.zero_shot import DEFAULT_TEMPLATES, check_classes, class_embeddings, image_text_retrieval, zero_shot_accuracy
+from mmssl.data.caption_negatives import head_nouns, sample_negatives
 from mmssl.losses import gather_with_grad, info_nce, local_slice_offset
 from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.models.clip import (
@@ -43,7 +45,7 @@ from mmssl.models.clip import (
 from mmssl.objectives.base import ModelOutput, Objective
 from mmssl.config import ObjectiveParams
 from mmssl.registry import register_objective
-from mmssl.schema import PositiveFloat, PositiveInt, Range
+from mmssl.schema import NonNegativeInt, PositiveFloat, PositiveInt, Range
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,11 @@ class ClipParams(ObjectiveParams):
     learn_temperature: bool = True
     gather_negatives: bool = True
     negative_shaping: NegativeShaping = field(default_factory=NegativeShaping)  # MoCHi, debiased, hardness-weighted
+    # NegCLIP: per caption, up to this many generated captions with the same words and another meaning (swapped
+    # objects, attributes or relation, a replaced noun; `mmssl.data.caption_negatives`) as extra text negatives
+    caption_negatives: NonNegativeInt = 0
+    caption_negative_kinds: list[Literal["relation", "objects", "attributes", "noun"]] = field(
+        default_factory=lambda: ["relation", "objects", "attributes", "noun"])
     class_names: list[str] | None = None
     templates: list[str] | None = None
     retrieval_ks: list[PositiveInt] = field(default_factory=lambda: [1, 5, 10])
@@ -99,16 +106,21 @@ class Captions:
 
     def __init__(self, captions: list[list[str]], tokenizer, chunk: int = 4096):
         flat = [c for caps in captions for c in caps]
+        self.texts = flat
         self.tokens = torch.cat([tokenizer(flat[i : i + chunk]) for i in range(0, len(flat), chunk)])
         self.count = torch.tensor([len(c) for c in captions], dtype=torch.long)
         self.start = torch.cumsum(self.count, 0) - self.count
 
     def sample(self, index: torch.Tensor, random: bool) -> torch.Tensor:
+        """Tokens of one caption per example (`rows` of the same draw: `sample_rows`)."""
+        return self.tokens[self.sample_rows(index, random)]
+
+    def sample_rows(self, index: torch.Tensor, random: bool) -> torch.Tensor:
         if random:
             pick = (torch.rand(index.shape[0]) * self.count[index]).long().clamp_max(self.count[index] - 1)
         else:
             pick = torch.zeros_like(index)
-        return self.tokens[self.start[index] + pick]
+        return self.start[index] + pick
 
 
 @register_objective("clip")
@@ -131,6 +143,7 @@ class Clip(Objective):
         self.class_names = splits.class_names
         self.templates = p.templates or (WORLD_TEMPLATES if recipe.data.source == "world" else DEFAULT_TEMPLATES)
         self.train_captions = Captions(self.train.captions, self.tokenizer)
+        self.nouns = head_nouns(self.train_captions.texts) if p.caption_negatives else []
         self.views = BatchImageViews(p.views, self.image_size, self.mean, self.std)
         self.module = ClipModule(model, p.init_temperature, p.max_logit_scale, p.learn_temperature)
         self.train_dataset = _Indices(len(self.train))  # type: ignore[assignment]
@@ -154,19 +167,36 @@ class Clip(Objective):
         device = index.device
         index = index.cpu()
         images = self.views(self.train.images[index])
-        text = self.train_captions.sample(index, self.params.caption_sampling == "random")
-        return {"image": images.to(device), "text": text.to(device)}
+        rows = self.train_captions.sample_rows(index, self.params.caption_sampling == "random")
+        out = {"image": images.to(device), "text": self.train_captions.tokens[rows].to(device)}
+        p = self.params
+        if p.caption_negatives:  # drawn from torch's RNG, seeded per step: a resumed run draws the same
+            rng = random.Random(int(torch.randint(2**62, (1,))))
+            texts = [self.train_captions.texts[int(r)] for r in rows]
+            negatives = sample_negatives(texts, p.caption_negatives, p.caption_negative_kinds, self.nouns, rng)
+            if negatives:
+                out["negative_text"] = self.tokenizer(negatives).to(device)
+        return out
 
     def forward(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        image, text, scale = module(batch["image"], batch["text"])
+        negative_text = batch.get("negative_text")
+        if negative_text is None:
+            image, text, scale = module(batch["image"], batch["text"])
+            negatives = None
+        else:  # one text-tower pass over captions and their generated negatives
+            image, text, scale = module(batch["image"], torch.cat([batch["text"], negative_text]))
+            text, negatives = text[: batch["text"].shape[0]], text[batch["text"].shape[0] :]
         if self.params.gather_negatives:
             all_image, all_text = gather_with_grad(image), gather_with_grad(text)
             offset = local_slice_offset(image)
         else:
             all_image, all_text, offset = image, text, 0
         loss = info_nce(image, all_text, logit_scale=scale, symmetric=True, all_queries=all_image, label_offset=offset,
-                        shaping=self.params.negative_shaping)
-        return {"loss": loss, "logit_scale": scale.detach()}
+                        extra_negatives=negatives, shaping=self.params.negative_shaping)
+        out = {"loss": loss, "logit_scale": scale.detach()}
+        if negatives is not None:
+            out["caption_negatives"] = torch.tensor(float(negatives.shape[0]))
+        return out
 
     def batch_size_of(self, batch: dict[str, Any]) -> tuple[int, int]:
         text = batch["text"]
@@ -283,4 +313,35 @@ def evaluate_model(
         classes = class_embeddings(encode_text, class_names, templates)
         out.update(zero_shot_accuracy(feats, labels, classes))
     out.update(image_text_retrieval(feats, captions, encode_text, params.retrieval_ks))
+    out.update(compositional_accuracy(feats, captions, encode_text))
     return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in out.items()}
+
+
+def compositional_accuracy(feats: torch.Tensor, captions: list[list[str]], encode_text) -> dict[str, float]:
+    """On two-object world images: how often the image scores its caption above the same words with the
+    objects swapped (`relation_accuracy`) and with the colours swapped between the objects
+    (`attribute_binding_accuracy`); chance 0.5. Empty for data without such captions."""
+    rows, true, objects, attributes = [], [], [], []
+    for i, caps in enumerate(captions):
+        probes = relation_probes(caps[0]) if caps else None
+        if probes is not None:
+            rows.append(i)
+            true.append(caps[0])
+            objects.append(probes[0])
+            attributes.append(probes[1])
+    if not rows:
+        return {}
+    image = torch.nn.functional.normalize(feats[rows], dim=-1)
+
+    def score(texts: list[str], which: list[int]) -> torch.Tensor:
+        return (image[which] * torch.nn.functional.normalize(encode_text(texts), dim=-1)).sum(-1)
+
+    every = list(range(len(rows)))
+    right = score(true, every)
+    out = {"relation_accuracy": float((right > score(objects, every)).float().mean()),
+           "relation_probes": float(len(rows))}
+    kept = [k for k, a in enumerate(attributes) if a is not None]
+    if kept:
+        swapped = score([attributes[k] for k in kept], kept)
+        out["attribute_binding_accuracy"] = float((right[kept] > swapped).float().mean())
+    return out

@@ -134,3 +134,37 @@ def test_images_on_disk_train_exactly_like_images_in_memory(tmp_path: Path):
         checksums[store] = metrics["parameter_checksums"]
     assert checksums["memory"] == checksums["disk"]
     assert not [p for p in (tmp_path / "disk").iterdir() if p.name.startswith(".images")]  # no scratch left
+
+
+def test_caption_negatives_join_the_text_negatives_and_two_object_images_are_probed(tmp_path: Path):
+    """NegCLIP: each caption's generated negatives (same words, another meaning) are extra text columns of the
+    image->text loss, encoded by the same text tower; off, a batch carries none. The evaluation measures
+    relation and attribute binding on the held-out two-object images."""
+    from mmssl.losses import info_nce
+    from mmssl.objectives.clip import evaluate_model
+
+    raw = clip_recipe(tmp_path / "run")
+    raw["data"]["world"]["pair_fraction"] = 0.5
+    raw["objective"].update(caption_negatives=2)
+    objective = setup_objective(raw)
+    torch.manual_seed(0)
+    batch = objective.prepare_batch({"index": torch.arange(8)})
+    assert 8 <= batch["negative_text"].shape[0] <= 16 and batch["negative_text"].shape[1] == batch["text"].shape[1]
+    module = objective.module
+    out = objective.forward(module, batch)
+    image, text, scale = module(batch["image"], torch.cat([batch["text"], batch["negative_text"]]))
+    reference = info_nce(image, text[:8], logit_scale=scale, symmetric=True, extra_negatives=text[8:])
+    assert torch.allclose(out["loss"], reference, atol=1e-6)
+    plain = objective.forward(module, {k: v for k, v in batch.items() if k != "negative_text"})
+    assert out["loss"] > plain["loss"]  # more negatives, and hard ones
+    raw_off = clip_recipe(tmp_path / "off")
+    raw_off["data"]["world"]["pair_fraction"] = 0.5
+    plain_objective = setup_objective(raw_off)
+    torch.manual_seed(0)
+    off = plain_objective.prepare_batch({"index": torch.arange(8)})
+    assert "negative_text" not in off and torch.equal(off["text"], batch["text"])
+    metrics = evaluate_model(module.model, objective.tokenizer, objective.eval, objective.class_names,
+                             objective.templates, objective.image_size, objective.mean, objective.std, 10.0,
+                             objective.params, None, torch.device("cpu"))
+    assert metrics["relation_probes"] >= 5
+    assert 0 <= metrics["relation_accuracy"] <= 1 and 0 <= metrics["attribute_binding_accuracy"] <= 1
