@@ -17,22 +17,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mmssl.schema import NonNegativeFloat, NonNegativeInt, Range
 
 
 @dataclass
 class NegativeShaping:
     """MoCHi, debiasing and hardness weighting for an InfoNCE loss (all off by default)."""
 
-    mochi_hardest: int = 0  # N: the hardest negatives of each query that synthetic ones are mixed from
-    mochi_pairs: int = 0  # s: mixes of two hard negatives per query
-    mochi_query: int = 0  # s': mixes of the query with a hard negative per query
-    mochi_query_max: float = 0.5  # the query's share in a query mix: U(0, this), at most 0.5
-    tau_plus: float = 0.0  # debiased loss: prior probability that a negative shares the query's class
-    beta: float = 0.0  # hardness weighting: concentration on hard negatives (0: uniform)
+    mochi_hardest: NonNegativeInt = 0  # N: the hardest negatives of each query that synthetic ones are mixed from
+    mochi_pairs: NonNegativeInt = 0  # s: mixes of two hard negatives per query
+    mochi_query: NonNegativeInt = 0  # s': mixes of the query with a hard negative per query
+    mochi_query_max: Annotated[float, Range(0, 0.5, open_low=True)] = 0.5  # the query's share: U(0, this)
+    tau_plus: Annotated[float, Range(0, 1, open_high=True)] = 0.0  # debiased: P(a negative shares the class)
+    beta: NonNegativeFloat = 0.0  # hardness weighting: concentration on hard negatives (0: uniform)
 
     def __post_init__(self) -> None:
         for name in ("mochi_hardest", "mochi_pairs", "mochi_query"):

@@ -116,9 +116,10 @@ def test_bad_settings_are_one_clear_recipe_message(tmp_path):
     base = {"output_dir": str(tmp_path), "data": {"source": "world"}, "model": {"arch": "resnet18"},
             "objective": {"name": "simclr"}}
     for shaping, message in [({"mochi_pairs": 4}, "set negative_shaping.mochi_hardest"),
-                             ({"tau_plus": 1.0}, "tau_plus must be in \\[0, 1\\)"),
-                             ({"mochi_hardest": 4, "mochi_query": 2, "mochi_query_max": 0.7}, "in \\(0, 0.5\\]"),
-                             ({"beta": -1}, "beta must be >= 0")]:
+                             ({"tau_plus": 1.0}, "tau_plus: 1.0 is out of range; it must be >= 0 and < 1"),
+                             ({"mochi_hardest": 4, "mochi_query": 2, "mochi_query_max": 0.7},
+                              "mochi_query_max: 0.7 is out of range; it must be > 0 and <= 0.5"),
+                             ({"beta": -1}, "beta: -1.0 is out of range; it must be >= 0")]:
         raw = {**base, "objective": {"name": "simclr", "negative_shaping": shaping}}
         with pytest.raises(RecipeError, match=message):
             parse_recipe(raw)
