@@ -180,11 +180,15 @@ def head_nouns(captions: Iterable[str], limit: int = 200) -> list[str]:
 
 
 def sample_negatives(captions: Sequence[str], per_caption: int, kinds: Iterable[str], nouns: Sequence[str],
-                     rng: random.Random) -> list[str]:
-    """Up to `per_caption` negatives of each caption, drawn by `rng` from all the heuristic makes, flattened."""
+                     rng: random.Random) -> tuple[list[str], list[int]]:
+    """Up to `per_caption` negatives of each caption, drawn by `rng` from all the heuristic makes, flattened,
+    and for each the position of the caption it was made from."""
     kinds = tuple(kinds)
-    out: list[str] = []
-    for caption in captions:
+    texts: list[str] = []
+    owners: list[int] = []
+    for i, caption in enumerate(captions):
         candidates = caption_negatives(caption, kinds, nouns)
-        out.extend(rng.sample(candidates, min(per_caption, len(candidates))))
-    return out
+        drawn = rng.sample(candidates, min(per_caption, len(candidates)))
+        texts.extend(drawn)
+        owners.extend([i] * len(drawn))
+    return texts, owners

@@ -66,6 +66,7 @@ class ClipParams(ObjectiveParams):
     negative_shaping: NegativeShaping = field(default_factory=NegativeShaping)  # MoCHi, debiased, hardness-weighted
     # NegCLIP: per caption, up to this many generated captions with the same words and another meaning (swapped
     # objects, attributes or relation, a replaced noun; `mmssl.data.caption_negatives`) as extra text negatives
+    # of that caption's image (not of the batch's other images, which might show what they say)
     caption_negatives: NonNegativeInt = 0
     caption_negative_kinds: list[Literal["relation", "objects", "attributes", "noun"]] = field(
         default_factory=lambda: ["relation", "objects", "attributes", "noun"])
@@ -173,9 +174,10 @@ class Clip(Objective):
         if p.caption_negatives:  # drawn from torch's RNG, seeded per step: a resumed run draws the same
             rng = random.Random(int(torch.randint(2**62, (1,))))
             texts = [self.train_captions.texts[int(r)] for r in rows]
-            negatives = sample_negatives(texts, p.caption_negatives, p.caption_negative_kinds, self.nouns, rng)
+            negatives, owners = sample_negatives(texts, p.caption_negatives, p.caption_negative_kinds, self.nouns, rng)
             if negatives:
                 out["negative_text"] = self.tokenizer(negatives).to(device)
+                out["negative_owner"] = torch.tensor(owners, dtype=torch.long, device=device)
         return out
 
     def forward(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -191,8 +193,15 @@ class Clip(Objective):
             offset = local_slice_offset(image)
         else:
             all_image, all_text, offset = image, text, 0
+        mask = None
+        if negatives is not None:  # a generated caption is a negative of its own image only: on small data another
+            # image of the batch may show what it says (a false negative)
+            owner = batch["negative_owner"]
+            rows = torch.arange(image.shape[0], device=owner.device)
+            mask = torch.zeros(image.shape[0], all_text.shape[0] + owner.shape[0], dtype=torch.bool, device=owner.device)
+            mask[:, all_text.shape[0] :] = owner[None, :] != rows[:, None]
         loss = info_nce(image, all_text, logit_scale=scale, symmetric=True, all_queries=all_image, label_offset=offset,
-                        extra_negatives=negatives, shaping=self.params.negative_shaping)
+                        extra_negatives=negatives, false_negative_mask=mask, shaping=self.params.negative_shaping)
         out = {"loss": loss, "logit_scale": scale.detach()}
         if negatives is not None:
             out["caption_negatives"] = torch.tensor(float(negatives.shape[0]))

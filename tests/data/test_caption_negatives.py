@@ -92,5 +92,7 @@ def test_other_english_gets_a_heuristic_not_a_crash():
 
 def test_sampling_is_seeded_and_bounded_per_caption():
     captions = [world.captions(s)[0] for s in SCENES[-5:]]
-    a = sample_negatives(captions, 2, KINDS, NOUNS, random.Random(3))
-    assert a == sample_negatives(captions, 2, KINDS, NOUNS, random.Random(3)) and len(a) == 10
+    texts, owners = sample_negatives(captions, 2, KINDS, NOUNS, random.Random(3))
+    assert (texts, owners) == sample_negatives(captions, 2, KINDS, NOUNS, random.Random(3)) and len(texts) == 10
+    assert owners == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert all(t in caption_negatives(captions[o], KINDS, NOUNS) for t, o in zip(texts, owners))

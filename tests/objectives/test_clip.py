@@ -153,7 +153,11 @@ def test_caption_negatives_join_the_text_negatives_and_two_object_images_are_pro
     module = objective.module
     out = objective.forward(module, batch)
     image, text, scale = module(batch["image"], torch.cat([batch["text"], batch["negative_text"]]))
-    reference = info_nce(image, text[:8], logit_scale=scale, symmetric=True, extra_negatives=text[8:])
+    owner = batch["negative_owner"]
+    assert owner.shape[0] == batch["negative_text"].shape[0] and owner.min() >= 0 and owner.max() < 8
+    others = torch.cat([torch.zeros(8, 8, dtype=torch.bool), owner[None, :] != torch.arange(8)[:, None]], dim=1)
+    reference = info_nce(image, text[:8], logit_scale=scale, symmetric=True, extra_negatives=text[8:],
+                         false_negative_mask=others)  # each image: its own caption's negatives only
     assert torch.allclose(out["loss"], reference, atol=1e-6)
     plain = objective.forward(module, {k: v for k, v in batch.items() if k != "negative_text"})
     assert out["loss"] > plain["loss"]  # more negatives, and hard ones
