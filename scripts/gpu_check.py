@@ -41,14 +41,19 @@ def benchmarks(device: str) -> list[tuple[str, list[str], int]]:
     ]
 
 
+# recipes that fine-tune another recipe's output: (that recipe, the key to point at its output folder)
+STAGES = {"negclip_world": ("clip_pairs_world", "model.pretrained")}
+
+
 def recipes(only: list[str] | None) -> list[Path]:
     found = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith(NOT_TRAINING))
     if only:
         missing = set(only) - {p.stem for p in found}
         if missing:
             raise SystemExit(f"--only: no training recipe named {sorted(missing)} in configs/")
-        found = [p for p in found if p.stem in only]
-    return found
+        needed = set(only) | {STAGES[name][0] for name in only if name in STAGES}
+        found = [p for p in found if p.stem in needed]
+    return sorted(found, key=lambda p: p.stem in STAGES)  # stage 2 after the stage it starts from
 
 
 def run(command: list[str], limit: int, log: Path) -> tuple[str, float, str]:
@@ -120,6 +125,9 @@ def main() -> None:
                    f"train.max_steps={args.steps}", "train.overwrite=true", "train.progress=false",
                    "train.save_every=0", f"train.cpu={'true' if args.device == 'cpu' else 'false'}",
                    f"train.mixed_precision={'bf16' if args.device == 'cuda' else 'auto'}"]
+        if recipe.stem in STAGES:
+            first, key = STAGES[recipe.stem]
+            command.append(f"{key}={out / first}")
         status, seconds, _ = run(command, args.recipe_limit, out / f"{recipe.stem}.log")
         rows.append((f"recipe {recipe.stem}", status, seconds, recipe_figures(run_dir)))
         print(f"  {rows[-1][0]:32s} {status:10s} {seconds:6.1f} s  {rows[-1][3]}", flush=True)

@@ -28,3 +28,14 @@ def test_an_unknown_recipe_is_named_and_no_gpu_is_a_clear_refusal(tmp_path):
     done = subprocess.run([PYTHON, "scripts/gpu_check.py", "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
     assert done.returncode != 0 and "no CUDA device is visible" in done.stderr
+
+
+def test_a_fine_tuning_recipe_runs_after_the_recipe_it_starts_from():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert [p.stem for p in module.recipes(["negclip_world"])] == ["clip_pairs_world", "negclip_world"]
+    order = [p.stem for p in module.recipes(None)]
+    assert order.index("clip_pairs_world") < order.index("negclip_world") and order[-1] == "negclip_world"
