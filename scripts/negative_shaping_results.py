@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="recipe overrides for every run")
     parser.add_argument("--variants", default="plain,mochi,debiased,hard")
     parser.add_argument("--seeds", default="0,1,2")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # options before or after the overrides
     variants, seeds = args.variants.split(","), [int(s) for s in args.seeds.split(",")]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
