@@ -322,7 +322,7 @@ def test_simclr_draws_bank_negatives_and_moves_the_rows_of_its_batch(tmp_path):
     original = module.bank.sample_shared
     module.bank.sample_shared = lambda num: seen.append(num) or original(num)
     loss = obj.step_loss(module, batch)["loss"]
-    assert seen == [24] and math.isfinite(float(loss))
+    assert seen == [24] and math.isfinite(float(loss.detach()))
     moved = (module.bank.features != before).any(dim=1)
     assert moved[3:11].all() and not moved[:3].any() and not moved[11:].any()
     assert _objective(tmp_path / "plain", "simclr").module.bank is None
