@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 KINDS = ("relation", "objects", "attributes", "noun")
@@ -31,17 +32,17 @@ DETERMINERS = {"a", "an", "the", "one", "two", "some", "this", "that"}
 STOP_WORDS = {"and", "or", "but", "is", "are", "was", "were", "there", "with", "placed", "sits", "stands", "lies",
               "of", "in", "on", "at", "to", "near", "next", "by", "from", "under", "over", "above", "below",
               "behind", "left", "right", "top", "bottom", "middle", "while", "which", "that", "who", "has", "have"}
-# opposite relation phrases, longest first so that "to the left of" wins over "left of"
-OPPOSITES = [
-    ("to the left of", "to the right of"), ("to the right of", "to the left of"),
-    ("on top of", "underneath"), ("underneath", "on top of"),
-    ("in front of", "behind"), ("behind", "in front of"),
-    ("on the left", "on the right"), ("on the right", "on the left"),
-    ("at the top", "at the bottom"), ("at the bottom", "at the top"),
-    ("left of", "right of"), ("right of", "left of"),
-    ("above", "below"), ("below", "above"), ("over", "under"), ("under", "over"),
-    ("before", "after"), ("after", "before"), ("inside", "outside"), ("outside", "inside"),
-]
+# each relation phrase and its opposite, longest first so that "to the left of" wins over "left of"
+OPPOSITES = {
+    "to the left of": "to the right of", "to the right of": "to the left of",
+    "on top of": "underneath", "underneath": "on top of",
+    "in front of": "behind", "behind": "in front of",
+    "on the left": "on the right", "on the right": "on the left",
+    "at the top": "at the bottom", "at the bottom": "at the top",
+    "left of": "right of", "right of": "left of",
+    "above": "below", "below": "above", "over": "under", "under": "over",
+    "before": "after", "after": "before", "inside": "outside", "outside": "inside",
+}
 BINARY = {"to the left of", "to the right of", "left of", "right of", "above", "below", "on top of", "underneath",
           "in front of", "behind", "over", "under", "inside", "outside", "before", "after"}
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -73,7 +74,7 @@ def _relations(tokens: list[str]) -> list[tuple[int, int, str]]:
     lower = [t.lower() for t in tokens]
     found, i = [], 0
     while i < len(lower):
-        for phrase, _ in OPPOSITES:
+        for phrase in OPPOSITES:
             words = phrase.split()
             if lower[i : i + len(words)] == words:
                 found.append((i, i + len(words), phrase))
@@ -106,6 +107,14 @@ def _noun_phrases(tokens: list[str], inside: set[int]) -> list[tuple[int, int]]:
     return spans
 
 
+def _parse(caption: str) -> tuple[list[str], list[tuple[int, int, str]], list[tuple[int, int]]]:
+    """A caption's tokens, its relation phrases and its noun phrases (outside the relation phrases)."""
+    tokens = _tokens(caption)
+    relations = _relations(tokens)
+    inside = {k for start, end, _ in relations for k in range(start, end)}
+    return tokens, relations, _noun_phrases(tokens, inside)
+
+
 def caption_negatives(caption: str, kinds: Iterable[str] = KINDS, nouns: Sequence[str] = ()) -> list[str]:
     """Every negative of the given kinds the heuristic can make for `caption` (deduplicated, none equal to
     it); ``nouns`` are the replacement candidates of kind ``noun``."""
@@ -113,15 +122,11 @@ def caption_negatives(caption: str, kinds: Iterable[str] = KINDS, nouns: Sequenc
     unknown = kinds - set(KINDS)
     if unknown:
         raise ValueError(f"unknown caption negative kinds {sorted(unknown)}; choose from {list(KINDS)}")
-    tokens = _tokens(caption)
-    relations = _relations(tokens)
-    inside = {k for start, end, _ in relations for k in range(start, end)}
-    phrases = _noun_phrases(tokens, inside)
+    tokens, relations, phrases = _parse(caption)
     out: list[list[str]] = []
     if "relation" in kinds:
         for start, end, phrase in relations:
-            opposite = dict(OPPOSITES)[phrase].split()
-            out.append(tokens[:start] + opposite + tokens[end:])
+            out.append(tokens[:start] + OPPOSITES[phrase].split() + tokens[end:])
     pair = _pair_around_relation(phrases, relations)
     if pair is not None:
         (a0, a1), (b0, b1) = pair
@@ -169,13 +174,10 @@ def _pair_around_relation(phrases: list[tuple[int, int]], relations: list[tuple[
 
 def head_nouns(captions: Iterable[str], limit: int = 200) -> list[str]:
     """The `limit` most frequent head nouns of the captions' noun phrases (replacement candidates)."""
-    from collections import Counter
-
     counts: Counter[str] = Counter()
     for caption in captions:
-        tokens = _tokens(caption)
-        inside = {k for start, end, _ in _relations(tokens) for k in range(start, end)}
-        counts.update(tokens[end - 1].lower() for _, end in _noun_phrases(tokens, inside))
+        tokens, _, phrases = _parse(caption)
+        counts.update(tokens[end - 1].lower() for _, end in phrases)
     return [noun for noun, _ in counts.most_common(limit)]
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -187,10 +187,11 @@ def relation_probes(caption: str) -> tuple[str, str | None] | None:
     found = re.fullmatch(rf"an? ({colours}) (\w+) ({relations}) an? ({colours}) (\w+)", caption)
     if found is None or found[2] not in SHAPES or found[5] not in SHAPES:
         return None
-    a, rel, b = Thing(found[1], found[2], "small"), found[3], Thing(found[4], found[5], "small")
+    a, rel, b = Thing(found[1], found[2], "small"), found[3], Thing(found[4], found[5], "small")  # sizes unsaid
     objects = f"{_np(b)} {rel} {_np(a)}"
-    attributes = None if a.colour == b.colour else f"{_np(Thing(b.colour, a.shape, 's'))} {rel} {_np(Thing(a.colour, b.shape, 's'))}"
-    return objects, attributes
+    if a.colour == b.colour:
+        return objects, None
+    return objects, f"{_np(replace(a, colour=b.colour))} {rel} {_np(replace(b, colour=a.colour))}"
 
 
 def render(scene: Scene, size: int, rng: random.Random) -> Image.Image:

@@ -55,7 +55,7 @@ class NegativeShaping:
 
     @property
     def mixes(self) -> int:
-        return self.mochi_pairs + self.mochi_query if self.mochi_hardest else 0
+        return self.mochi_pairs + self.mochi_query  # only with mochi_hardest set (__post_init__)
 
     @property
     def reweights(self) -> bool:

@@ -71,8 +71,7 @@ class MemoryBank(nn.Module):
         """``[num', D]`` negatives for the whole step, num' = ceil(num / W) * W: each process draws its share
         uniformly from its own rows, then all processes gather them (a stratified uniform draw over the bank)."""
         share = math.ceil(num / self.world)
-        start, stop = self.rows_of(self.rank)
-        index = torch.randint(start, stop, (share,), device=self.features.device)
+        index = torch.randint(self.start, self.stop, (share,), device=self.features.device)
         local = self.features[index - self.start] if self.sharded else self.features[index]
         return gather_no_grad(local)
 
@@ -100,6 +99,12 @@ class MemoryBank(nn.Module):
         if self.sharded and key in state_dict and state_dict[key].shape[0] == self.size:
             state_dict[key] = state_dict[key][self.start : self.stop]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def keep_out_of_ddp(self, owner: nn.Module, name: str) -> None:
+        """A sharded bank, the attribute `name` of `owner` (the module DDP wraps), is left out of DDP's broadcast
+        of buffers, which would copy process 0's rows over every other process's."""
+        if self.sharded:
+            owner._ddp_params_and_buffers_to_ignore = [f"{name}.features"]
 
     def whole(self) -> Tensor:
         """All rows, gathered from the shards (a collective call)."""

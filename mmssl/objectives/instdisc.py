@@ -46,8 +46,7 @@ class InstDiscModule(nn.Module):
         self.backbone = backbone
         self.embed = nn.Linear(backbone.dim, dim)
         self.bank = MemoryBank(bank_size, dim, bank_momentum, seed, sharded=shard_bank)
-        if self.bank.sharded:  # DDP must not broadcast process 0's slice over the others'
-            self._ddp_params_and_buffers_to_ignore = ["bank.features"]
+        self.bank.keep_out_of_ddp(self, "bank")
         self.register_buffer("log_z", torch.tensor(math.nan))  # NCE's normalising constant, set on the first step
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -37,8 +37,8 @@ class SimCLRModule(nn.Module):
     def __init__(self, backbone: Backbone, projection: nn.Module, bank: MemoryBank | None = None):
         super().__init__()
         self.backbone, self.projection, self.bank = backbone, projection, bank
-        if bank is not None and bank.sharded:  # DDP must not broadcast process 0's slice over the others'
-            self._ddp_params_and_buffers_to_ignore = ["bank.features"]
+        if bank is not None:
+            bank.keep_out_of_ddp(self, "bank")
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.projection(self.backbone(torch.cat([view1, view2])))  # one pass: batch norm sees both views
