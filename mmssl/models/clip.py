@@ -70,6 +70,9 @@ def resolve_config(cfg: ModelConfig) -> dict[str, Any]:
             raise RecipeError(f"model.pretrained {cfg.pretrained!r}: no {CONFIG_FILE} in this folder (not an open_clip model)")
         base = json.loads(path.read_text(encoding="utf-8"))
         base = base.get("model_cfg", base)
+    elif cfg.pretrained and not cfg.arch:
+        raise RecipeError(f"model.pretrained {cfg.pretrained!r} is not a folder: give a saved open_clip model (for "
+                          "example the output folder of another run, trained first), or set model.arch")
     elif not cfg.arch:
         raise RecipeError(
             "model.arch: name an open_clip architecture (e.g. 'mmssl-vit-tiny', 'ViT-B-32') or a JSON config file, "

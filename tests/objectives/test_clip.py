@@ -117,6 +117,10 @@ def test_recipe_errors(tmp_path: Path):
     with pytest.raises(RecipeError, match="did you mean 'mmssl-vit-tiny'"):
         setup_objective(raw)
     raw = clip_recipe(tmp_path / "run")
+    raw["model"] = {"pretrained": str(tmp_path / "stage1")}  # a fine-tuning recipe run before its first stage
+    with pytest.raises(RecipeError, match="stage1' is not a folder: give a saved open_clip model"):
+        setup_objective(raw)
+    raw = clip_recipe(tmp_path / "run")
     raw["model"]["config"] = {"text_cfg": {"vocab_size": 1000}}
     with pytest.raises(RecipeError, match="49408"):
         setup_objective(raw)
