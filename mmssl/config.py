@@ -131,6 +131,37 @@ class ObjectiveParams:
 
 
 @dataclass
+class MixingConfig:
+    """How a recipe with several objectives (`Recipe.objectives`) combines them each step.
+
+    * ``sum``: every step runs every objective on its own next batch and minimises the weighted sum of losses.
+    * ``alternate``: every step runs one objective, in a fixed interleaving that visits each in proportion to
+      its share.
+    * ``sample``: every step runs one objective drawn at random (seeded) with probability proportional to its share.
+
+    An objective's share is its ``share`` key, or the number of its training rows; shares are raised to
+    ``1/temperature`` (1: proportional to size; larger: closer to uniform, as in multilingual sampling).
+    ``balancing: uncertainty`` learns one log-variance per objective and minimises
+    ``sum(exp(-s_i) * w_i * L_i + s_i)`` (Kendall et al. 2018)."""
+
+    strategy: Literal["sum", "alternate", "sample"] = "sum"
+    temperature: PositiveFloat = 1.0
+    balancing: Literal["none", "uncertainty"] = "none"
+
+
+@dataclass
+class ObjectiveEntry:
+    """One objective of a combined recipe: its parameters, a distinct label, its loss weight, its share of the
+    steps (``alternate``/``sample``) and optionally its own data (default: the recipe's ``data``)."""
+
+    params: ObjectiveParams
+    label: str
+    weight: PositiveFloat = 1.0
+    share: PositiveFloat | None = None
+    data: DataConfig | None = None
+
+
+@dataclass
 class Recipe:
     """A whole training run: data, tokenizer, model, objective and training settings."""
 
@@ -143,6 +174,9 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     push_to_hub: PushConfig | None = None
+    # several objectives over one shared encoder (`mmssl.objectives._combined`); `objective` is then their summary
+    objectives: list[ObjectiveEntry] | None = None
+    mixing: MixingConfig = field(default_factory=MixingConfig)
 
     def __post_init__(self) -> None:
         self.output_dir = os.path.expanduser(self.output_dir)  # every check and write sees the same folder

@@ -9,8 +9,10 @@ from typing import Any
 
 import yaml
 
-from mmssl.config import (DataConfig, ModelConfig, ObjectiveParams, PushConfig, Recipe, TokenizerConfig,
-                          TrainConfig, WorldConfig)
+import re
+
+from mmssl.config import (DataConfig, ModelConfig, ObjectiveEntry, ObjectiveParams, PushConfig, Recipe,
+                          TokenizerConfig, TrainConfig, WorldConfig)
 from mmssl.errors import RecipeError
 from mmssl.registry import get_objective, objective_names
 from mmssl.schema import from_dict, to_dict
@@ -20,11 +22,14 @@ __all__ = ["DataConfig", "ModelConfig", "ObjectiveParams", "PushConfig", "Recipe
            "save_recipe"]
 
 
-def _parse_objective(raw: Any) -> ObjectiveParams:
+_ENTRY_KEYS = ("label", "weight", "share", "data")  # keys of an `objectives:` item that are not the method's
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
+
+def _parse_objective(raw: Any, where: str = "objective") -> ObjectiveParams:
     if not isinstance(raw, dict) or "name" not in raw:
         raise RecipeError(
-            f"objective.name: required key is missing; choose one of {', '.join(map(repr, objective_names()))}"
+            f"{where}.name: required key is missing; choose one of {', '.join(map(repr, objective_names()))}"
         )
     raw = dict(raw)
     name = raw["name"]
@@ -32,9 +37,35 @@ def _parse_objective(raw: Any) -> ObjectiveParams:
         hint = difflib.get_close_matches(str(name), objective_names(), n=1)
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise RecipeError(
-            f"objective.name: unknown objective {name!r}{extra}; choose one of {', '.join(map(repr, objective_names()))}"
+            f"{where}.name: unknown objective {name!r}{extra}; choose one of {', '.join(map(repr, objective_names()))}"
         )
-    return from_dict(get_objective(name).Params, raw, "objective")
+    return from_dict(get_objective(name).Params, raw, where)
+
+
+def _parse_objectives(raw: Any) -> list[ObjectiveEntry]:
+    """The `objectives:` list of a combined recipe: each item is an objective's keys plus label, weight, share
+    and data; labels (default: the objective's name) must be distinct."""
+    if not isinstance(raw, list) or not raw:
+        raise RecipeError("objectives: expected a non-empty list of objectives, e.g. [{name: mlm}, {name: simcse}]")
+    entries: list[ObjectiveEntry] = []
+    for index, item in enumerate(raw):
+        where = f"objectives[{index}]"
+        if not isinstance(item, dict):
+            raise RecipeError(f"{where}: expected a mapping with at least a name, got {item!r}")
+        keys = {k: item[k] for k in _ENTRY_KEYS if k in item}
+        params = _parse_objective({k: v for k, v in item.items() if k not in _ENTRY_KEYS}, where)
+        keys.setdefault("label", params.name)
+        entry = from_dict(ObjectiveEntry, {**keys, "params": {}}, where)
+        entry.params = params
+        if not isinstance(entry.label, str) or not _LABEL.match(entry.label):
+            raise RecipeError(f"{where}.label: {entry.label!r} is not a usable label (it names the objective's output "
+                              "folder and logged metrics): use letters, digits, '_', '-' or '.'")
+        clash = next((e for e in entries if e.label == entry.label), None)
+        if clash is not None:
+            raise RecipeError(f"{where}: the label {entry.label!r} is already used by objectives[{entries.index(clash)}]; "
+                              f"give each objective a distinct label, e.g. label: {entry.label}_2")
+        entries.append(entry)
+    return entries
 
 
 def parse_recipe(raw: Any) -> Recipe:
@@ -42,6 +73,17 @@ def parse_recipe(raw: Any) -> Recipe:
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe: expected a mapping at the top level, got {type(raw).__name__}")
     raw = dict(raw)
+    if "objectives" in raw:
+        if "objective" in raw:
+            raise RecipeError("recipe: both objective and objectives are set; use objective for one method or "
+                              "objectives for several, not both")
+        entries = _parse_objectives(raw.pop("objectives"))
+        recipe = from_dict(Recipe, {**raw, "objective": {}})
+        recipe.objectives = entries
+        recipe.objective = ObjectiveParams(name="+".join(e.label for e in entries))
+        return recipe
+    if "mixing" in raw:
+        raise RecipeError("mixing: combines several objectives; list them under objectives: (or remove mixing)")
     objective = _parse_objective(raw.pop("objective", None))
     recipe = from_dict(Recipe, {**raw, "objective": {}})
     recipe.objective = objective
@@ -87,7 +129,16 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    return to_dict(recipe)
+    """Plain data; a combined recipe lists its objectives flat (as written) and has no `objective`."""
+    data = to_dict(recipe)
+    entries = data.pop("objectives")
+    if entries is None:
+        data.pop("mixing")
+        return data
+    data.pop("objective")
+    data["objectives"] = [{**entry.pop("params"), **{k: v for k, v in entry.items() if v is not None}}
+                          for entry in entries]
+    return data
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

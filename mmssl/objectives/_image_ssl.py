@@ -82,7 +82,7 @@ class ImageSSL(Objective):
 
         recipe, p = self.recipe, self.params
         self.check(int(os.environ.get("WORLD_SIZE", "1")))
-        backbone = build_backbone(recipe.model)
+        backbone = self.shared_part("image_backbone", lambda: build_backbone(recipe.model))
         splits = load_images(recipe.data, p.image_size, recipe.seed, store=p.image_store,
                              store_dir=Path(recipe.output_dir))
         self.train, self.eval, self.class_names = splits.train, splits.eval, splits.class_names

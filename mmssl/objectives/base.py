@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import datasets
 import torch
 from torch import nn
 
 from mmssl.config import ObjectiveParams, Recipe
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,15 @@ class Objective:
         self.eval_dataset: datasets.Dataset | None = None
         self.epoch = 0
         self.optimizer: torch.optim.Optimizer | None = None  # set by the trainer (`attach_optimizer`)
+        # parts shared with the other objectives of a combined recipe (set before `setup`; see `shared_part`)
+        self.parts: dict[str, Any] = {}
+
+    def shared_part(self, role: str, build: Callable[[], T]) -> T:
+        """The part playing `role` ("tokenizer", "text_backbone", "image_backbone", "open_clip_model"): built by
+        the first objective of a recipe that asks for it, reused by the others, so they train one shared encoder."""
+        if role not in self.parts:
+            self.parts[role] = build()
+        return self.parts[role]
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self, resume_dir: Path | None) -> None:
@@ -64,6 +75,11 @@ class Objective:
     # -- per step --------------------------------------------------------------------------------
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def batch_sampler(self, batch_size: int, world: int) -> torch.utils.data.Sampler | None:
+        """The objective's own batch order (a sampler of row lists, with ``set_epoch``; one list per process and
+        step), or None for the trainer's: a permutation of `train_dataset` per epoch."""
+        return None
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the trainer before each pass over the data (before loader workers start), so that
@@ -123,6 +139,10 @@ class Objective:
         return ids.shape[0], int(mask.sum()) if mask is not None else ids.numel()
 
     # -- evaluation and export -------------------------------------------------------------------
+    def has_evaluation(self) -> bool:
+        """Whether `evaluate` has something to measure (the trainer then calls it at eval_every and at the end)."""
+        return self.eval_dataset is not None
+
     def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
         return {}
 

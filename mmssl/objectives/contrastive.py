@@ -181,7 +181,7 @@ class SimCSE(Objective):
         self._check_negatives(world)
 
         self.tokenizer = self._tokenizer(resume_dir, splits.train)
-        backbone = build_backbone(recipe.model, self.tokenizer)
+        backbone = self.shared_part("text_backbone", lambda: build_backbone(recipe.model, self.tokenizer))
         limit = getattr(backbone.config, "max_position_embeddings", None)
         if isinstance(limit, int) and p.max_length > limit:
             raise RecipeError(f"objective.max_length={p.max_length} exceeds the model's {limit} positions; lower "
@@ -256,16 +256,19 @@ class SimCSE(Objective):
     def _tokenizer(self, resume_dir: Path | None, train: datasets.Dataset):
         recipe = self.recipe
         saved = resume_dir / TOKENIZER_DIR if resume_dir else None
-        if saved is not None and saved.is_dir():
-            tok = load_pretrained_tokenizer(str(saved))
-        elif recipe.tokenizer.path:
-            tok = load_pretrained_tokenizer(recipe.tokenizer.path, recipe.tokenizer.trust_remote_code)
-        elif recipe.model.pretrained:
-            tok = load_pretrained_tokenizer(recipe.model.pretrained, recipe.model.trust_remote_code,
-                                            "model.pretrained", "model.trust_remote_code")
-        else:
+
+        def build():
+            if saved is not None and saved.is_dir():
+                return load_pretrained_tokenizer(str(saved))
+            if recipe.tokenizer.path:
+                return load_pretrained_tokenizer(recipe.tokenizer.path, recipe.tokenizer.trust_remote_code)
+            if recipe.model.pretrained:
+                return load_pretrained_tokenizer(recipe.model.pretrained, recipe.model.trust_remote_code,
+                                                 "model.pretrained", "model.trust_remote_code")
             texts = (t for column in dict.fromkeys(self.views) for t in train[column])
-            tok = build_tokenizer(recipe.tokenizer, "wordpiece", texts)
+            return build_tokenizer(recipe.tokenizer, "wordpiece", texts)
+
+        tok = self.shared_part("tokenizer", build)
         if tok.pad_token_id is None:
             if tok.eos_token is None:
                 raise RecipeError("the tokenizer has neither a pad nor an eos token; set tokenizer.path to one that does")

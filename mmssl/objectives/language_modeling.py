@@ -61,11 +61,13 @@ class LanguageModeling(Objective):
         splits = load_splits(recipe.data, "text", ["text"], seed=recipe.seed)
         saved = resume_dir / TOKENIZER_DIR if resume_dir else None
         if saved is not None and saved.is_dir():
-            self.tokenizer = load_pretrained_tokenizer(str(saved))
+            build = lambda: load_pretrained_tokenizer(str(saved))  # noqa: E731
         else:
-            self.tokenizer = build_tokenizer(recipe.tokenizer, self.tokenizer_kind, splits.train["text"])
+            build = lambda: build_tokenizer(recipe.tokenizer, self.tokenizer_kind, splits.train["text"])  # noqa: E731
+        self.tokenizer = self.shared_part("tokenizer", build)
         self._check_tokenizer()
         self.model = build_language_model(recipe.model, self.kind, self.tokenizer)
+        share_base_model(self.model, self.shared_part("text_backbone", lambda: self.model.base_model))
         limit = max_positions(self.model)
         if limit is not None and self.params.max_length > limit:
             raise RecipeError(
@@ -149,6 +151,19 @@ class LanguageModeling(Objective):
             "truncated_texts": self.blocks.num_truncated,
             "architecture": type(self.model).__name__,
         }
+
+
+def share_base_model(model, backbone: nn.Module) -> None:
+    """Make `backbone` (an encoder another objective of the recipe trains) the base model of the LM `model`,
+    with the output embeddings tied to its input embeddings again where the model ties them."""
+    if backbone is model.base_model:
+        return
+    if type(backbone).__name__ != type(model.base_model).__name__:
+        raise RecipeError(f"the shared encoder is a {type(backbone).__name__}, but this language model's base is a "
+                          f"{type(model.base_model).__name__}; combine objectives over the same model.arch")
+    setattr(model, model.base_model_prefix, backbone)
+    if getattr(model.config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
+        model.get_output_embeddings().weight = backbone.get_input_embeddings().weight
 
 
 def _lookup(size: int, ids: list[int]) -> torch.Tensor:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
 # Recipe sections that must match for a checkpoint to be resumed (training settings may change).
-RESUME_KEYS = ("objective", "model", "tokenizer", "data", "seed")
+RESUME_KEYS = ("objective", "objectives", "mixing", "model", "tokenizer", "data", "seed")
 
 
 @dataclass

@@ -26,7 +26,7 @@ from mmssl.errors import DataError, MmsslError, RecipeError, TrainingDiverged
 from mmssl.outputs import RunManifest, check_not_input, is_disk_full, storage_failure
 from mmssl.config import Recipe
 from mmssl.recipes import recipe_to_dict, save_recipe
-from mmssl.registry import get_objective
+from mmssl.objectives._combined import build_objective
 from mmssl.train import checkpoints as ckpt
 from mmssl.train.metrics_log import MetricsLog, flatten
 from mmssl.train.optim import build_optimizer
@@ -78,7 +78,9 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
             project_config=ProjectConfiguration(
                 project_dir=recipe.output_dir, logging_dir=str(Path(recipe.output_dir) / "tracking")
             ),
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+            # a combined recipe that runs one objective per step leaves the others' heads without gradients
+            kwargs_handlers=[DistributedDataParallelKwargs(
+                find_unused_parameters=bool(recipe.objectives) and recipe.mixing.strategy != "sum")],
         )
     except (ImportError, ValueError) as exc:
         raise RecipeError(f"train: could not set up training ({exc})") from None
@@ -191,7 +193,7 @@ def _train(recipe: Recipe) -> dict[str, Any]:
     main = accelerator.is_main_process
     set_seed(recipe.seed)
     recipe_dict = recipe_to_dict(recipe)
-    signature = {key: recipe_dict[key] for key in ckpt.RESUME_KEYS}
+    signature = {key: recipe_dict.get(key) for key in ckpt.RESUME_KEYS}
 
     if cfg.overwrite and cfg.resume_from == "latest":
         raise RecipeError("train.overwrite=true deletes the run that train.resume_from=latest would continue; "
@@ -217,19 +219,25 @@ def _train(recipe: Recipe) -> dict[str, Any]:
         save_recipe(recipe, output_dir / "recipe.yaml")
     accelerator.wait_for_everyone()
 
-    objective = get_objective(recipe.objective.name)(recipe)
+    objective = build_objective(recipe)
     with accelerator.main_process_first():
         objective.setup(resume_dir)
     module = objective.module
 
     dataset = objective.train_dataset
     world = accelerator.num_processes
-    sampler = EpochShuffleSampler(len(dataset), recipe.seed)
-    drop_last = len(dataset) >= cfg.batch_size * world
-    train_loader = DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=objective.collate,
-        num_workers=cfg.num_workers, drop_last=drop_last,
-    )
+    batch_sampler = objective.batch_sampler(cfg.batch_size, world)
+    if batch_sampler is not None:  # the objective's own order (several data streams): one list per process and step
+        sampler = batch_sampler
+        train_loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=objective.collate,
+                                  num_workers=cfg.num_workers)
+    else:
+        sampler = EpochShuffleSampler(len(dataset), recipe.seed)
+        drop_last = len(dataset) >= cfg.batch_size * world
+        train_loader = DataLoader(
+            dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=objective.collate,
+            num_workers=cfg.num_workers, drop_last=drop_last,
+        )
     eval_loader = None
     if objective.eval_dataset is not None:
         eval_loader = DataLoader(objective.eval_dataset, batch_size=cfg.batch_size, collate_fn=objective.collate)
@@ -323,14 +331,14 @@ def _train(recipe: Recipe) -> dict[str, Any]:
         accelerator.wait_for_everyone()
 
     def run_eval() -> dict[str, float]:
-        if eval_loader is None:
+        if not objective.has_evaluation():
             return {}
         result = objective.evaluate(module, eval_loader, accelerator)
         metrics_log.write(state.step, result, event="eval")
         return result
 
     progress = tqdm(total=total_steps, initial=state.step, disable=not (main and cfg.progress), desc="train")
-    window: dict[str, Any] = {"sums": {}, "micro": 0}  # logged scalars summed since the last log
+    window: dict[str, Any] = {"sums": {}, "counts": {}}  # logged scalars summed since the last log, and how often
     counted = torch.zeros(2, dtype=torch.float64)  # examples, tokens since last log (this process)
     last_log_time = time.perf_counter()
     started = time.perf_counter()
@@ -373,9 +381,9 @@ def _train(recipe: Recipe) -> dict[str, Any]:
             examples, tokens = objective.batch_size_of(batch)
             with contextlib.nullcontext() if sync else accelerator.no_sync(module):
                 logged = objective.training_step(module, batch, backward)
-            for key, value in logged.items():
+            for key, value in logged.items():  # a scalar is averaged over the micro-batches that logged it
                 window["sums"][key] = window["sums"].get(key, 0.0) + value.double()
-            window["micro"] += 1
+                window["counts"][key] = window["counts"].get(key, 0) + 1
             counted += torch.tensor([examples, tokens], dtype=torch.float64)
             state.examples += examples
             state.tokens += tokens
@@ -396,7 +404,8 @@ def _train(recipe: Recipe) -> dict[str, Any]:
             if state.step % cfg.log_every == 0 or state.step == total_steps:
                 keys = sorted(window["sums"])
                 means = accelerator.reduce(
-                    torch.stack([window["sums"][k] for k in keys]).to(accelerator.device) / window["micro"], reduction="mean"
+                    torch.stack([window["sums"][k] / window["counts"][k] for k in keys]).to(accelerator.device),
+                    reduction="mean",
                 ).tolist()
                 scalars = dict(zip(keys, means))
                 mean_loss = scalars["loss"]
@@ -412,7 +421,7 @@ def _train(recipe: Recipe) -> dict[str, Any]:
                 metrics_log.write(state.step, values)
                 unit = "tokens_per_s" if objective.throughput_unit == "tokens" else "examples_per_s"
                 progress.set_postfix(loss=f"{mean_loss:.4f}", **{unit.split("_")[0] + "/s": f"{values[unit]:.0f}"})
-                window = {"sums": {}, "micro": 0}
+                window = {"sums": {}, "counts": {}}
                 counted.zero_()
                 last_log_time = time.perf_counter()
             if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
