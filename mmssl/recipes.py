@@ -65,6 +65,11 @@ def _parse_objectives(raw: Any) -> list[ObjectiveEntry]:
             raise RecipeError(f"{where}: the label {entry.label!r} is already used by objectives[{entries.index(clash)}]; "
                               f"give each objective a distinct label, e.g. label: {entry.label}_2")
         entries.append(entry)
+    with_share = [i for i, e in enumerate(entries) if e.share is not None]
+    if with_share and len(with_share) < len(entries):
+        missing = next(i for i in range(len(entries)) if i not in with_share)
+        raise RecipeError(f"objectives[{with_share[0]}].share is set but objectives[{missing}].share is not: give every "
+                          "objective a share, or none (the shares then follow the sizes of their training data)")
     return entries
 
 
