@@ -126,10 +126,12 @@ def build_open_clip(model_cfg: dict[str, Any], cfg: ModelConfig) -> nn.Module:
         # A pretrained text tower from a local path is loaded unless whole-model weights follow.
         text.setdefault("hf_model_pretrained", not cfg.pretrained)
     custom = kwargs.pop("custom_text", False) or hf_text
-    if "multimodal_cfg" in kwargs:
-        raise RecipeError("model: CoCa-style models (multimodal_cfg) are not supported by the clip objective")
+    from open_clip import CoCa
+
+    # CoCa (a multimodal text decoder beside the towers) where the config has one, as open_clip's factory decides
+    model_class = CoCa if "multimodal_cfg" in kwargs else CustomTextCLIP if custom else CLIP
     try:
-        model = (CustomTextCLIP if custom else CLIP)(**kwargs)
+        model = model_class(**kwargs)
     except (TypeError, ValueError, OSError) as exc:
         raise RecipeError(f"model: cannot build an open_clip model from this config: {exc}") from None
     if cfg.pretrained:
@@ -196,15 +198,17 @@ class ClipModule(nn.Module):
     @torch.no_grad()
     def sync_logit_scale(self) -> None:
         """Copy the learned (clamped) scale into open_clip's ``logit_scale``."""
-        value = math.log(float(self.temperature()))
-        self.model.logit_scale.fill_(value)
+        scale = self.model.logit_scale
+        scale.copy_(torch.log(self.temperature().detach()).to(scale.dtype).expand_as(scale))  # no host sync
 
 
-def save_open_clip(module: ClipModule, model_cfg: dict[str, Any], directory: Path, tokenizer=None) -> None:
-    """Write ``open_clip_config.json`` + ``open_clip_model.safetensors`` (``create_model_and_transforms('local-dir:DIR')``)."""
+def save_open_clip(module: nn.Module, model_cfg: dict[str, Any], directory: Path, tokenizer=None) -> None:
+    """Write ``open_clip_config.json`` + ``open_clip_model.safetensors`` (``create_model_and_transforms('local-dir:DIR')``)
+    of `module`'s open_clip model (``module.model``), with the learned logit scale where it has one."""
     from safetensors.torch import save_file
 
-    module.sync_logit_scale()
+    if isinstance(module, ClipModule):
+        module.sync_logit_scale()
     model = module.model
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

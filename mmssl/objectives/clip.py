@@ -102,6 +102,12 @@ class _Indices(torch.utils.data.Dataset):
         return i
 
 
+def _unwrap_clip(module: nn.Module) -> ClipModule:
+    while not isinstance(module, ClipModule) and hasattr(module, "module"):
+        module = module.module
+    return module  # type: ignore[return-value]
+
+
 class Captions:
     """All captions tokenised once: example i owns rows ``start[i] : start[i] + count[i]`` of ``tokens``."""
 
@@ -134,7 +140,7 @@ class Clip(Objective):
     def setup(self, resume_dir: Path | None) -> None:
         recipe, p = self.recipe, self.params
         self.model_cfg = resolve_config(recipe.model)
-        model = build_open_clip(self.model_cfg, recipe.model)
+        model = self.shared_part("open_clip_model", lambda: build_open_clip(self.model_cfg, recipe.model))
         self.tokenizer = self._tokenizer()
         self.image_size = image_size(model)
         self.mean, self.std = tuple(model.visual.image_mean), tuple(model.visual.image_std)
@@ -144,13 +150,22 @@ class Clip(Objective):
         self.class_names = splits.class_names
         self.templates = p.templates or (WORLD_TEMPLATES if recipe.data.source == "world" else DEFAULT_TEMPLATES)
         self.train_captions = Captions(self.train.captions, self.tokenizer)
-        self.nouns = head_nouns(self.train_captions.texts) if p.caption_negatives else []
+        self.nouns = head_nouns(self.train_captions.texts) if getattr(p, "caption_negatives", 0) else []
         self.views = BatchImageViews(p.views, self.image_size, self.mean, self.std)
-        self.module = ClipModule(model, p.init_temperature, p.max_logit_scale, p.learn_temperature)
+        self.module = self.build_module(model)
         self.train_dataset = _Indices(len(self.train))  # type: ignore[assignment]
         self.eval_dataset = _Indices(len(self.eval)) if self.eval is not None else None  # type: ignore[assignment]
         log.info("clip: %d training images (%d skipped), %d eval images, %d classes", len(self.train),
                  self.train.skipped, len(self.eval) if self.eval is not None else 0, len(self.class_names or []))
+
+    def build_module(self, model: nn.Module) -> nn.Module:
+        p = self.params
+        return ClipModule(model, p.init_temperature, p.max_logit_scale, p.learn_temperature)
+
+    def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
+        """Keep open_clip's own ``logit_scale`` equal to the learned one (a model shared with a captioning
+        objective is exported with it, whichever objective exports first)."""
+        _unwrap_clip(module).sync_logit_scale()
 
     def _tokenizer(self):
         text = self.model_cfg.get("text_cfg", {})
@@ -171,7 +186,7 @@ class Clip(Objective):
         rows = self.train_captions.sample_rows(index, self.params.caption_sampling == "random")
         out = {"image": images.to(device), "text": self.train_captions.tokens[rows].to(device)}
         p = self.params
-        if p.caption_negatives:  # drawn from torch's RNG, seeded per step: a resumed run draws the same
+        if getattr(p, "caption_negatives", 0):  # drawn from torch's RNG, seeded per step: a resumed run draws the same
             rng = random.Random(int(torch.randint(2**62, (1,))))
             texts = [self.train_captions.texts[int(r)] for r in rows]
             negatives, owners = sample_negatives(texts, p.caption_negatives, p.caption_negative_kinds, self.nouns, rng)
