@@ -39,8 +39,9 @@ class CaptionModule(nn.Module):
 @torch.no_grad()
 def generate_captions(model: nn.Module, images: torch.Tensor, max_length: int = 20, sot: int = SOT,
                       eot: int = EOT) -> torch.Tensor:
-    """Greedy decoding: [B, <= max_length] token ids starting with `sot`; rows that end early are padded with 0
-    after their `eot`. `images` are normalised model inputs."""
+    """Greedy decoding: [B, <= max_length] token ids starting with `sot` (at most the text tower's context length);
+    rows that end early are padded with 0 after their `eot`. `images` are normalised model inputs."""
+    max_length = min(max_length, int(getattr(model.text, "context_length", max_length)))  # the text tower's positions
     was_training = model.training
     model.eval()
     try:

@@ -231,3 +231,63 @@ def test_objectives_that_share_no_weights_are_refused():
     Combined._check_shared(SimpleNamespace(subs={k: subs[k] for k in "ab"}, entries=entries))  # a and b share
     with pytest.raises(RecipeError, match="'c' shares no weights"):
         Combined._check_shared(SimpleNamespace(subs=subs, entries=entries))
+
+
+TINY_COCA = {"embed_dim": 32,
+             "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16,
+                            "attn_pooler_queries": 8, "attn_pooler_heads": 2},
+             "text_cfg": {"width": 32, "heads": 2, "layers": 1, "context_length": 16},
+             "multimodal_cfg": {"width": 32, "heads": 2, "layers": 1, "context_length": 16, "attn_pooler_heads": 2}}
+
+
+def coca_recipe(output_dir, objectives: list[dict], **train) -> dict:
+    return {
+        "name": "test-coca", "output_dir": str(output_dir), "seed": 0,
+        "data": {"source": "world", "world": {"num_scenes": 200, "num_colours": 2, "num_shapes": 2}},
+        "model": {"arch": "mmssl-coca-tiny", "config": TINY_COCA},
+        "objectives": objectives,
+        "train": {"batch_size": 32, "learning_rate": 2e-3, "max_steps": 16, "log_every": 4, "progress": False,
+                  "cpu": True, "scheduler": "constant", "eval_every": 8, **train},
+    }
+
+
+def test_clip_and_captioning_train_one_coca_model_that_open_clip_loads_and_that_captions(tmp_path):
+    import open_clip
+    from safetensors.torch import load_file
+
+    from mmssl.models.captioning import decode, generate_captions
+
+    out = tmp_path / "run"
+    views = {"horizontal_flip": 0.0, "color_jitter": 0.0}
+    recipe = write_recipe(tmp_path / "r.yaml", coca_recipe(out, [
+        {"name": "clip", "views": views}, {"name": "captioning", "weight": 2.0, "views": views,
+                                           "eval_generate_images": 8}]))
+    done = mmssl("train", str(recipe))
+    assert done.returncode == 0, done.stderr[-3000:]
+    evals = [e for e in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if e["event"] == "eval"]
+    assert evals[-1]["captioning/caption_loss"] < evals[0]["captioning/caption_loss"] - 0.5  # it learns to caption
+    assert 0 <= evals[-1]["clip/zero_shot_top1"] <= 1
+    # one model: both folders hold the same weights, the learned logit scale included
+    a, b = load_file(str(out / "clip/open_clip_model.safetensors")), load_file(str(out / "captioning/open_clip_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out / 'captioning'}")
+    assert type(model).__name__ == "CoCa"
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{out / 'captioning'}")
+    from PIL import Image
+
+    image = preprocess(Image.new("RGB", (32, 32), (200, 30, 30))).unsqueeze(0)
+    ids = generate_captions(model, image, max_length=10)
+    assert ids.shape[0] == 1 and 2 <= ids.shape[1] <= 10 and ids[0, 0] == 49406
+    assert isinstance(decode(tokenizer, ids)[0], str)
+    generated = json.loads((out / "captioning/generated_captions.json").read_text())
+    assert len(generated) == 8 and all(g["generated"] and g["reference"] for g in generated)
+    evaluated = mmssl("eval", str(out / "captioning"))
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads(evaluated.stdout)["caption_loss"] > 0
+
+
+def test_captioning_needs_a_coca_model(tmp_path):
+    raw = coca_recipe(tmp_path / "run", [{"name": "captioning"}])
+    raw["model"] = {"arch": "mmssl-vit-tiny", "config": {k: v for k, v in TINY_COCA.items() if k != "multimodal_cfg"}}
+    raw["model"]["config"]["vision_cfg"] = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16}
+    assert_clear_error(mmssl("train", str(write_recipe(tmp_path / "r.yaml", raw))), "needs a CoCa model")
