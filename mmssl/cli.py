@@ -45,7 +45,13 @@ def _eval(args: argparse.Namespace) -> None:
         raise MmsslError(f"{str(directory)!r} holds no finished model to evaluate: {why}. Finish it with "
                          "`mmssl train ... train.resume_from=latest`, or evaluate another output_dir")
     recipe = parse_recipe(apply_overrides(read_yaml(directory / "recipe.yaml"), args.overrides))
-    metrics = get_objective(recipe.objective.name)(recipe).evaluate_export(directory)
+    if recipe.objectives:  # a combined run: each objective's folder, with its own evaluation
+        from mmssl.objectives._combined import sub_recipe
+
+        metrics = {entry.label: get_objective(entry.params.name)(sub_recipe(recipe, entry)).evaluate_export(
+            directory / entry.label) for entry in recipe.objectives}
+    else:
+        metrics = get_objective(recipe.objective.name)(recipe).evaluate_export(directory)
     print(json.dumps(metrics, indent=2))
 
 

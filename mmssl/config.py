@@ -134,7 +134,8 @@ class ObjectiveParams:
 class MixingConfig:
     """How a recipe with several objectives (`Recipe.objectives`) combines them each step.
 
-    * ``sum``: every step runs every objective on its own next batch and minimises the weighted sum of losses.
+    * ``sum``: every step runs every objective on its own next batch and minimises the weighted sum of losses;
+      objectives that read the same data into the same rows (e.g. SimCLR + RotNet) get the same examples.
     * ``alternate``: every step runs one objective, in a fixed interleaving that visits each in proportion to
       its share.
     * ``sample``: every step runs one objective drawn at random (seeded) with probability proportional to its share.

@@ -106,14 +106,35 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         except yaml.YAMLError:
             value = text
         parts = key.strip().split(".")
-        node = raw
+        node: Any = raw
         for depth, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
+            if isinstance(node, list):  # objectives.<label or index>.key
+                child = _list_item(node, part, item, ".".join(parts[:depth]))
+            else:
+                child = node.setdefault(part, {})
+            if not isinstance(child, (dict, list)):
                 raise RecipeError(f"override {item!r}: {'.'.join(parts[: depth + 1])} is not a section")
             node = child
+        if isinstance(node, list):
+            raise RecipeError(f"override {item!r}: {'.'.join(parts[:-1])} is a list; name one of its items, e.g. "
+                              f"{'.'.join(parts[:-1])}.{_labels(node)[0] if _labels(node) else 0}.KEY=VALUE")
         node[parts[-1]] = value
     return raw
+
+
+def _labels(items: list) -> list[str]:
+    return [str(i.get("label", i.get("name"))) for i in items if isinstance(i, dict)]
+
+
+def _list_item(items: list, part: str, override: str, where: str) -> Any:
+    """The item of a recipe list (``objectives``) an override names: by label (or name), or by index."""
+    for entry in items:
+        if isinstance(entry, dict) and str(entry.get("label", entry.get("name"))) == part:
+            return entry
+    if part.isdigit() and int(part) < len(items):
+        return items[int(part)]
+    raise RecipeError(f"override {override!r}: {where} has no item {part!r}; name one of "
+                      f"{', '.join(map(repr, _labels(items)))} or an index below {len(items)}")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

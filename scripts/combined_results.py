@@ -114,7 +114,8 @@ def main() -> None:
             else:
                 cells.append(f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f} "
                              f"[{min(values):.3f}, {max(values):.3f}]")
-        label = setting + (f" ({results[0]['steps']} steps)" if "steps" in results[0] else "")
+        counts = sorted({r["steps"] for r in results if "steps" in r})
+        label = setting + (f" ({counts[0]}" + (f"-{counts[-1]}" if len(counts) > 1 else "") + " steps)" if counts else "")
         print(f"| {label} | {statistics.mean(seconds[setting]):.0f} | " + " | ".join(cells) + " |")
     out = ROOT / "runs" / "combined_results"
     out.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,9 @@ class Stream:
     label: str
     rows: int  # examples in the stream's training data
     share: float  # relative frequency (alternate/sample), already raised to 1/temperature
+    # streams of one group (objectives reading the same data into the same rows) visit their rows in the same
+    # order, so with ``sum`` every step gives them the same examples
+    group: str = ""
 
 
 def interleave(shares: list[float], steps: int) -> list[int]:
@@ -111,12 +114,14 @@ class StreamBatchSampler(Sampler[list[tuple[int, int, int]]]):
         self.epoch = epoch
 
     def _perm(self, stream: int, pass_: int) -> list[int]:
-        key = (stream, pass_)
+        streams = self.schedule.streams
+        first = next(j for j, s in enumerate(streams) if s.group == streams[stream].group and s.rows == streams[stream].rows)
+        key = (first, pass_)
         if key not in self._perms:
             if len(self._perms) > 64:
                 self._perms.clear()
-            generator = torch.Generator().manual_seed((self.schedule.seed * 100_003 + pass_) * 7_919 + stream)
-            self._perms[key] = torch.randperm(self.schedule.streams[stream].rows, generator=generator).tolist()
+            generator = torch.Generator().manual_seed((self.schedule.seed * 100_003 + pass_) * 7_919 + first)
+            self._perms[key] = torch.randperm(streams[stream].rows, generator=generator).tolist()
         return self._perms[key]
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:

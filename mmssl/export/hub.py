@@ -65,7 +65,12 @@ def model_output(directory: Path):
     if not (directory / "recipe.yaml").is_file() or not (directory / "metrics.json").is_file():
         raise MmsslError(f"{str(directory)!r} is not a finished mmssl output folder (needs recipe.yaml and "
                          "metrics.json); pass the output_dir of a completed `mmssl train` run")
-    name = ((yaml.safe_load((directory / "recipe.yaml").read_text()) or {}).get("objective") or {}).get("name")
+    recipe = yaml.safe_load((directory / "recipe.yaml").read_text()) or {}
+    if recipe.get("objectives"):
+        folders = ", ".join(str(directory / e.get("label", e.get("name"))) for e in recipe["objectives"])
+        raise MmsslError(f"{str(directory)!r} is a combined run: each of its objectives has its own model folder "
+                         f"({folders}); push one of those")
+    name = (recipe.get("objective") or {}).get("name")
     if name not in objective_names():
         raise MmsslError(f"{str(directory)!r} was trained with objective {name!r}, which this mmssl does not know; "
                          f"it knows {', '.join(objective_names())}")

@@ -120,7 +120,8 @@ class Combined(Objective):
                                      uncertainty=mixing.balancing == "uncertainty")
         self.train_dataset = StreamsDataset([sub.train_dataset for sub in self.subs.values()])  # type: ignore[assignment]
         self.streams = [Stream(label, len(sub.train_dataset),
-                               (self.entries[label].share or len(sub.train_dataset)) ** (1.0 / mixing.temperature))
+                               (self.entries[label].share or len(sub.train_dataset)) ** (1.0 / mixing.temperature),
+                               group=json.dumps(dataclasses.asdict(sub.recipe.data), sort_keys=True))
                         for label, sub in self.subs.items()]
         self.eval_dataset = None
 

@@ -16,6 +16,8 @@ import torch
 from clirun import assert_clear_error, cli_env, mmssl, write_recipe
 from helpers import PYTHON, TINY_BERT
 
+from mmssl.errors import MmsslError
+from mmssl.export.hub import render_card
 from mmssl.data.streams import Stream, StreamBatchSampler, StreamSchedule, interleave
 from mmssl.objectives._combined import Combined, build_objective
 from mmssl.recipes import parse_recipe, recipe_to_dict
@@ -109,6 +111,12 @@ def test_alternating_visits_each_stream_in_its_share_and_every_row_once_per_pass
     # each stream's rows: one pass is a permutation (12 rounds of 8 rows for a, 5 rounds of 8 for b)
     first_pass = [r for per_process in steps for lst in per_process for s, p, r in lst if s == 1 and p == 0]
     assert sorted(first_pass) == list(range(40))
+    # objectives reading the same data into the same rows see the same examples in every step of a sum
+    same = StreamSchedule([Stream("a", 40, 1.0, "world"), Stream("b", 40, 1.0, "world"), Stream("c", 40, 1.0, "other")],
+                          "sum", batch_size=4, world=1, seed=0)
+    for step in StreamBatchSampler(same):
+        rows = {s: [r for t, _, r in step if t == s] for s in range(3)}
+        assert rows[0] == rows[1] and rows[0] != rows[2]
     sample = StreamSchedule(streams, "sample", batch_size=4, world=1, seed=0)
     draws = Counter(j for epoch in range(40) for j in sample.order(epoch))
     assert abs(draws[0] / sum(draws.values()) - 0.75) < 0.02
@@ -120,9 +128,18 @@ def test_a_killed_two_stream_run_resumes_bit_identical(tmp_path):
     passes and draws come back exactly after a kill."""
     from safetensors.torch import load_file
 
+    from mmssl.config import TokenizerConfig
+    from mmssl.data.tokenizers import build_tokenizer
+
     raw = text_recipe(tmp_path / "unused", "sample", simcse_data={"source": "world", "world": {"num_scenes": 60,
                                                                                                 "seed": 3}},
                       max_steps=30, save_every=5, keep_checkpoints=10)
+    # one tokenizer for both runs: `tokenizers` breaks ties between equal merges in a per-process order, so two
+    # separately trained ones may differ (a resumed run reuses its checkpoint's, which this test also covers)
+    words = [f"{c} {s} on the {p}" for c in ("a red", "a blue", "the green") for s in ("circle", "square")
+             for p in ("left", "right")]
+    build_tokenizer(TokenizerConfig(vocab_size=100, min_frequency=1), "wordpiece", words).save_pretrained(tmp_path / "tok")
+    raw["tokenizer"] = {"path": str(tmp_path / "tok")}
     recipe = write_recipe(tmp_path / "r.yaml", raw)
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     done = mmssl("train", str(recipe), f"output_dir={straight}")
@@ -164,9 +181,14 @@ def test_outputs_load_natively_and_share_the_encoder(tmp_path):
     assert st.encode(["a red circle"]).shape == (1, TINY_BERT["hidden_size"])
     for name, weight in lm.base_model.named_parameters():
         assert torch.equal(weight, st[0].auto_model.get_parameter(name)), name
-    evaluated = mmssl("eval", str(out / "simcse"))
+    evaluated = mmssl("eval", str(out))  # the whole run: each objective's folder with its own evaluation
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    assert json.loads(evaluated.stdout)["recall@1"] >= 0
+    both = json.loads(evaluated.stdout)
+    assert both["mlm"]["perplexity"] > 1 and 0 <= both["simcse"]["recall@1"] <= 1
+    card = render_card(out / "simcse", "me/simcse")  # each folder publishes as it is, saying what it was trained with
+    assert "Trained jointly with:** mlm (mlm)" in card and "sentence-transformers" in card
+    with pytest.raises(MmsslError, match="combined run"):
+        render_card(out, "me/both")
     saved = parse_recipe(__import__("yaml").safe_load((out / "recipe.yaml").read_text()))
     assert [e.label for e in saved.objectives] == ["mlm", "simcse"] and saved.objectives[0].weight == 2.0
     assert recipe_to_dict(saved) == recipe_to_dict(parse_recipe(text_recipe(out, max_steps=4)))
@@ -291,3 +313,18 @@ def test_captioning_needs_a_coca_model(tmp_path):
     raw["model"] = {"arch": "mmssl-vit-tiny", "config": {k: v for k, v in TINY_COCA.items() if k != "multimodal_cfg"}}
     raw["model"]["config"]["vision_cfg"] = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16}
     assert_clear_error(mmssl("train", str(write_recipe(tmp_path / "r.yaml", raw))), "needs a CoCa model")
+
+
+def test_overrides_name_an_objective_by_label_or_index(tmp_path):
+    from mmssl.errors import RecipeError
+    from mmssl.recipes import apply_overrides
+
+    raw = text_recipe(tmp_path / "run")
+    recipe = parse_recipe(apply_overrides(raw, ["objectives.simcse.weight=0.25", "objectives.0.mask_probability=0.3",
+                                                "mixing.strategy=alternate"]))
+    assert [e.weight for e in recipe.objectives] == [2.0, 0.25] and recipe.objectives[0].params.mask_probability == 0.3
+    assert recipe.mixing.strategy == "alternate"
+    with pytest.raises(RecipeError, match="has no item 'clip'; name one of 'mlm', 'simcse'"):
+        apply_overrides(raw, ["objectives.clip.weight=2"])
+    with pytest.raises(RecipeError, match="objectives is a list"):
+        apply_overrides(raw, ["objectives.weight=2"])
