@@ -48,11 +48,35 @@ def _eval(args: argparse.Namespace) -> None:
     if recipe.objectives:  # a combined run: each objective's folder, with its own evaluation
         from mmssl.objectives._combined import sub_recipe
 
-        metrics = {entry.label: get_objective(entry.params.name)(sub_recipe(recipe, entry)).evaluate_export(
-            directory / entry.label) for entry in recipe.objectives}
+        metrics = {}
+        for entry in recipe.objectives:
+            objective = get_objective(entry.params.name)(sub_recipe(recipe, entry))
+            metrics[entry.label] = _evaluate(objective, directory / entry.label, args.bias, recipe.seed)
     else:
-        metrics = get_objective(recipe.objective.name)(recipe).evaluate_export(directory)
+        metrics = _evaluate(get_objective(recipe.objective.name)(recipe), directory, args.bias, recipe.seed)
     print(json.dumps(metrics, indent=2))
+
+
+def _evaluate(objective, directory, bias: bool, seed: int) -> dict:
+    """The objective's evaluation of the model in `directory`; with `bias`, the association tests too, also
+    recorded in the folder's metrics.json (which the model card reads)."""
+    from mmssl.outputs import RunManifest, atomic_write_json
+
+    metrics = objective.evaluate_export(directory)
+    if bias:
+        from mmssl.eval.bias_suite import bias_report
+
+        report = bias_report(directory, objective.output.kind, seed)
+        metrics = {**metrics, "bias": report}
+        run = RunManifest.read(directory) or RunManifest.read(directory.parent)  # a combined run's root holds it
+        relative = "metrics.json" if run is not None and run.directory == directory else f"{directory.name}/metrics.json"
+        if run is not None and run.owns(relative):
+            saved = json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
+            atomic_write_json(directory / "metrics.json", {**saved, "bias": report})
+        else:  # mmssl only rewrites files a run of its own wrote
+            logging.getLogger("mmssl").warning("%s was not written by an mmssl run: the bias results are printed, not "
+                                               "saved", directory / "metrics.json")
+    return metrics
 
 
 def _mine(args: argparse.Namespace) -> None:
@@ -106,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a trained output folder: mmssl eval runs/mlm_world")
     evaluate.add_argument("output_dir", help="the output_dir of an mmssl run")
     evaluate.add_argument("overrides", nargs="*", help="overrides of the saved recipe, e.g. data.eval_path=held_out.txt")
+    evaluate.add_argument("--bias", action="store_true", help="also run the association tests (WEAT, SEAT, and for "
+                          "image-text models skin tone x pleasantness); recorded in metrics.json and the model card")
     evaluate.set_defaults(func=_eval)
 
     push = commands.add_parser("push", help="publish an output folder to the Hugging Face Hub with a model card")

@@ -245,3 +245,13 @@ def replace_owned_output(path: Path, key: str, overwrite: bool, owned: bool, how
     if not overwrite:
         raise RecipeError(f"{key} {str(path)!r} already exists (an earlier output); replace it with "
                           f"{how_to_overwrite} or choose another path")
+
+
+def atomic_write_json(path: Path, data: object) -> None:
+    """Replace `path` with `data` as JSON in one step: a crash leaves the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

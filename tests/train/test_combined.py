@@ -181,12 +181,20 @@ def test_outputs_load_natively_and_share_the_encoder(tmp_path):
     assert st.encode(["a red circle"]).shape == (1, TINY_BERT["hidden_size"])
     for name, weight in lm.base_model.named_parameters():
         assert torch.equal(weight, st[0].auto_model.get_parameter(name)), name
-    evaluated = mmssl("eval", str(out))  # the whole run: each objective's folder with its own evaluation
+    # the whole run: each objective's folder with its own evaluation, and the association tests (--bias)
+    evaluated = mmssl("eval", str(out), "--bias")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     both = json.loads(evaluated.stdout)
     assert both["mlm"]["perplexity"] > 1 and 0 <= both["simcse"]["recall@1"] <= 1
+    for label in ("mlm", "simcse"):
+        tests = json.loads((out / label / "metrics.json").read_text())["bias"]["tests"]
+        assert set(tests) == {f"{kind}{n}" for kind in ("weat", "seat") for n in (
+            "1_flowers_insects", "6_career_family", "7_math_arts", "8_science_arts")}
+        assert all(0 < t["p_value"] <= 1 and abs(t["effect_size"]) < 2.5 for t in tests.values())
+        assert tests["seat7_math_arts"]["sizes"][0] == 8 * 7 and tests["weat1_flowers_insects"]["sizes"][0] == 25
     card = render_card(out / "simcse", "me/simcse")  # each folder publishes as it is, saying what it was trained with
     assert "Trained jointly with:** mlm (mlm)" in card and "sentence-transformers" in card
+    assert "| seat6_career_family | male names vs female names | career vs family |" in card and "not evidence of an unbiased model" in card
     with pytest.raises(MmsslError, match="combined run"):
         render_card(out, "me/both")
     saved = parse_recipe(__import__("yaml").safe_load((out / "recipe.yaml").read_text()))
@@ -306,6 +314,12 @@ def test_clip_and_captioning_train_one_coca_model_that_open_clip_loads_and_that_
     evaluated = mmssl("eval", str(out / "captioning"))
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert json.loads(evaluated.stdout)["caption_loss"] > 0
+    evaluated = mmssl("eval", str(out / "clip"), "--bias")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    skin = json.loads(evaluated.stdout)["bias"]["tests"]["image_skin_tone"]
+    assert skin["emoji"] >= 300
+    assert 0 < skin["p_value"] <= 1 and not skin["exact"] and len(skin["mean_association_by_tone"]) == 5
+    assert "cartoon emoji" in json.loads((out / "clip/metrics.json").read_text())["bias"]["caveats"]
 
 
 def test_captioning_needs_a_coca_model(tmp_path):
