@@ -102,6 +102,13 @@ def _push(args: argparse.Namespace) -> None:
     print(json.dumps({"repo_id": result.repo_id, "commit_url": result.commit_url, "files": result.files}, indent=2))
 
 
+def _report(args: argparse.Namespace) -> None:
+    from mmssl.report.page import write_report
+
+    page = write_report(args.output_dirs, args.out)
+    print(json.dumps({"report": str(page), "figures": sorted(p.name for p in page.parent.glob("*.png"))}, indent=2))
+
+
 def _check(args: argparse.Namespace) -> None:
     import yaml
 
@@ -152,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     augment = commands.add_parser("augment", help="make positive views (back-translation, lexical edits) into a dataset")
     _add_augment_arguments(augment)
+
+    report = commands.add_parser("report", help="draw a run's (or several runs') curves and diagnostics into one "
+                                 "HTML page: mmssl report runs/clip_world")
+    report.add_argument("output_dirs", nargs="+", help="output folders of mmssl runs; several are overlaid")
+    report.add_argument("--out", help="report folder (default: DIR/report for one run, ./mmssl-report for several)")
+    report.set_defaults(func=_report)
 
     check = commands.add_parser("check", help="validate a recipe and print it with every default filled in")
     check.add_argument("recipe")

@@ -52,6 +52,36 @@ def effective_rank(x: Tensor, eps: float = 1e-12) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+SIMILARITY_BINS = 40  # histogram bins over [-1, 1]
+
+
+def similarity_histogram(values: Tensor) -> list[int]:
+    """Counts of cosine similarities in `SIMILARITY_BINS` equal bins over [-1, 1]."""
+    return torch.histc(values.float().clamp(-1, 1), bins=SIMILARITY_BINS, min=-1.0, max=1.0).long().tolist()
+
+
+def spectrum(x: Tensor, top: int = 64) -> list[float]:
+    """The largest singular values of the row-normalised embeddings, scaled to sum to 1 (a collapsed
+    representation puts nearly everything in the first few)."""
+    s = torch.linalg.svdvals(F.normalize(x.float(), dim=-1).double())
+    return (s / s.sum().clamp(min=1e-12))[:top].tolist()
+
+
+def pair_diagnostics(queries: Tensor, keys: Tensor, all_embeddings: Tensor, max_negatives: int = 200_000) -> dict:
+    """What the report draws for a contrastive model: similarity histograms of the positive pairs (row i of
+    `queries` with row i of `keys`) and of the negatives (row i with every other row), alignment/uniformity and
+    the spectrum. Inputs are L2-normalised."""
+    sims = queries @ keys.T
+    positive = sims.diagonal()
+    off = ~torch.eye(len(sims), dtype=torch.bool, device=sims.device)
+    negative = sims[off]
+    if negative.numel() > max_negatives:  # a fixed, evenly spaced subset
+        negative = negative[torch.linspace(0, negative.numel() - 1, max_negatives).long()]
+    return {"positive_similarity": similarity_histogram(positive), "negative_similarity": similarity_histogram(negative),
+            "alignment": alignment(queries, keys), "uniformity": uniformity(all_embeddings),
+            "spectrum": spectrum(all_embeddings)}
+
+
 def _ranks(x: Tensor) -> Tensor:
     """Ranks 1..n with ties given their average rank."""
     x = x.double()
@@ -109,6 +139,7 @@ def embedding_metrics(
     ks: Sequence[int] = (1, 5, 10),
     temperature: float | None = None,
     loss_batch_size: int = 32,
+    diagnostics: dict | None = None,
 ) -> dict[str, float]:
     """All embedding metrics for (anchor, positive[, negative][, score]) rows.
 
@@ -117,6 +148,7 @@ def embedding_metrics(
     * ``recall@k``, ``mrr@10``, ``ndcg@10``: anchor -> its positive among all distinct positives;
     * ``hard_negative_accuracy``: fraction with cos(anchor, positive) > cos(anchor, negative);
     * ``alignment`` (positive pairs), ``uniformity`` and ``effective_rank`` (all distinct texts);
+    * `diagnostics` (a dict), if given, receives `pair_diagnostics` (histograms and spectrum, for the report);
     * with `temperature`: ``infonce_loss``, in-batch InfoNCE of anchors against positives in consecutive
       batches of `loss_batch_size`, and ``mi_lower_bound`` = log(batch) - loss (Oord et al. 2018).
     """
@@ -148,6 +180,8 @@ def embedding_metrics(
     out["alignment"] = alignment(a, p)
     out["uniformity"] = uniformity(emb)
     out["effective_rank"] = effective_rank(emb)
+    if diagnostics is not None:  # filled in for the report (`mmssl report`)
+        diagnostics.update(pair_diagnostics(a, p, emb))
     if temperature is not None and n >= 2:
         from mmssl.losses import info_nce
 

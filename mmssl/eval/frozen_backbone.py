@@ -69,10 +69,11 @@ def image_features(backbone: nn.Module, images: torch.Tensor, s: ProbeSettings, 
 
 
 def frozen_backbone_metrics(backbone: nn.Module, train: ImageTable, evaluation: ImageTable, s: ProbeSettings,
-                            device: torch.device) -> dict[str, float]:
+                            device: torch.device, diagnostics: dict | None = None) -> dict[str, float]:
     """kNN (and linear-probe) accuracy and the features' collapse monitors (``feature_std_sqrt_d``,
     ``feature_effective_rank``, ``feature_uniformity``, on centred features: ReLU features share a large
-    mean direction, so their raw spread says little). The backbone itself is left untouched."""
+    mean direction, so their raw spread says little); `diagnostics`, if given, receives their spectrum. The
+    backbone itself is left untouched."""
     was_training = backbone.training
     try:
         model = precise_bn(backbone, train.images, s, device)
@@ -88,4 +89,8 @@ def frozen_backbone_metrics(backbone: nn.Module, train: ImageTable, evaluation: 
     metrics = collapse_metrics(queries - queries.mean(dim=0, keepdim=True))
     out.update(feature_std_sqrt_d=metrics["feature_std_sqrt_d"], feature_effective_rank=metrics["effective_rank"],
                feature_uniformity=metrics["uniformity"])
+    if diagnostics is not None:  # for the report: the centred features' spectrum
+        from mmssl.eval.embeddings import spectrum
+
+        diagnostics["spectrum"] = spectrum(queries - queries.mean(dim=0, keepdim=True))
     return {k: float(v) for k, v in out.items()}

@@ -245,6 +245,9 @@ class Combined(Objective):
             out.update({f"{label}/{key}": value for key, value in result.items()})
         return out
 
+    def diagnostics(self) -> dict[str, Any]:
+        return {label: found for label, sub in self.subs.items() if (found := sub.diagnostics())}
+
     def save_artifacts(self, directory: Path) -> None:
         for label, sub in self.subs.items():
             (directory / label).mkdir(exist_ok=True)

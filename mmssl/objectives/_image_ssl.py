@@ -144,7 +144,9 @@ class ImageSSL(Objective):
         if self.eval_dataset is None:
             return {}
         inner = unwrap(accelerator.unwrap_model(module))
-        out = self._measure(inner.backbone, accelerator.device)
+        self.last_diagnostics = {}
+        out = frozen_backbone_metrics(inner.backbone, self.train, self.eval, self.settings(), accelerator.device,
+                                      self.last_diagnostics)
         embedding = getattr(self, "last_embedding_std", None)
         if embedding is not None:
             out["embedding_std_sqrt_d"] = embedding

@@ -146,6 +146,12 @@ class Objective:
     def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
         return {}
 
+    def diagnostics(self) -> dict[str, Any]:
+        """Arrays from the last evaluation that `mmssl report` draws (similarity histograms, spectra, a confusion
+        matrix); saved under ``diagnostics`` in metrics.json. Default: those an evaluation left in
+        ``self.last_diagnostics``."""
+        return dict(getattr(self, "last_diagnostics", None) or {})
+
     def evaluate_export(self, directory: Path) -> dict[str, float]:
         """Evaluate a model exported by `export` (``mmssl eval DIR``) on this recipe's eval data."""
         raise NotImplementedError(f"objective {self.name!r} has no standalone evaluation")

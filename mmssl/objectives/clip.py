@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmssl.data.image_text import ImageTextTable, load_image_text
@@ -30,6 +31,7 @@ from mmssl.data.world import POSITIONS, relation_probes
 from mmssl.errors import DataError
 from mmssl.eval.zero_shot import DEFAULT_TEMPLATES, check_classes, class_embeddings, image_text_retrieval, zero_shot_accuracy
 from mmssl.data.caption_negatives import head_nouns, sample_negatives
+from mmssl.eval.embeddings import pair_diagnostics
 from mmssl.losses import gather_with_grad, info_nce, local_slice_offset
 from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.models.clip import (
@@ -237,9 +239,11 @@ class Clip(Objective):
         was_training = inner.training
         inner.eval()
         try:
+            self.last_diagnostics: dict = {}
             out = evaluate_model(
                 inner.model, self.tokenizer, self.eval, self.class_names, self.templates, self.image_size,
                 self.mean, self.std, float(inner.temperature().detach()), self.params, limit, accelerator.device,
+                self.last_diagnostics,
             )
         finally:
             inner.train(was_training)
@@ -308,8 +312,10 @@ def evaluate_model(
     params: ClipParams,
     limit: int | None,
     device,
+    diagnostics: dict | None = None,
 ) -> dict[str, float]:
-    """Zero-shot accuracy, image<->text retrieval and the contrastive loss (first caption) on `table`."""
+    """Zero-shot accuracy, image<->text retrieval and the contrastive loss (first caption) on `table`;
+    `diagnostics`, if given, receives the report's arrays (zero-shot confusion matrix, similarity histograms)."""
     n = len(table) if limit is None else min(limit, len(table))
     bs = params.eval_batch_size
     feats = torch.cat([
@@ -336,8 +342,18 @@ def evaluate_model(
     if class_names and len(class_names) >= 2 and bool((labels >= 0).any()):
         classes = class_embeddings(encode_text, class_names, templates)
         out.update(zero_shot_accuracy(feats, labels, classes))
+        if diagnostics is not None:
+            keep = labels >= 0
+            predicted = (F.normalize(feats[keep], dim=-1) @ classes.T.cpu()).argmax(1)
+            confusion = torch.zeros(len(class_names), len(class_names), dtype=torch.long)
+            confusion.index_put_((labels[keep], predicted), torch.ones_like(predicted), accumulate=True)
+            diagnostics["confusion_matrix"] = confusion.tolist()
+            diagnostics["class_names"] = list(class_names)
     out.update(image_text_retrieval(feats, captions, encode_text, params.retrieval_ks))
     out.update(compositional_accuracy(feats, captions, encode_text))
+    if diagnostics is not None:
+        image, text = F.normalize(feats, dim=-1), F.normalize(first, dim=-1)
+        diagnostics.update(pair_diagnostics(image, text, torch.cat([image, text])))
     return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in out.items()}
 
 

@@ -432,11 +432,12 @@ class SimCSE(Objective):
         assert self.eval_rows is not None
         tok = tokenizer or self.tokenizer
         length = max_length or self.params.max_length
+        self.last_diagnostics = {}
         return embedding_metrics(
             lambda texts: encoder.encode(texts, tok, max_length=length),
             self.eval_rows["anchor"], self.eval_rows["positive"], self.eval_rows.get("negative"),
             self.eval_rows.get("score"), temperature=self.params.temperature,
-            loss_batch_size=self.recipe.train.batch_size,
+            loss_batch_size=self.recipe.train.batch_size, diagnostics=self.last_diagnostics,
         )
 
     def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:

@@ -450,6 +450,9 @@ def _train(recipe: Recipe) -> dict[str, Any]:
         "eval": last_eval,
         **description,
     }
+    diagnostics = objective.diagnostics()
+    if diagnostics:  # arrays for `mmssl report`
+        metrics["diagnostics"] = diagnostics
     if main:
         export(objective, accelerator.unwrap_model(module), output_dir, manifest)
         manifest.add(["metrics.json"])

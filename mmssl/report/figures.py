@@ -1,0 +1,180 @@
+"""The report's figures, drawn with matplotlib's object API (no pyplot state, no display): each function takes
+the runs and returns zero or more `Figure`s, one per thing to look at; several runs overlay in one axes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from io import BytesIO
+
+from mmssl.errors import MmsslError
+from mmssl.report.runs import Run
+
+
+@dataclass
+class Figure:
+    name: str  # file stem of the PNG
+    title: str
+    caption: str
+    png: bytes
+
+
+def _matplotlib():
+    try:
+        from matplotlib.figure import Figure as MplFigure
+    except ImportError:
+        raise MmsslError("mmssl report draws with matplotlib: pip install 'mmssl[report]'") from None
+    return MplFigure
+
+
+def _png(fig) -> bytes:
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _grid(count: int, width: float = 4.2, height: float = 3.0, columns: int = 3):
+    cols = min(columns, count)
+    rows = math.ceil(count / cols)
+    fig = _matplotlib()(figsize=(width * cols, height * rows), layout="constrained")
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(count)]
+    return fig, axes
+
+
+def _label(run: Run, runs: list[Run]) -> str:
+    return run.name if len(runs) > 1 else run.objective
+
+
+def curves(runs: list[Run], keys: list[str], events: str, name: str, title: str, caption: str,
+           log_y: bool = False) -> list[Figure]:
+    keys = [k for k in keys if any(run.series(getattr(run, events), k)[0] for run in runs)]
+    if not keys:
+        return []
+    fig, axes = _grid(len(keys))
+    for ax, key in zip(axes, keys):
+        for run in runs:
+            steps, values = run.series(getattr(run, events), key)
+            if steps:
+                ax.plot(steps, values, marker="o" if events == "evals" else None, markersize=3,
+                        label=_label(run, runs))
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        if log_y and all(v > 0 for run in runs for v in run.series(getattr(run, events), key)[1]):
+            ax.set_yscale("log")
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if len(runs) > 1:
+        axes[0].legend(fontsize=7)
+    return [Figure(name, title, caption, _png(fig))]
+
+
+def training_curves(runs: list[Run]) -> list[Figure]:
+    losses = list(dict.fromkeys(k for run in runs for e in run.train for k in e if k.endswith("loss")))
+    out = curves(runs, losses, "train", "loss", "Training loss",
+                 "Training loss per logged step (each objective's own under its label in a combined run).")
+    out += curves(runs, ["lr"], "train", "learning_rate", "Learning rate", "The schedule as applied.")
+    speed = ["tokens_per_s"] if any(run.series(run.train, "tokens_per_s")[1] and
+                                    max(run.series(run.train, "tokens_per_s")[1]) > 0 for run in runs) else []
+    out += curves(runs, ["examples_per_s", *speed], "train", "throughput", "Throughput",
+                  "Examples (and tokens) per second over all processes.")
+    return out
+
+
+def eval_curves(runs: list[Run]) -> list[Figure]:
+    keys = list(dict.fromkeys(k for run in runs for k in run.eval_keys()))
+    figures = []
+    for start in range(0, len(keys), 12):
+        part = keys[start : start + 12]
+        suffix = f"_{start // 12 + 1}" if len(keys) > 12 else ""
+        figures += curves(runs, part, "evals", f"eval{suffix}", "Evaluation metrics" + (f" ({start // 12 + 1})" if suffix else ""),
+                          "Every evaluation metric over steps (held-out data; perplexities on a log scale).",
+                          log_y=all("perplexity" in k for k in part))
+    return figures
+
+
+def alignment_uniformity(runs: list[Run]) -> list[Figure]:
+    """Wang & Isola's two properties of a contrastive embedding, one point per evaluation (lower is better)."""
+    pairs = []
+    for run in runs:
+        for key in run.eval_keys():
+            if key.endswith("alignment") and f"{key[: -len('alignment')]}uniformity" in run.eval_keys():
+                pairs.append((run, key, f"{key[: -len('alignment')]}uniformity"))
+    if not pairs:
+        return []
+    fig, (ax,) = _grid(1, 5.5, 4.2)
+    for run, a_key, u_key in pairs:
+        steps, align = run.series(run.evals, a_key)
+        _, uniform = run.series(run.evals, u_key)
+        line = ax.plot(uniform, align, marker="o", markersize=4, label=f"{_label(run, runs)} {a_key[: -len('alignment')].rstrip('/')}")
+        ax.annotate(f"step {steps[-1]}", (uniform[-1], align[-1]), fontsize=7, color=line[0].get_color())
+    ax.set_xlabel("uniformity (lower: spread over the sphere)", fontsize=8)
+    ax.set_ylabel("alignment (lower: positives closer)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return [Figure("alignment_uniformity", "Alignment and uniformity",
+                   "Each evaluation as a point (Wang & Isola 2020); training should move it down and to the left.",
+                   _png(fig))]
+
+
+def similarity_histograms(runs: list[Run]) -> list[Figure]:
+    panels = [(run, label, d) for run in runs for label, d in run.diagnostics().items() if "positive_similarity" in d]
+    if not panels:
+        return []
+    fig, axes = _grid(len(panels))
+    for ax, (run, label, d) in zip(axes, panels):
+        bins = len(d["positive_similarity"])
+        centres = [-1 + (i + 0.5) * 2 / bins for i in range(bins)]
+        for key, colour in (("positive_similarity", "tab:green"), ("negative_similarity", "tab:red")):
+            counts = d[key]
+            total = max(1, sum(counts))
+            ax.bar(centres, [c / total for c in counts], width=2 / bins, alpha=0.55, color=colour,
+                   label=key.split("_")[0] + "s")
+        ax.set_title(" ".join(x for x in (run.name if len(runs) > 1 else "", label) if x) or run.objective, fontsize=9)
+        ax.set_xlabel("cosine similarity", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    return [Figure("similarities", "Positive vs negative similarities",
+                   "Cosine similarity of held-out positive pairs and of every other pairing (negatives) at the last "
+                   "evaluation: the further apart the two, the easier retrieval.", _png(fig))]
+
+
+def spectra(runs: list[Run]) -> list[Figure]:
+    panels = [(run, label, d["spectrum"]) for run in runs for label, d in run.diagnostics().items() if d.get("spectrum")]
+    if not panels:
+        return []
+    fig, (ax,) = _grid(1, 5.5, 3.8)
+    for run, label, values in panels:
+        ax.plot(range(1, len(values) + 1), values, marker=".", label=" ".join(x for x in (_label(run, runs), label) if x))
+    ax.set_yscale("log")
+    ax.set_xlabel("singular value index", fontsize=8)
+    ax.set_ylabel("share of the sum", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return [Figure("spectrum", "Embedding spectrum",
+                   "Singular values of the held-out embeddings (normalised to sum to 1): a collapsed representation puts "
+                   "nearly all of it in the first few; the effective rank is in the evaluation metrics.", _png(fig))]
+
+
+def confusion_matrices(runs: list[Run]) -> list[Figure]:
+    panels = [(run, label, d) for run in runs for label, d in run.diagnostics().items() if d.get("confusion_matrix")]
+    if not panels:
+        return []
+    size = len(panels[0][2]["confusion_matrix"])
+    fig, axes = _grid(len(panels), 0.32 * size + 2.5, 0.32 * size + 2.0, columns=2)
+    for ax, (run, label, d) in zip(axes, panels):
+        matrix = d["confusion_matrix"]
+        names = d.get("class_names") or [str(i) for i in range(len(matrix))]
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(names)), names, fontsize=6)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        ax.set_title(" ".join(x for x in (run.name if len(runs) > 1 else "", label, "zero-shot") if x), fontsize=9)
+    return [Figure("confusion", "Zero-shot confusion matrix",
+                   "Held-out images by true class (rows) and zero-shot prediction (columns) at the last evaluation.",
+                   _png(fig))]
+
+
+def all_figures(runs: list[Run]) -> list[Figure]:
+    return [*training_curves(runs), *eval_curves(runs), *alignment_uniformity(runs), *similarity_histograms(runs),
+            *spectra(runs), *confusion_matrices(runs)]
