@@ -109,6 +109,16 @@ def _report(args: argparse.Namespace) -> None:
     print(json.dumps({"report": str(page), "figures": sorted(p.name for p in page.parent.glob("*.png"))}, indent=2))
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from mmssl.sweep import sweep
+
+    result = sweep(args.recipe, args.grid, args.out, args.launcher, args.dry_run, args.keep_going)
+    if args.dry_run:
+        print("\n".join(result["commands"]))
+    else:
+        print(json.dumps(result, indent=2))
+
+
 def _check(args: argparse.Namespace) -> None:
     import yaml
 
@@ -165,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("output_dirs", nargs="+", help="output folders of mmssl runs; several are overlaid")
     report.add_argument("--out", help="report folder (default: DIR/report for one run, ./mmssl-report for several)")
     report.set_defaults(func=_report)
+
+    sweep = commands.add_parser("sweep", help="run a recipe over a grid of overrides, one process per run, and "
+                                "tabulate the results: mmssl sweep configs/clip_world.yaml objective.views.color_jitter=0,0.2,0.4")
+    sweep.add_argument("recipe")
+    sweep.add_argument("grid", nargs="+", help="KEY=V1,V2,... to sweep (KEY=VALUE: the same for every run)")
+    sweep.add_argument("--out", help="folder of the runs, the table and the report (default: runs/sweep_<recipe>)")
+    sweep.add_argument("--launcher", help="command each run starts behind, e.g. 'torchrun --standalone --nproc_per_node 2'")
+    sweep.add_argument("--dry-run", action="store_true", help="print every run's command instead of running it")
+    sweep.add_argument("--keep-going", action="store_true", help="run the remaining runs after one fails")
+    sweep.set_defaults(func=_sweep)
 
     check = commands.add_parser("check", help="validate a recipe and print it with every default filled in")
     check.add_argument("recipe")

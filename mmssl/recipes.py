@@ -24,6 +24,9 @@ __all__ = ["DataConfig", "ModelConfig", "ObjectiveParams", "PushConfig", "Recipe
 
 _ENTRY_KEYS = ("label", "weight", "share", "data")  # keys of an `objectives:` item that are not the method's
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# names of a run folder's own entries: an objective's output folder (and checkpoint folder) cannot take them
+_RESERVED = {"checkpoints", "tracking", "report", "recipe.yaml", "metrics.json", "log.jsonl", "model.safetensors",
+             "optimizer.bin", "trainer_state.json"}
 
 
 def _parse_objective(raw: Any, where: str = "objective") -> ObjectiveParams:
@@ -57,6 +60,9 @@ def _parse_objectives(raw: Any) -> list[ObjectiveEntry]:
         keys.setdefault("label", params.name)
         entry = from_dict(ObjectiveEntry, {**keys, "params": {}}, where)
         entry.params = params
+        if entry.label in _RESERVED:
+            raise RecipeError(f"{where}.label: {entry.label!r} names a file or folder of the run itself; choose another "
+                              f"label (e.g. {entry.label}_objective)")
         if not isinstance(entry.label, str) or not _LABEL.match(entry.label):
             raise RecipeError(f"{where}.label: {entry.label!r} is not a usable label (it names the objective's output "
                               "folder and logged metrics): use letters, digits, '_', '-' or '.'")
@@ -83,6 +89,9 @@ def parse_recipe(raw: Any) -> Recipe:
             raise RecipeError("recipe: both objective and objectives are set; use objective for one method or "
                               "objectives for several, not both")
         entries = _parse_objectives(raw.pop("objectives"))
+        if raw.get("push_to_hub"):
+            raise RecipeError("push_to_hub: a combined recipe writes one model folder per objective; drop push_to_hub "
+                              "and publish the folder you want after training: mmssl push OUTPUT_DIR/<label> --repo-id ...")
         recipe = from_dict(Recipe, {**raw, "objective": {}})
         recipe.objectives = entries
         recipe.objective = ObjectiveParams(name="+".join(e.label for e in entries))

@@ -108,21 +108,21 @@ class StreamBatchSampler(Sampler[list[tuple[int, int, int]]]):
     def __init__(self, schedule: StreamSchedule):
         self.schedule = schedule
         self.epoch = 0
-        self._perms: dict[tuple[int, int], list[int]] = {}
+        self._perms: dict[int, tuple[int, torch.Tensor]] = {}  # per group's first stream: its latest pass
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _perm(self, stream: int, pass_: int) -> list[int]:
+    def _perm(self, stream: int, pass_: int) -> torch.Tensor:
+        """The row order of a stream's pass; one kept per stream group (a stream's passes only move forward)."""
         streams = self.schedule.streams
         first = next(j for j, s in enumerate(streams) if s.group == streams[stream].group and s.rows == streams[stream].rows)
-        key = (first, pass_)
-        if key not in self._perms:
-            if len(self._perms) > 64:
-                self._perms.clear()
+        cached = self._perms.get(first)
+        if cached is None or cached[0] != pass_:
             generator = torch.Generator().manual_seed((self.schedule.seed * 100_003 + pass_) * 7_919 + first)
-            self._perms[key] = torch.randperm(streams[stream].rows, generator=generator).tolist()
-        return self._perms[key]
+            cached = (pass_, torch.randperm(streams[stream].rows, generator=generator))
+            self._perms[first] = cached
+        return cached[1]
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         s = self.schedule
@@ -134,7 +134,7 @@ class StreamBatchSampler(Sampler[list[tuple[int, int, int]]]):
                 perm = self._perm(stream, pass_)
                 for process in range(s.world):
                     start = (round_ * s.world + process) * b
-                    lists[process].extend((stream, pass_, row) for row in perm[start : start + b])
+                    lists[process].extend((stream, pass_, row) for row in perm[start : start + b].tolist())
             yield from lists
 
     def __len__(self) -> int:

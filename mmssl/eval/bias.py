@@ -53,8 +53,11 @@ class AssociationResult:
 
 
 def association(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, exact_limit: int = 200_000,
-                samples: int = 20_000, seed: int = 0) -> AssociationResult:
-    """Effect size and permutation p-value of the association of targets `x`, `y` with attributes `a`, `b`."""
+                samples: int = 20_000, seed: int = 0, paired: bool = False) -> AssociationResult:
+    """Effect size and permutation p-value of the association of targets `x`, `y` with attributes `a`, `b`.
+
+    `paired`: row i of `x` and of `y` are the same item in two versions (an emoji in two skin tones); the
+    permutations then only exchange the two members of a pair (2^n sign flips), as a paired test should."""
     if min(len(x), len(y), len(a), len(b)) < 2:
         raise ValueError("every target and attribute set needs at least 2 members")
     if len(x) != len(y):
@@ -64,7 +67,10 @@ def association(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tens
     s = (w @ a.T).mean(1) - (w @ b.T).mean(1)  # s(w, A, B) for every target
     n = len(x)
     observed = float(s[:n].sum() - s[n:].sum())
-    effect = float((s[:n].mean() - s[n:].mean()) / s.std(correction=1))
+    spread = float(s.std(correction=1))
+    effect = float((s[:n].mean() - s[n:].mean()) / spread) if spread > 0 else 0.0
+    if paired:
+        return _paired(s[:n] - s[n:], observed, effect, exact_limit, samples, seed)
     total = float(s.sum())
     count = math.comb(2 * n, n)
     if count <= exact_limit:
@@ -80,6 +86,23 @@ def association(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tens
     hits = int((stats >= observed - tolerance).sum())
     p = hits / count if exact else (hits + 1) / partitions
     return AssociationResult(effect, p, observed, partitions, exact)
+
+
+def _paired(diff: torch.Tensor, observed: float, effect: float, exact_limit: int, samples: int,
+            seed: int) -> AssociationResult:
+    """P[sum_i sign_i * diff_i >= observed] over the sign flips (each pair's two members exchanged or not)."""
+    n = len(diff)
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    if 2**n <= exact_limit:
+        codes = torch.arange(2**n)
+        signs = 1 - 2 * ((codes[:, None] >> torch.arange(n)) & 1).double()
+        stats = signs @ diff
+        hits = int((stats >= observed - tolerance).sum())
+        return AssociationResult(effect, hits / 2**n, observed, 2**n, True)
+    generator = torch.Generator().manual_seed(seed)
+    signs = 1 - 2 * torch.randint(0, 2, (samples, n), generator=generator).double()
+    hits = int((signs @ diff >= observed - tolerance).sum())
+    return AssociationResult(effect, (hits + 1) / (samples + 1), observed, samples + 1, False)
 
 
 # -- the original WEAT word sets (Caliskan et al. 2017) ------------------------------------------------

@@ -2,8 +2,9 @@
 
 * sentence-embedding folders (SentenceTransformer), masked/causal LM folders (transformers; mean of the last
   hidden states) and open_clip folders (the text tower): WEAT on the words, SEAT on the words in templates;
-* open_clip folders also: the image-text test with twemoji people drawn in five skin tones as targets (the
-  lightest vs the darkest tone of each emoji, 329 emoji) and the pleasant/unpleasant words as attributes;
+* open_clip folders also: the image-text test with twemoji's people, body parts and hands drawn in five skin
+  tones as targets (the lightest vs the darkest tone of each emoji, 329 emoji; a paired test: permutations only
+  exchange the two tones of one emoji) and the pleasant/unpleasant words as attributes;
 * image-only encoders have no text side: the tests do not apply, and the result says so.
 """
 
@@ -48,7 +49,7 @@ def image_text_test(encode_images, encode_text, seed: int = 0) -> dict[str, Any]
     tones = twemoji_skin_tones()
     images = {tone: encode_images([_rgb(p) for p in paths]).float() for tone, paths in tones.items()}
     a, b = encode_text(list(PLEASANT)).float(), encode_text(list(UNPLEASANT)).float()
-    result = association(images[TONES[0]], images[TONES[-1]], a, b, seed=seed).as_dict()
+    result = association(images[TONES[0]], images[TONES[-1]], a, b, seed=seed, paired=True).as_dict()
     # every tone's mean s(w, A, B): does the association move monotonically with tone?
     a_n, b_n = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
     per_tone = {}

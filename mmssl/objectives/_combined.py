@@ -18,6 +18,7 @@ encoder's weights are the same in every folder.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 
 def sub_recipe(recipe: Recipe, entry: ObjectiveEntry) -> Recipe:
     """The single-objective recipe of one entry: its parameters, its data (or the recipe's), the rest shared."""
-    return dataclasses.replace(recipe, objective=entry.params, objectives=None, data=entry.data or recipe.data)
+    return copy.deepcopy(dataclasses.replace(recipe, objective=entry.params, objectives=None,
+                                             data=entry.data or recipe.data))
 
 
 def build_objective(recipe: Recipe) -> Objective:
@@ -114,6 +116,9 @@ class Combined(Objective):
                 raise RecipeError(f"objectives ({label}): cached_chunk_size (GradCache) runs its own backward pass, "
                                   "which a combined recipe cannot add to the other objectives' loss; remove it")
             sub.setup(resume_dir / label if resume_dir is not None else None)
+            if sub.batch_sampler(self.recipe.train.batch_size, 1) is not None:
+                raise RecipeError(f"objectives ({label}): {sub.name} orders its own batches, which a combined recipe's "
+                                  "streams cannot follow; train it alone")
         self._check_shared()
         mixing = self.recipe.mixing
         self.module = CombinedModule({label: sub.module for label, sub in self.subs.items()},
@@ -138,6 +143,12 @@ class Combined(Objective):
                                   "combined recipe trains one encoder with several losses, so its objectives must "
                                   "work on the same kind of input and model; train them as separate recipes")
 
+    def has_unused_parameters(self) -> bool:
+        """One objective per step leaves the others' heads without gradients; a sum of objectives that each leave
+        some unused may still use all of them, which only a probe could tell (DDP's search is then a cheap cost)."""
+        subs = list(self.subs.values())
+        return self.recipe.mixing.strategy != "sum" or all(sub.has_unused_parameters() for sub in subs)
+
     def batch_sampler(self, batch_size: int, world: int) -> Sampler:
         schedule = StreamSchedule(self.streams, self.recipe.mixing.strategy, batch_size, world, self.recipe.seed)
         return StreamBatchSampler(schedule)
@@ -158,9 +169,6 @@ class Combined(Objective):
             parts[label] = sub.collate(items)
             epochs[label] = passes[stream]
         return {"parts": parts, "passes": epochs}
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         parts = {}

@@ -119,6 +119,11 @@ class Objective:
             for param in params:
                 self.optimizer.state.pop(param, None)
 
+    def has_unused_parameters(self) -> bool:
+        """Whether some trained parameters get no gradient in a step (e.g. a CoCa model's contrastive
+        projections under the caption loss): DDP then has to look for them (``find_unused_parameters``)."""
+        return False
+
     def param_groups(self, module: nn.Module) -> list[dict[str, Any]]:
         """Optimiser parameter groups: dicts with ``params`` and optionally ``weight_decay`` (a multiplier of
         train.weight_decay, default 1) and ``lr_scale`` (of train.learning_rate, default 1). Groups without

@@ -15,6 +15,7 @@ model (``objectives: [{name: clip}, {name: captioning}]``) it is CoCa's contrast
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -67,6 +68,9 @@ class Captioning(Clip):
     def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
         pass
 
+    def has_unused_parameters(self) -> bool:
+        return True  # the caption loss leaves the towers' contrastive poolers and projections without gradient
+
     def forward(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return module(batch["image"], batch["text"])
 
@@ -108,6 +112,12 @@ class Captioning(Clip):
         (directory / GENERATED_FILE).write_text(json.dumps(samples[:16], indent=2), encoding="utf-8")
 
 
+def names_class(caption: str, class_name: str) -> bool:
+    """Whether `caption` says `class_name` as whole words, ignoring case and '_' ("golden_retriever")."""
+    words = [re.escape(w) for w in class_name.replace("_", " ").lower().split()]
+    return bool(words) and re.search(r"\b" + r"\s+".join(words) + r"\b", caption.lower()) is not None
+
+
 @torch.no_grad()
 def caption_metrics(model: nn.Module, tokenizer, table, class_names: list[str] | None, size: int, mean, std,
                     params: CaptioningParams, limit: int | None, device) -> tuple[dict[str, float], list[dict]]:
@@ -137,7 +147,7 @@ def caption_metrics(model: nn.Module, tokenizer, table, class_names: list[str] |
                 entry = {"generated": text, "reference": table.captions[i][0]}
                 if label >= 0:
                     entry["class"] = class_names[label]
-                    named += class_names[label] in text
+                    named += names_class(text, class_names[label])
                 generated.append(entry)
     finally:
         model.train(was_training)

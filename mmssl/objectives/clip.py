@@ -160,6 +160,11 @@ class Clip(Objective):
         log.info("clip: %d training images (%d skipped), %d eval images, %d classes", len(self.train),
                  self.train.skipped, len(self.eval) if self.eval is not None else 0, len(self.class_names or []))
 
+    def has_unused_parameters(self) -> bool:
+        from mmssl.models.captioning import is_coca
+
+        return is_coca(self.module.model)  # CLIP's loss leaves a CoCa model's text decoder without gradient
+
     def build_module(self, model: nn.Module) -> nn.Module:
         p = self.params
         return ClipModule(model, p.init_temperature, p.max_logit_scale, p.learn_temperature)

@@ -3,6 +3,7 @@ the runs and returns zero or more `Figure`s, one per thing to look at; several r
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from io import BytesIO
@@ -103,8 +104,10 @@ def alignment_uniformity(runs: list[Run]) -> list[Figure]:
         return []
     fig, (ax,) = _grid(1, 5.5, 4.2)
     for run, a_key, u_key in pairs:
-        steps, align = run.series(run.evals, a_key)
-        _, uniform = run.series(run.evals, u_key)
+        both = [e for e in run.evals if isinstance(e.get(a_key), (int, float)) and isinstance(e.get(u_key), (int, float))]
+        if not both:
+            continue
+        steps, align, uniform = [e["step"] for e in both], [e[a_key] for e in both], [e[u_key] for e in both]
         line = ax.plot(uniform, align, marker="o", markersize=4, label=f"{_label(run, runs)} {a_key[: -len('alignment')].rstrip('/')}")
         ax.annotate(f"step {steps[-1]}", (uniform[-1], align[-1]), fontsize=7, color=line[0].get_color())
     ax.set_xlabel("uniformity (lower: spread over the sphere)", fontsize=8)
@@ -117,7 +120,8 @@ def alignment_uniformity(runs: list[Run]) -> list[Figure]:
 
 
 def similarity_histograms(runs: list[Run]) -> list[Figure]:
-    panels = [(run, label, d) for run in runs for label, d in run.diagnostics().items() if "positive_similarity" in d]
+    panels = [(run, label, d) for run in runs for label, d in run.diagnostics().items()
+              if d.get("positive_similarity") and d.get("negative_similarity")]
     if not panels:
         return []
     fig, axes = _grid(len(panels))
@@ -175,6 +179,66 @@ def confusion_matrices(runs: list[Run]) -> list[Figure]:
                    _png(fig))]
 
 
-def all_figures(runs: list[Run]) -> list[Figure]:
-    return [*training_curves(runs), *eval_curves(runs), *alignment_uniformity(runs), *similarity_histograms(runs),
-            *spectra(runs), *confusion_matrices(runs)]
+SWEEP_METRICS = ("zero_shot_top1", "image_to_text_recall@1", "recall@1", "sts_spearman", "knn_top1",
+                 "linear_probe_top1", "perplexity", "caption_names_class", "attribute_binding_accuracy",
+                 "relation_accuracy")
+
+
+def _position(value) -> float | None:
+    """A swept value as a number on the x axis: numbers as they are, a numeric list by its first item
+    (e.g. crop_scale [0.2, 1.0] -> 0.2); None for anything else (drawn by its order)."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (int, float)):
+        return float(value[0])
+    return None
+
+
+def sweep_curves(runs: list[Run], sweep: dict[str, dict]) -> list[Figure]:
+    """Each headline metric against each swept value, one line per combination of the other swept values."""
+    by_name = {run.directory.name: run for run in runs if run.directory.name in sweep and run.metrics}
+    if not by_name:
+        return []
+    keys = list(next(iter(sweep.values())))
+    metrics = [m for m in dict.fromkeys(k for run in by_name.values() for k in (run.metrics.get("eval") or {}))
+               if any(m.endswith(h) for h in SWEEP_METRICS)]
+    figures = []
+    for key in keys:
+        if not metrics:
+            break
+        fig, axes = _grid(len(metrics))
+        others = [k for k in keys if k != key]
+        groups: dict[str, list] = {}
+        for name, run in by_name.items():
+            values = sweep[name]
+            label = ", ".join(f"{k.split('.')[-1]}={values[k]}" for k in others) or run.objective
+            groups.setdefault(label, []).append((values[key], run))
+        distinct = list(dict.fromkeys(json.dumps(sweep[name][key]) for name in by_name))
+        categorical = any(_position(json.loads(v)) is None for v in distinct)
+        for ax, metric in zip(axes, metrics):
+            if categorical:  # one position per distinct value, the same in every line
+                ax.set_xticks(range(len(distinct)), distinct, fontsize=7)
+            for label, members in groups.items():
+                xs = [float(distinct.index(json.dumps(v))) if categorical else _position(v) for v, _ in members]
+                points = sorted((x, run.metrics["eval"].get(metric)) for x, (_, run) in zip(xs, members)
+                                if isinstance(run.metrics["eval"].get(metric), (int, float)))
+                if points:
+                    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            ax.set_title(metric, fontsize=9)
+            ax.set_xlabel(key, fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        if len(groups) > 1:
+            axes[0].legend(fontsize=7)
+        slug = key.replace(".", "_")
+        figures.append(Figure(f"sweep_{slug}", f"Sweep: final metrics against {key}",
+                              f"Each run's final evaluation against its {key} (lists by their first value); one line "
+                              "per setting of the other swept keys.", _png(fig)))
+    return figures
+
+
+def all_figures(runs: list[Run], sweep: dict[str, dict] | None = None) -> list[Figure]:
+    return [*(sweep_curves(runs, sweep) if sweep else []), *training_curves(runs), *eval_curves(runs),
+            *alignment_uniformity(runs), *similarity_histograms(runs), *spectra(runs), *confusion_matrices(runs)]

@@ -80,16 +80,18 @@ img {{ max-width: 100%; }} .caption {{ color: #555; font-size: 0.9rem; }} nav {{
 """
 
 
-def write_report(directories: list[str | Path], out: str | Path | None = None) -> Path:
+def write_report(directories: list[str | Path], out: str | Path | None = None,
+                 sweep: dict[str, dict] | None = None) -> Path:
     """Read the runs, draw every figure that applies, write ``index.html`` + PNGs into `out` (default: the run's
-    ``report/`` folder for one run, ``./mmssl-report`` for several). Returns the page's path."""
+    ``report/`` folder for one run, ``./mmssl-report`` for several). `sweep` (run folder name -> its swept values)
+    adds the metric-against-value figures of `mmssl sweep`. Returns the page's path."""
     if not directories:
         raise MmsslError("mmssl report: name at least one output folder")
     names = [Path(d).name for d in directories]
     unique = [f"{n} ({Path(d).parent.name})" if names.count(n) > 1 else n for n, d in zip(names, directories)]
     runs = [load_run(d, name) for d, name in zip(directories, unique)]
     folder = Path(out) if out else (Path(directories[0]) / "report" if len(runs) == 1 else Path("mmssl-report"))
-    figures = all_figures(runs)
+    figures = all_figures(runs, sweep)
     if not figures:
         raise MmsslError(f"nothing to draw: {', '.join(map(str, directories))} logged no training steps yet")
     _claim(folder)

@@ -55,13 +55,14 @@ def load_run(directory: str | Path, name: str | None = None) -> Run:
         raise MmsslError(f"{str(directory)!r} is not an mmssl output folder (no log.jsonl): pass the output_dir of a "
                          "run (`mmssl train` writes log.jsonl there as it trains)")
     run = Run(name or directory.name, directory)
-    for number, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
+    lines = log.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             event = json.loads(line)
         except ValueError:
-            if number == len(log.read_text(encoding="utf-8").splitlines()):
+            if number == len(lines):
                 continue  # a line cut short by a kill: the rest of the log still reads
             raise MmsslError(f"{str(log)!r} line {number} is not JSON; the log is damaged") from None
         if event.get("event") == "train":

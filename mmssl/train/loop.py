@@ -78,9 +78,8 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
             project_config=ProjectConfiguration(
                 project_dir=recipe.output_dir, logging_dir=str(Path(recipe.output_dir) / "tracking")
             ),
-            # a combined recipe that runs one objective per step leaves the others' heads without gradients
-            kwargs_handlers=[DistributedDataParallelKwargs(
-                find_unused_parameters=bool(recipe.objectives) and recipe.mixing.strategy != "sum")],
+            # set again after the objective's setup, which knows (`Objective.has_unused_parameters`)
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
         )
     except (ImportError, ValueError) as exc:
         raise RecipeError(f"train: could not set up training ({exc})") from None
@@ -223,6 +222,8 @@ def _train(recipe: Recipe) -> dict[str, Any]:
     with accelerator.main_process_first():
         objective.setup(resume_dir)
     module = objective.module
+    if objective.has_unused_parameters():  # read by accelerate when it wraps the module in DDP (prepare)
+        accelerator.ddp_handler.find_unused_parameters = True
 
     dataset = objective.train_dataset
     world = accelerator.num_processes

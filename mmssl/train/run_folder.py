@@ -41,6 +41,13 @@ def recipe_inputs(recipe: Recipe) -> dict[str, str | None]:
     for item in dataclasses.fields(recipe.objective):  # keys declared with field(metadata={"input": True})
         if item.metadata.get("input"):
             inputs[f"objective.{item.name}"] = getattr(recipe.objective, item.name)
+    for entry in recipe.objectives or []:  # a combined recipe: each objective's own data and input keys
+        where = f"objectives.{entry.label}"
+        if entry.data is not None:
+            inputs[f"{where}.data.path"], inputs[f"{where}.data.eval_path"] = entry.data.path, entry.data.eval_path
+        for item in dataclasses.fields(entry.params):
+            if item.metadata.get("input"):
+                inputs[f"{where}.{item.name}"] = getattr(entry.params, item.name)
     return inputs
 
 

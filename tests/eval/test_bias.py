@@ -90,3 +90,19 @@ def test_twemoji_has_the_same_emoji_in_five_skin_tones():
     for i in (0, 100, -1):
         names = [tones[t][i].name for t in TONES]
         assert len({n.replace(t, "") for n, t in zip(names, TONES)}) == 1 and all(tones[t][i].is_file() for t in TONES)
+
+
+def test_the_paired_test_only_exchanges_the_two_versions_of_an_item():
+    x, y, a, b = planted(6, 0.6, 7)
+    got = association(x, y, a, b, paired=True)
+    s_x = [float((torch.nn.functional.normalize(w, dim=0) @ torch.nn.functional.normalize(a, dim=1).T).mean()
+                 - (torch.nn.functional.normalize(w, dim=0) @ torch.nn.functional.normalize(b, dim=1).T).mean())
+           for w in torch.cat([x, y])]
+    diff = [s_x[i] - s_x[i + 6] for i in range(6)]
+    flips = [sum(d if (code >> i) & 1 == 0 else -d for i, d in enumerate(diff)) for code in range(64)]
+    assert got.exact and got.partitions == 64
+    assert got.p_value == pytest.approx(sum(f >= sum(diff) - 1e-12 for f in flips) / 64)
+    sampled = association(x, y, a, b, paired=True, exact_limit=0, samples=5000, seed=1)
+    assert abs(sampled.p_value - got.p_value) < 0.03
+    same = torch.ones(4, 16, dtype=torch.float64)
+    assert association(same, same, a[:4], b[:4]).effect_size == 0.0  # no spread: no effect, not NaN

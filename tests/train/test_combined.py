@@ -230,6 +230,7 @@ def test_an_objective_listed_twice_without_distinct_labels_is_one_clear_error(tm
     ({"objectives": [{"name": "mlm", "share": 2}, {"name": "simcse"}]}, "objectives[1].share is not"),
     ({"mixing": {"strategy": "round_robin"}}, "mixing.strategy"),
     ({"objectives": []}, "non-empty list"),
+    ({"push_to_hub": {"repo_id": "me/x"}}, "mmssl push OUTPUT_DIR/<label>"),
 ])
 def test_bad_combinations_are_one_clear_error(tmp_path, change, message):
     from mmssl.errors import RecipeError
