@@ -35,8 +35,14 @@ def _eval(args: argparse.Namespace) -> None:
     from mmssl.outputs import RunManifest
 
     directory = Path(args.output_dir)
+    if not (directory / "recipe.yaml").is_file() and args.bias:  # any model folder: the association tests only
+        from mmssl.eval.bias_suite import bias_report, folder_kind
+
+        print(json.dumps({"bias": bias_report(directory, folder_kind(directory))}, indent=2))
+        return
     if not (directory / "recipe.yaml").is_file():
-        raise MmsslError(f"{str(directory)!r} is not an mmssl output folder (no recipe.yaml); pass the output_dir of a run")
+        raise MmsslError(f"{str(directory)!r} is not an mmssl output folder (no recipe.yaml); pass the output_dir of a "
+                         "run (or, with --bias, any SentenceTransformer, transformers or open_clip model folder)")
     manifest = RunManifest.read(directory)
     if not (directory / "metrics.json").is_file() or (manifest is not None and manifest.status == "diverged"):
         why = {"diverged": f"the run diverged ({manifest.detail})" if manifest else "",

@@ -90,6 +90,21 @@ def _text_encoder(directory: Path, kind: str):
     return None
 
 
+def folder_kind(directory: Path) -> str:
+    """What a model folder that mmssl did not write holds, as `bias_report` needs it."""
+    if (directory / "modules.json").is_file():
+        return "sentence_embedding"
+    if (directory / "open_clip_config.json").is_file():
+        return "clip"
+    if (directory / "config.json").is_file():
+        import json
+
+        archs = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+        return "clm" if any("CausalLM" in a or "LMHead" in a for a in archs) else "mlm"
+    raise MmsslError(f"{str(directory)!r} holds no model mmssl can test: give a SentenceTransformer, transformers or "
+                     "open_clip folder, or an mmssl output folder")
+
+
 def bias_report(directory: Path, kind: str, seed: int = 0) -> dict[str, Any]:
     """Every test that applies to the output folder `directory` holding a `kind` model (`ModelOutput.kind`)."""
     results: dict[str, Any] = {}

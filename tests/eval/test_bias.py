@@ -106,3 +106,20 @@ def test_the_paired_test_only_exchanges_the_two_versions_of_an_item():
     assert abs(sampled.p_value - got.p_value) < 0.03
     same = torch.ones(4, 16, dtype=torch.float64)
     assert association(same, same, a[:4], b[:4]).effect_size == 0.0  # no spread: no effect, not NaN
+
+
+def test_a_model_folder_that_mmssl_did_not_write_is_recognised_by_its_files(tmp_path):
+    import json as json_
+
+    from mmssl.errors import MmsslError
+    from mmssl.eval.bias_suite import folder_kind
+
+    kinds = {"st": ("modules.json", "[]", "sentence_embedding"), "oc": ("open_clip_config.json", "{}", "clip"),
+             "lm": ("config.json", json_.dumps({"architectures": ["GPT2LMHeadModel"]}), "clm"),
+             "mlm": ("config.json", json_.dumps({"architectures": ["BertForMaskedLM"]}), "mlm")}
+    for name, (file, text, kind) in kinds.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / file).write_text(text)
+        assert folder_kind(tmp_path / name) == kind
+    with pytest.raises(MmsslError, match="holds no model"):
+        folder_kind(tmp_path)
