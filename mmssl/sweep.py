@@ -200,7 +200,7 @@ def sweep(recipe: str | Path, arguments: list[str], out: str | Path | None = Non
             print(f"sweep: {run.name} is finished; kept", file=sys.stderr, flush=True)
             continue
         print(f"sweep: {run.name}: {shlex.join(cmd)}", file=sys.stderr, flush=True)
-        done = subprocess.run(cmd, env={**os.environ})
+        done = subprocess.run(cmd, env={**os.environ}, stdout=sys.stderr)  # stdout is the sweep's own summary
         if done.returncode != 0:
             failed.append(run.name)
             if not keep_going:
