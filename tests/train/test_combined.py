@@ -343,3 +343,18 @@ def test_overrides_name_an_objective_by_label_or_index(tmp_path):
         apply_overrides(raw, ["objectives.clip.weight=2"])
     with pytest.raises(RecipeError, match="objectives is a list"):
         apply_overrides(raw, ["objectives.weight=2"])
+
+
+def test_captioning_alone_trains_on_two_processes(tmp_path):
+    """The caption loss leaves CoCa's contrastive projections without gradient: DDP is told to look for them."""
+    out = tmp_path / "run"
+    raw = coca_recipe(out, [], max_steps=3, eval_every=0, batch_size=8)
+    del raw["objectives"]
+    raw["objective"] = {"name": "captioning", "eval_generate_images": 4}
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    done = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "mmssl.cli", "train", str(recipe)], env=cli_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["parameters_in_sync"] and metrics["steps"] == 3
