@@ -81,8 +81,12 @@ def parse_grid(arguments: list[str]) -> tuple[dict[str, list[Any]], list[str]]:
 
 
 def _slug(values: dict[str, Any]) -> str:
-    text = "_".join(f"{key.split('.')[-1]}-{_text(value)}" for key, value in values.items())
-    return re.sub(r"[^A-Za-z0-9._-]+", "", text.replace(" ", ""))[:120]
+    """A folder-safe name: ``crop_scale-0.2-1.0_color_jitter-0.5`` (lists joined by '-')."""
+    parts = []
+    for key, value in values.items():
+        text = re.sub(r"[\[\]{}\s]", "", _text(value)).replace(",", "-").replace(":", "")
+        parts.append(f"{key.split('.')[-1]}-{text}")
+    return re.sub(r"[^A-Za-z0-9._-]+", "", "_".join(parts))[:120]
 
 
 def plan(grid: dict[str, list[Any]], out: Path) -> list[SweepRun]:
