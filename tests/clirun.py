@@ -57,3 +57,22 @@ def write_recipe(path: Path, raw: dict) -> Path:
 def in_mount_namespace(script: str) -> list[str]:
     """A prefix that runs the command after `script` (mounts) in a private mount namespace (root, as in CI)."""
     return ["unshare", "-m", "sh", "-c", script + ' && exec "$@"', "sh"]
+
+
+def train_killed_after(recipe: Path, output_dir: Path, step: int, timeout: float = 240) -> int:
+    """Start `mmssl train RECIPE output_dir=...`, SIGKILL it once checkpoint `step` exists, and return the step of
+    the last complete checkpoint it left (the run must still be running when killed)."""
+    import signal
+    import time
+
+    from mmssl.train.checkpoints import final_dir, list_checkpoints
+
+    proc = subprocess.Popen([PYTHON, "-m", "mmssl.cli", "train", str(recipe), f"output_dir={output_dir}"],
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not final_dir(output_dir, step).exists():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return int(list_checkpoints(output_dir)[-1].name.split("-")[1])

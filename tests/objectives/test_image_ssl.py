@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from clirun import assert_clear_error, mmssl, write_recipe
+from clirun import assert_clear_error, mmssl, train_killed_after, write_recipe
 
 from mmssl.errors import RecipeError
 from mmssl.export.hub import render_card
@@ -172,15 +172,7 @@ def test_killed_run_resumes_bit_identical_with_momentum_target_and_queue(tmp_pat
     """Momentum target, queue, memory bank (and NCE's log Z), sampled negatives, schedule position and views
     (functions of seed, epoch and row) all come back: a run killed after its first checkpoint and resumed ends
     with exactly the weights of an unbroken run."""
-    import signal
-    import subprocess
-    import time
-
-    from clirun import cli_env
-    from helpers import PYTHON
     from safetensors.torch import load_file
-
-    from mmssl.train.checkpoints import list_checkpoints
 
     raw = image_recipe(tmp_path / "unused", method, eval_before=False, linear_probe=False, **objective)
     raw["train"].update(max_steps=24, save_every=4, keep_checkpoints=10)  # 10 batches per epoch: crosses epochs
@@ -188,15 +180,7 @@ def test_killed_run_resumes_bit_identical_with_momentum_target_and_queue(tmp_pat
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     done = mmssl("train", str(recipe), f"output_dir={straight}")
     assert done.returncode == 0, done.stderr[-2000:]
-    proc = subprocess.Popen([PYTHON, "-m", "mmssl.cli", "train", str(recipe), f"output_dir={broken}"], env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not (broken / "checkpoints" / "step-00000008").exists():
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = int(list_checkpoints(broken)[-1].name.split("-")[1])
+    killed_at = train_killed_after(recipe, broken, 8)
     assert 8 <= killed_at < 24
     done = mmssl("train", str(recipe), f"output_dir={broken}", "train.resume_from=latest")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -6,14 +6,12 @@ outputs load natively and share the encoder's weights, and bad combinations get 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 from collections import Counter
 
 import pytest
 import torch
-from clirun import assert_clear_error, cli_env, mmssl, write_recipe
+from clirun import assert_clear_error, cli_env, mmssl, train_killed_after, write_recipe
 from helpers import PYTHON, TINY_BERT
 
 from mmssl.errors import MmsslError
@@ -21,7 +19,6 @@ from mmssl.export.hub import render_card
 from mmssl.data.streams import Stream, StreamBatchSampler, StreamSchedule, interleave
 from mmssl.objectives._combined import Combined, build_objective
 from mmssl.recipes import parse_recipe, recipe_to_dict
-from mmssl.train.checkpoints import list_checkpoints
 
 TINY_RESNET = {"channels": [8, 8, 16, 16], "small_stem": True}
 
@@ -144,15 +141,7 @@ def test_a_killed_two_stream_run_resumes_bit_identical(tmp_path):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     done = mmssl("train", str(recipe), f"output_dir={straight}")
     assert done.returncode == 0, done.stderr[-2000:]
-    proc = subprocess.Popen([PYTHON, "-m", "mmssl.cli", "train", str(recipe), f"output_dir={broken}"], env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not (broken / "checkpoints" / "step-00000010").exists():
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = int(list_checkpoints(broken)[-1].name.split("-")[1])
+    killed_at = train_killed_after(recipe, broken, 10)
     assert 10 <= killed_at < 30
     done = mmssl("train", str(recipe), f"output_dir={broken}", "train.resume_from=latest")
     assert done.returncode == 0, done.stderr[-2000:]
