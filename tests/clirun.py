@@ -76,3 +76,21 @@ def train_killed_after(recipe: Path, output_dir: Path, step: int, timeout: float
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return int(list_checkpoints(output_dir)[-1].name.split("-")[1])
+
+
+def straight_and_resumed(recipe: Path, root: Path, kill_at: int, final: int) -> tuple[dict, dict, int]:
+    """Train `recipe` once unbroken and once killed after checkpoint `kill_at` then resumed; return both runs'
+    weights at step `final` (safetensors dicts) and the step the killed run resumed from."""
+    from safetensors.torch import load_file
+
+    from mmssl.train.checkpoints import final_dir
+
+    straight, broken = root / "straight", root / "broken"
+    done = mmssl("train", str(recipe), f"output_dir={straight}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    killed_at = train_killed_after(recipe, broken, kill_at)
+    assert kill_at <= killed_at < final
+    done = mmssl("train", str(recipe), f"output_dir={broken}", "train.resume_from=latest")
+    assert done.returncode == 0, done.stderr[-2000:]
+    weights = [load_file(str(final_dir(run, final) / "model.safetensors")) for run in (straight, broken)]
+    return weights[0], weights[1], killed_at

@@ -137,16 +137,15 @@ class ImageSSL(Objective):
         return ProbeSettings(p.image_size, self.mean, self.std, p.knn_k, p.knn_temperature, p.linear_probe,
                              p.eval_max_images, len(self.class_names) if self.class_names else None, self.recipe.seed)
 
-    def _measure(self, backbone: nn.Module, device: torch.device) -> dict[str, float]:
-        return frozen_backbone_metrics(backbone, self.train, self.eval, self.settings(), device)
+    def _measure(self, backbone: nn.Module, device: torch.device, diagnostics: dict | None = None) -> dict[str, float]:
+        return frozen_backbone_metrics(backbone, self.train, self.eval, self.settings(), device, diagnostics)
 
     def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
         if self.eval_dataset is None:
             return {}
         inner = unwrap(accelerator.unwrap_model(module))
         self.last_diagnostics = {}
-        out = frozen_backbone_metrics(inner.backbone, self.train, self.eval, self.settings(), accelerator.device,
-                                      self.last_diagnostics)
+        out = self._measure(inner.backbone, accelerator.device, self.last_diagnostics)
         embedding = getattr(self, "last_embedding_std", None)
         if embedding is not None:
             out["embedding_std_sqrt_d"] = embedding

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from clirun import assert_clear_error, mmssl, train_killed_after, write_recipe
+from clirun import assert_clear_error, mmssl, straight_and_resumed, write_recipe
 
 from mmssl.errors import RecipeError
 from mmssl.export.hub import render_card
@@ -172,20 +172,11 @@ def test_killed_run_resumes_bit_identical_with_momentum_target_and_queue(tmp_pat
     """Momentum target, queue, memory bank (and NCE's log Z), sampled negatives, schedule position and views
     (functions of seed, epoch and row) all come back: a run killed after its first checkpoint and resumed ends
     with exactly the weights of an unbroken run."""
-    from safetensors.torch import load_file
-
     raw = image_recipe(tmp_path / "unused", method, eval_before=False, linear_probe=False, **objective)
     raw["train"].update(max_steps=24, save_every=4, keep_checkpoints=10)  # 10 batches per epoch: crosses epochs
     recipe = write_recipe(tmp_path / "r.yaml", raw)
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    done = mmssl("train", str(recipe), f"output_dir={straight}")
-    assert done.returncode == 0, done.stderr[-2000:]
-    killed_at = train_killed_after(recipe, broken, 8)
-    assert 8 <= killed_at < 24
-    done = mmssl("train", str(recipe), f"output_dir={broken}", "train.resume_from=latest")
-    assert done.returncode == 0, done.stderr[-2000:]
-    final = "checkpoints/step-00000024/model.safetensors"
-    a, b = load_file(str(straight / final)), load_file(str(broken / final))
+    a, b, killed_at = straight_and_resumed(recipe, tmp_path, 8, 24)
+    broken = tmp_path / "broken"
     assert a.keys() == b.keys() and any(w in k for k in a for w in ("target", "key_", "bank", "queue", "pseudo"))
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     starts = [json.loads(line)["step"] for line in (broken / "log.jsonl").read_text().splitlines() if '"start"' in line]

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 import torch
-from clirun import assert_clear_error, cli_env, mmssl, train_killed_after, write_recipe
+from clirun import assert_clear_error, cli_env, mmssl, straight_and_resumed, write_recipe
 from helpers import PYTHON, TINY_BERT
 
 from mmssl.errors import MmsslError
@@ -123,8 +123,6 @@ def test_alternating_visits_each_stream_in_its_share_and_every_row_once_per_pass
 def test_a_killed_two_stream_run_resumes_bit_identical(tmp_path):
     """MLM on the world's captions and SimCSE on another world's, sampled per step: the streams' positions,
     passes and draws come back exactly after a kill."""
-    from safetensors.torch import load_file
-
     from mmssl.config import TokenizerConfig
     from mmssl.data.tokenizers import build_tokenizer
 
@@ -138,15 +136,8 @@ def test_a_killed_two_stream_run_resumes_bit_identical(tmp_path):
     build_tokenizer(TokenizerConfig(vocab_size=100, min_frequency=1), "wordpiece", words).save_pretrained(tmp_path / "tok")
     raw["tokenizer"] = {"path": str(tmp_path / "tok")}
     recipe = write_recipe(tmp_path / "r.yaml", raw)
+    a, b, killed_at = straight_and_resumed(recipe, tmp_path, 10, 30)
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    done = mmssl("train", str(recipe), f"output_dir={straight}")
-    assert done.returncode == 0, done.stderr[-2000:]
-    killed_at = train_killed_after(recipe, broken, 10)
-    assert 10 <= killed_at < 30
-    done = mmssl("train", str(recipe), f"output_dir={broken}", "train.resume_from=latest")
-    assert done.returncode == 0, done.stderr[-2000:]
-    final = "checkpoints/step-00000030/model.safetensors"
-    a, b = load_file(str(straight / final)), load_file(str(broken / final))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     logs = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
     train_logs = [e for e in logs if e["event"] == "train"]
