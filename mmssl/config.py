@@ -37,10 +37,19 @@ class DataConfig:
     eval_fraction: Annotated[float, Range(0, 1, open_high=True)] = 0.05
     max_examples: PositiveInt | None = None
     world: WorldConfig = field(default_factory=WorldConfig)
+    # streaming (`mmssl.data.streaming`): read shards in loader workers as training goes, instead of reading
+    # and decoding everything first; "auto" streams local data larger than 128 MiB
+    streaming: bool | Literal["auto"] = "auto"
+    shuffle_buffer: NonNegativeInt = 1000  # records per loader worker; 0: shard order only, exact resume
+    num_samples: PositiveInt | None = None  # samples in one epoch of a stream (default: from sizes.json)
+    weights: list[PositiveFloat] | None = None  # one per source of a `::`-joined data.path
 
     def __post_init__(self) -> None:
         if self.source in ("files", "hub") and not self.path:
             raise ValueError(f"path is required when source is {self.source!r} (a file, folder or glob)")
+        if self.weights is not None and len(self.weights) != len((self.path or "").split("::")):
+            raise ValueError(f"weights has {len(self.weights)} entries but path names "
+                             f"{len((self.path or '').split('::'))} source(s) (joined with '::'); give one per source")
 
 
 @dataclass
@@ -51,6 +60,7 @@ class TokenizerConfig:
     vocab_size: Annotated[int, Range(100)] = 4096  # the trained tokenizer's size, special tokens included
     min_frequency: PositiveInt = 2
     lowercase: bool = True
+    train_samples: PositiveInt = 200_000  # texts a tokenizer is trained on when the corpus is streamed
     trust_remote_code: bool = False  # run custom code that comes with tokenizer.path (named in the model card)
 
 
@@ -94,7 +104,7 @@ class TrainConfig:
     overwrite: bool = False
     trackers: list[str] = field(default_factory=list)
     cpu: bool = False
-    num_workers: NonNegativeInt = 0
+    num_workers: NonNegativeInt | None = None  # loader worker processes; default 0, or 1 (CPU) / up to 8 (GPU) when streaming
     progress: bool = True
 
     def __post_init__(self) -> None:

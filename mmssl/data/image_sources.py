@@ -438,3 +438,39 @@ def load_images(cfg: DataConfig, size: int, seed: int = 0, class_names: list[str
     train = image_table(split.train, size, split.class_index, split.where, stores[0])
     evaluation = image_table(split.eval, size, split.class_index, f"{split.where} (eval)", stores[1]) if split.eval else None
     return ImageSplits(train, evaluation, split.class_names)
+
+
+HEAD_IMAGES = 1024  # images from the start of a stream kept for batch-norm statistics when there is no eval set
+
+
+def streamed_image_splits(cfg: DataConfig, size: int, seed: int = 0) -> ImageSplits:
+    """Evaluation images for a run that streams its training images: the built-in world's; else
+    ``data.eval_path`` read whole and split in half (seeded) into the kNN bank / probe training set and the
+    held-out queries; else no evaluation, and the first images of the stream (unlabelled, at most 1,024) only
+    for batch-norm statistics at export."""
+    import dataclasses
+
+    from mmssl.data.stream_sources import ImageTransform, data_sources, first_records
+    from mmssl.data.streaming import Skip
+
+    if cfg.source == "world":
+        return load_images(dataclasses.replace(cfg, streaming=False), size, seed)
+    if cfg.eval_path:
+        held = dataclasses.replace(cfg, path=cfg.eval_path, eval_path=None, eval_fraction=0.5, max_examples=None,
+                                   weights=None, streaming=False, format="auto" if "::" in (cfg.path or "") else cfg.format,
+                                   split=cfg.eval_path if cfg.source == "hub" else cfg.split)
+        return load_images(held, size, seed)
+    log.info("data.path is streamed and data.eval_path is not set: no kNN/probe evaluation during training")
+    transform = ImageTransform(size, cfg.columns)
+    images = []
+    for record in first_records(data_sources(cfg, "images"), HEAD_IMAGES * 2):
+        try:
+            images.extend(sample["image"] for sample in transform(record))
+        except Skip:
+            continue
+        if len(images) >= HEAD_IMAGES:
+            break
+    if not images:
+        raise DataError(f"data.path {cfg.path!r}: no usable image in the first {HEAD_IMAGES * 2} records of the stream")
+    table = ImageTable(torch.stack(images), torch.full((len(images),), -1, dtype=torch.long))
+    return ImageSplits(table, None, None)

@@ -83,3 +83,21 @@ def load_image_text(cfg: DataConfig, size: int, seed: int = 0, class_names: list
     evaluation = (build_table(split.eval, size, split.class_index, f"{split.where} (eval)", store=stores[1])
                   if split.eval else None)
     return ImageTextSplits(train, evaluation, split.class_names)
+
+
+def streamed_eval_table(cfg: DataConfig, size: int, seed: int = 0,
+                        class_names: list[str] | None = None) -> tuple[ImageTextTable | None, list[str] | None]:
+    """The eval table of a run that streams its training pairs: the built-in world's eval split, or
+    ``data.eval_path`` read whole, or none (with the class names the recipe gives)."""
+    import dataclasses
+
+    if cfg.source == "world":
+        split = split_rows(dataclasses.replace(cfg, streaming=False), seed, class_names, captions=True)
+        return build_table(split.eval or [], size, split.class_index, f"{split.where} (eval)"), split.class_names
+    if not cfg.eval_path:
+        return None, class_names
+    held = dataclasses.replace(cfg, path=cfg.eval_path, eval_path=None, eval_fraction=0.0, max_examples=None,
+                               weights=None, streaming=False, format="auto" if "::" in (cfg.path or "") else cfg.format,
+                               split=cfg.eval_path if cfg.source == "hub" else cfg.split)
+    split = split_rows(held, seed, class_names, captions=True)
+    return build_table(split.train, size, split.class_index, f"data.eval_path {cfg.eval_path!r}"), split.class_names

@@ -253,3 +253,16 @@ def load_splits(cfg: DataConfig, kind: Kind, roles: list[str], seed: int = 0, se
         parts = train.train_test_split(test_size=cfg.eval_fraction, seed=seed, shuffle=True)
         train, evaluation = parts["train"], parts["test"]
     return Splits(train=train, eval=evaluation)
+
+
+def eval_splits(cfg: DataConfig, kind: Kind, roles: list[str], seed: int = 0) -> Splits:
+    """For a recipe whose training data is streamed: ``data.eval_path`` read whole as the eval split (the
+    train split is empty); no eval split without one (a stream is not split)."""
+    empty = datasets.Dataset.from_dict({role: [] for role in roles})
+    if cfg.source == "world":
+        return Splits(empty, datasets.Dataset.from_dict(world_columns(cfg.world, kind, "eval")).select_columns(roles))
+    if not cfg.eval_path:
+        log.info("data.path is streamed and data.eval_path is not set: no evaluation during training")
+        return Splits(empty, None)
+    evaluation = load_files(cfg.eval_path, cfg.format if cfg.format in _BUILDERS else "auto", "data.eval_path")
+    return Splits(empty, map_columns(evaluation, roles, cfg.columns, f"data.eval_path {cfg.eval_path!r}"))

@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from mmssl.config import ObjectiveParams
-from mmssl.data.image_sources import load_images
+from mmssl.data.image_sources import load_images, streamed_image_splits
+from mmssl.data.stream_sources import ImageTransform, collate_images, data_sources, wants_streaming
+from mmssl.data.streaming import SampleStream
 from mmssl.data.image_views import TwoViews, TwoViewsConfig
 from mmssl.errors import DataError, RecipeError
 from mmssl.eval.collapse import is_collapsed
@@ -76,6 +78,10 @@ class ImageSSL(Objective):
     def check(self, world: int) -> None:
         """Recipe checks that need the run's shape (e.g. enough images per step for negatives)."""
 
+    def stream_refusal(self) -> str | None:
+        """Why this method cannot train on a stream (it needs every image's row, e.g. a memory bank), or None."""
+        return None
+
     # -- setup -------------------------------------------------------------------------------------
     def setup(self, resume_dir: Path | None) -> None:
         import os
@@ -83,16 +89,30 @@ class ImageSSL(Objective):
         recipe, p = self.recipe, self.params
         self.check(int(os.environ.get("WORLD_SIZE", "1")))
         backbone = self.shared_part("image_backbone", lambda: build_backbone(recipe.model))
-        splits = load_images(recipe.data, p.image_size, recipe.seed, store=p.image_store,
-                             store_dir=Path(recipe.output_dir))
+        streaming = wants_streaming(recipe.data)
+        if streaming:
+            refusal = self.stream_refusal()
+            if refusal:
+                raise RecipeError(f"objective {self.name!r} cannot train on streamed data: {refusal}. Set "
+                                  "data.streaming=false to read the data whole")
+            splits = streamed_image_splits(recipe.data, p.image_size, recipe.seed)
+        else:
+            splits = load_images(recipe.data, p.image_size, recipe.seed, store=p.image_store,
+                                 store_dir=Path(recipe.output_dir))
         self.train, self.eval, self.class_names = splits.train, splits.eval, splits.class_names
         self.mean, self.std = backbone.mean, backbone.std
         self.views = TwoViews(p.views, p.image_size, self.mean, self.std)
         # channels-last tensors: 1.5-1.7x faster convolutions forward and backward on this project's CPU (oneDNN),
         # and what tensor cores want on a GPU; a no-op for the linear heads
         self.module = self.build_module(backbone).to(memory_format=torch.channels_last)
-        self.train_dataset = _Indices(len(self.train))  # type: ignore[assignment]
-        self.eval_dataset = self.train_dataset if self._labelled_eval() else None  # any loader: evaluate ignores it
+        if streaming:
+            sources = data_sources(recipe.data, "images")
+            self.train_stream = SampleStream(sources, ImageTransform(p.image_size, recipe.data.columns), recipe.seed,
+                                             shuffle_buffer=recipe.data.shuffle_buffer)
+        else:
+            self.train_dataset = _Indices(len(self.train))  # type: ignore[assignment]
+        # any loader: evaluate ignores it
+        self.eval_dataset = _Indices(len(self.eval)) if self._labelled_eval() else None  # type: ignore[assignment]
         self.before: dict[str, float] = {}
         saved = resume_dir / FLOOR_FILE if resume_dir is not None else None
         if saved is not None and saved.is_file():  # measured before the first step of this run
@@ -106,17 +126,24 @@ class ImageSSL(Objective):
         return self.eval is not None and bool((self.eval.labels >= 0).any()) and bool((self.train.labels >= 0).any())
 
     # -- per step ----------------------------------------------------------------------------------
-    def collate(self, rows: list[int]) -> dict[str, Any]:
+    def collate(self, rows: list) -> dict[str, Any]:
+        if self.train_stream is not None:  # decoded images from loader workers
+            return collate_images(rows)
         return {"index": torch.tensor(rows, dtype=torch.long)}
 
+    def batch_images(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 images of a batch and the rows (or streamed sample ids) that seed their views."""
+        if "image" in batch:
+            return batch["image"], batch["id"]
+        return self.train.images[batch["index"].cpu()], batch["index"].cpu()
+
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        index = batch["index"]
-        device = index.device
-        index = index.cpu()
-        images, fmt = self.train.images[index], torch.channels_last
+        device = (batch["image"] if "image" in batch else batch["index"]).device
+        images, index = self.batch_images(batch)
+        fmt = torch.channels_last
         views = [self.views.view(images, index, self.epoch, self.recipe.seed, which) for which in range(self.num_views)]
         out = {f"view{i + 1}": v.to(device, memory_format=fmt) for i, v in enumerate(views)}
-        out["index"] = batch["index"]  # which training images these are (a memory bank's rows)
+        out["index"] = batch.get("index", batch.get("id"))  # which training images these are (a memory bank's rows)
         return out
 
     def forward(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -192,7 +219,7 @@ class ImageSSL(Objective):
             "library_name": {"torchvision": "pytorch"}.get(backbone.library, backbone.library),
             "feature_dim": backbone.dim,
             "image_size": self.params.image_size,
-            "train_images": len(self.train),
+            "train_images": len(self.train) if self.train_stream is None else "streamed",
             "eval_images": len(self.eval) if self.eval is not None else 0,
             "skipped_images": self.train.skipped + (self.eval.skipped if self.eval is not None else 0),
             "num_classes": len(self.class_names or []),

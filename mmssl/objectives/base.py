@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from mmssl.config import ObjectiveParams, Recipe
+from mmssl.data.streaming import SampleStream
 
 T = TypeVar("T")
 
@@ -49,8 +50,11 @@ class Objective:
         self.recipe = recipe
         self.params = recipe.objective
         self.module: nn.Module
-        self.train_dataset: datasets.Dataset
+        self.train_dataset: datasets.Dataset | None = None
         self.eval_dataset: datasets.Dataset | None = None
+        # set instead of `train_dataset` when the training data is streamed (`mmssl.data.streaming`); the trainer
+        # places it on its process and reads it through a stateful loader with `collate`
+        self.train_stream: SampleStream | None = None
         self.epoch = 0
         self.optimizer: torch.optim.Optimizer | None = None  # set by the trainer (`attach_optimizer`)
         # parts shared with the other objectives of a combined recipe (set before `setup`; see `shared_part`)

@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmssl.data.image_text import ImageTextTable, load_image_text
+from mmssl.data.image_text import ImageTextTable, load_image_text, streamed_eval_table
+from mmssl.data.stream_sources import ImageTransform, collate_images, data_sources, wants_streaming
+from mmssl.data.streaming import SampleStream
 from mmssl.data.image_views import BatchImageViews, ImageViewsConfig, eval_view
 from mmssl.data.world import POSITIONS, relation_probes
-from mmssl.errors import DataError
+from mmssl.errors import DataError, RecipeError
 from mmssl.eval.zero_shot import DEFAULT_TEMPLATES, check_classes, class_embeddings, image_text_retrieval, zero_shot_accuracy
 from mmssl.data.caption_negatives import head_nouns, sample_negatives
 from mmssl.eval.embeddings import pair_diagnostics
@@ -125,11 +127,14 @@ class Captions:
         return self.tokens[self.sample_rows(index, random)]
 
     def sample_rows(self, index: torch.Tensor, random: bool) -> torch.Tensor:
-        if random:
-            pick = (torch.rand(index.shape[0]) * self.count[index]).long().clamp_max(self.count[index] - 1)
-        else:
-            pick = torch.zeros_like(index)
-        return self.start[index] + pick
+        return caption_rows(self.start[index], self.count[index], random)
+
+
+def caption_rows(start: torch.Tensor, count: torch.Tensor, random: bool) -> torch.Tensor:
+    """One caption row per example that owns rows ``start : start + count``: a random one or the first."""
+    if not random:
+        return start
+    return start + (torch.rand(count.shape[0], device=count.device) * count).long().clamp_max(count - 1)
 
 
 @register_objective("clip")
@@ -146,19 +151,32 @@ class Clip(Objective):
         self.tokenizer = self._tokenizer()
         self.image_size = image_size(model)
         self.mean, self.std = tuple(model.visual.image_mean), tuple(model.visual.image_std)
-        splits = load_image_text(recipe.data, self.image_size, recipe.seed, class_names=p.class_names,
-                                 store=p.image_store, store_dir=Path(p.image_store_dir or recipe.output_dir))
-        self.train, self.eval = splits.train, splits.eval
-        self.class_names = splits.class_names
+        self.train: ImageTextTable | None = None
+        self.train_captions: Captions | None = None
+        self.nouns: list[str] = []
+        if wants_streaming(recipe.data):  # images decoded and captions tokenised in loader workers
+            if getattr(p, "caption_negatives", 0):
+                raise RecipeError("objective.caption_negatives draws its replacement nouns from every training caption, "
+                                  "which a streamed run never holds; set data.streaming=false or caption_negatives=0")
+            self.eval, self.class_names = streamed_eval_table(recipe.data, self.image_size, recipe.seed, p.class_names)
+            self.train_stream = SampleStream(data_sources(recipe.data, "image_text"),
+                                             ImageTransform(self.image_size, recipe.data.columns, self.tokenizer),
+                                             recipe.seed, shuffle_buffer=recipe.data.shuffle_buffer)
+        else:
+            splits = load_image_text(recipe.data, self.image_size, recipe.seed, class_names=p.class_names,
+                                     store=p.image_store, store_dir=Path(p.image_store_dir or recipe.output_dir))
+            self.train, self.eval = splits.train, splits.eval
+            self.class_names = splits.class_names
+            self.train_captions = Captions(self.train.captions, self.tokenizer)
+            self.nouns = head_nouns(self.train_captions.texts) if getattr(p, "caption_negatives", 0) else []
+            self.train_dataset = _Indices(len(self.train))  # type: ignore[assignment]
+            log.info("clip: %d training images (%d skipped)", len(self.train), self.train.skipped)
         self.templates = p.templates or (WORLD_TEMPLATES if recipe.data.source == "world" else DEFAULT_TEMPLATES)
-        self.train_captions = Captions(self.train.captions, self.tokenizer)
-        self.nouns = head_nouns(self.train_captions.texts) if getattr(p, "caption_negatives", 0) else []
         self.views = BatchImageViews(p.views, self.image_size, self.mean, self.std)
         self.module = self.build_module(model)
-        self.train_dataset = _Indices(len(self.train))  # type: ignore[assignment]
         self.eval_dataset = _Indices(len(self.eval)) if self.eval is not None else None  # type: ignore[assignment]
-        log.info("clip: %d training images (%d skipped), %d eval images, %d classes", len(self.train),
-                 self.train.skipped, len(self.eval) if self.eval is not None else 0, len(self.class_names or []))
+        log.info("clip: %d eval images, %d classes", len(self.eval) if self.eval is not None else 0,
+                 len(self.class_names or []))
 
     def has_unused_parameters(self) -> bool:
         from mmssl.models.captioning import is_coca
@@ -182,10 +200,16 @@ class Clip(Objective):
         return build_tokenizer(self.model_cfg)
 
     # -- per step --------------------------------------------------------------------------------
-    def collate(self, rows: list[int]) -> dict[str, Any]:
+    def collate(self, rows: list) -> dict[str, Any]:
+        if self.train_stream is not None:  # decoded images and caption tokens from loader workers
+            return collate_images(rows)
         return {"index": torch.tensor(rows, dtype=torch.long)}
 
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if "image" in batch:  # streamed: the batch carries its images and every caption's tokens
+            count = batch["count"]
+            rows = caption_rows(torch.cumsum(count, 0) - count, count, self.params.caption_sampling == "random")
+            return {"image": self.views(batch["image"]), "text": batch["tokens"][rows]}
         index = batch["index"]
         device = index.device
         index = index.cpu()
@@ -283,8 +307,8 @@ class Clip(Objective):
 
     def describe(self) -> dict[str, Any]:
         model = self.module.model
-        skipped = self.train.skipped + (self.eval.skipped if self.eval is not None else 0)
-        reasons: dict[str, int] = dict(self.train.skipped_reasons)
+        skipped = (self.train.skipped if self.train is not None else 0) + (self.eval.skipped if self.eval is not None else 0)
+        reasons: dict[str, int] = dict(self.train.skipped_reasons) if self.train is not None else {}
         if self.eval is not None:
             for k, v in self.eval.skipped_reasons.items():
                 reasons[k] = reasons.get(k, 0) + v
@@ -294,8 +318,8 @@ class Clip(Objective):
             "model_class": type(model).__name__,
             "image_size": self.image_size,
             "context_length": context_length(model),
-            "train_images": len(self.train),
-            "train_captions": sum(len(c) for c in self.train.captions),
+            "train_images": len(self.train) if self.train is not None else "streamed",
+            "train_captions": sum(len(c) for c in self.train.captions) if self.train is not None else "streamed",
             "eval_images": len(self.eval) if self.eval is not None else 0,
             "skipped_images": skipped,
             "skipped_reasons": reasons,

@@ -10,7 +10,9 @@ from typing import Annotated, Any
 import torch
 from torch import nn
 
-from mmssl.data.sources import load_splits
+from mmssl.data.sources import eval_splits, load_splits
+from mmssl.data.stream_sources import PackTransform, data_sources, first_records, wants_streaming
+from mmssl.data.streaming import SampleStream
 from mmssl.data.text_blocks import TextBlocks, collate_blocks, pack, truncate
 from mmssl.data.tokenizers import build_tokenizer, load_pretrained_tokenizer
 from mmssl.errors import DataError, RecipeError
@@ -58,12 +60,23 @@ class LanguageModeling(Objective):
 
     def setup(self, resume_dir: Path | None) -> None:
         recipe = self.recipe
-        splits = load_splits(recipe.data, "text", ["text"], seed=recipe.seed)
+        streaming = wants_streaming(recipe.data)
+        if streaming:  # train on a stream; evaluate on data.eval_path, read whole
+            sources = data_sources(recipe.data, "text")
+            column = recipe.data.columns.get("text", "text")
+            splits = eval_splits(recipe.data, "text", ["text"], recipe.seed)
+
+            def corpus():  # a bounded sample of the stream trains the tokenizer
+                records = first_records(sources, recipe.tokenizer.train_samples)
+                return [r[column] for r in records if isinstance(r.get(column), str)]
+        else:
+            splits = load_splits(recipe.data, "text", ["text"], seed=recipe.seed)
+            corpus = lambda: splits.train["text"]  # noqa: E731
         saved = resume_dir / TOKENIZER_DIR if resume_dir else None
         if saved is not None and saved.is_dir():
             build = lambda: load_pretrained_tokenizer(str(saved))  # noqa: E731
         else:
-            build = lambda: build_tokenizer(recipe.tokenizer, self.tokenizer_kind, splits.train["text"])  # noqa: E731
+            build = lambda: build_tokenizer(recipe.tokenizer, self.tokenizer_kind, corpus())  # noqa: E731
         self.tokenizer = self.shared_part("tokenizer", build)
         self._check_tokenizer()
         self.model = build_language_model(recipe.model, self.kind, self.tokenizer)
@@ -74,8 +87,14 @@ class LanguageModeling(Objective):
                 f"objective.max_length={self.params.max_length} exceeds the model's {limit} positions; "
                 f"lower objective.max_length or enlarge the model's max_position_embeddings"
             )
-        self.blocks = self._blocks(splits.train, "the training data")
-        self.train_dataset = self.blocks.dataset
+        self.blocks = None
+        if streaming:
+            transform = PackTransform(self.tokenizer, self.params.max_length, add_special_tokens=self.kind == "mlm",
+                                      append_eos=self.kind == "clm", column=column, packing=self.params.packing)
+            self.train_stream = SampleStream(sources, transform, recipe.seed, shuffle_buffer=recipe.data.shuffle_buffer)
+        else:
+            self.blocks = self._blocks(splits.train, "the training data")
+            self.train_dataset = self.blocks.dataset
         self.eval_dataset = None
         if splits.eval is not None and len(splits.eval):
             self.eval_dataset = self._blocks(splits.eval, "the eval split (data.eval_path or data.eval_fraction)").dataset
@@ -142,15 +161,12 @@ class LanguageModeling(Objective):
         self.tokenizer.save_pretrained(directory)
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "num_parameters": sum(p.numel() for p in self.model.parameters()),
-            "vocab_size": len(self.tokenizer),
-            "train_texts": self.blocks.num_texts,
-            "train_tokens": self.blocks.num_tokens,
-            "train_sequences": len(self.train_dataset),
-            "truncated_texts": self.blocks.num_truncated,
-            "architecture": type(self.model).__name__,
-        }
+        facts = {"num_parameters": sum(p.numel() for p in self.model.parameters()), "vocab_size": len(self.tokenizer),
+                 "architecture": type(self.model).__name__, "streamed": self.blocks is None}
+        if self.blocks is not None:
+            facts.update(train_texts=self.blocks.num_texts, train_tokens=self.blocks.num_tokens,
+                         train_sequences=len(self.train_dataset), truncated_texts=self.blocks.num_truncated)
+        return facts
 
 
 def share_base_model(model, backbone: nn.Module) -> None:

@@ -88,8 +88,7 @@ class SwAV(ImageSSL):
         out = super().prepare_batch(batch)
         p = self.params
         if p.small_crops:
-            index = batch["index"].cpu()
-            images = self.train.images[index]
+            images, index = self.batch_images(batch)
             crops = [self.small_views.view(images, index, self.epoch, self.recipe.seed, 0, stream=2 + i)
                      for i in range(p.small_crops)]
             out["small"] = torch.cat(crops).to(out["view1"].device, memory_format=torch.channels_last)

@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, gather_object, send_to_device, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from mmssl.data.streaming import SampleStream, default_workers, make_loader, skipped_counts
 from mmssl.errors import DataError, MmsslError, RecipeError, TrainingDiverged
 from mmssl.outputs import RunManifest, check_not_input, is_disk_full, storage_failure
 from mmssl.config import Recipe
@@ -50,6 +51,32 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.size
+
+
+def stream_batches_per_epoch(recipe: Recipe, stream: SampleStream, world: int) -> int:
+    """Batches per process in one epoch of a stream: ``data.num_samples`` (or the shards' sizes.json) over the
+    global batch; a stream of unknown size needs ``train.max_steps``, and its epoch is then the whole run."""
+    cfg = recipe.train
+    samples = recipe.data.num_samples or stream.num_samples
+    if samples is None:
+        if cfg.max_steps is None:
+            raise RecipeError("the training data is streamed and its size is unknown: set train.max_steps (or "
+                              "data.num_samples, or write the shards with `mmssl prepare`, whose sizes.json tells it)")
+        return cfg.max_steps * cfg.gradient_accumulation_steps
+    return max(1, samples // (cfg.batch_size * world))
+
+
+def stream_skips(loader, accelerator: Accelerator) -> tuple[dict[str, int], list[str]]:
+    """Records the stream skipped (by reason), summed over every process and loader worker, and a few examples."""
+    counts, examples = skipped_counts(loader.state_dict())
+    if accelerator.num_processes > 1:
+        total: dict[str, int] = {}
+        gathered = gather_object([(counts, examples)])
+        for part, _ in gathered:
+            for reason, n in part.items():
+                total[reason] = total.get(reason, 0) + n
+        counts, examples = total, [e for _, found in gathered for e in found][:5]
+    return counts, examples
 
 
 def step_seed(seed: int, epoch: int, micro_batch: int, rank: int) -> int:
@@ -227,17 +254,24 @@ def _train(recipe: Recipe) -> dict[str, Any]:
 
     dataset = objective.train_dataset
     world = accelerator.num_processes
-    batch_sampler = objective.batch_sampler(cfg.batch_size, world)
-    if batch_sampler is not None:  # the objective's own order (several data streams): one list per process and step
+    stream = objective.train_stream
+    workers = cfg.num_workers if cfg.num_workers is not None else 0
+    if stream is not None:  # read shard by shard in loader workers; the loader's state is the stream's position
+        workers = cfg.num_workers if cfg.num_workers is not None else default_workers(cfg.on_cuda)
+        stream.place(accelerator.process_index, world)
+        sampler = None
+        train_loader = make_loader(stream, cfg.batch_size, objective.collate, workers,
+                                   pin_memory=accelerator.device.type == "cuda")
+    elif (batch_sampler := objective.batch_sampler(cfg.batch_size, world)) is not None:  # the objective's own order (several data streams): one list per process and step
         sampler = batch_sampler
         train_loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=objective.collate,
-                                  num_workers=cfg.num_workers)
+                                  num_workers=workers)
     else:
         sampler = EpochShuffleSampler(len(dataset), recipe.seed)
         drop_last = len(dataset) >= cfg.batch_size * world
         train_loader = DataLoader(
             dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=objective.collate,
-            num_workers=cfg.num_workers, drop_last=drop_last,
+            num_workers=workers, drop_last=drop_last,
         )
     eval_loader = None
     if objective.eval_dataset is not None:
@@ -245,11 +279,14 @@ def _train(recipe: Recipe) -> dict[str, Any]:
 
     optimizer = build_optimizer(module, objective.param_groups(module), cfg)
     recipe_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    module, optimizer, train_loader = accelerator.prepare(module, optimizer, train_loader)
+    if stream is not None:  # accelerate's loader wrapper would make every process read every sample
+        module, optimizer = accelerator.prepare(module, optimizer)
+    else:
+        module, optimizer, train_loader = accelerator.prepare(module, optimizer, train_loader)
     objective.attach_optimizer(optimizer)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)
-    batches_per_epoch = len(train_loader)
+    batches_per_epoch = len(train_loader) if stream is None else stream_batches_per_epoch(recipe, stream, world)
     if batches_per_epoch == 0:
         raise DataError(f"no training batches: {len(dataset)} examples for batch size {cfg.batch_size} x {world}")
     ga = cfg.gradient_accumulation_steps
@@ -274,6 +311,8 @@ def _train(recipe: Recipe) -> dict[str, Any]:
             raise ckpt.CheckpointError(
                 f"checkpoint {str(resume_dir)!r} does not match this recipe's model or optimiser ({exc})"
             ) from None
+        if stream is not None:
+            train_loader.load_state_dict(ckpt.read_stream_state(resume_dir, accelerator.process_index, world, workers))
 
     metrics_log = MetricsLog(output_dir / "log.jsonl", accelerator, enabled=main)
     if cfg.trackers:
@@ -304,6 +343,8 @@ def _train(recipe: Recipe) -> dict[str, Any]:
                 tmp.mkdir(parents=True)
             accelerator.wait_for_everyone()
             accelerator.save_state(str(tmp))
+            if stream is not None:
+                ckpt.write_stream_state(tmp, train_loader.state_dict(), accelerator.process_index, world, workers)
             accelerator.wait_for_everyone()
             if main:
                 objective.save_artifacts(tmp)
@@ -368,11 +409,16 @@ def _train(recipe: Recipe) -> dict[str, Any]:
 
     module.train()
     while state.step < total_steps:
-        sampler.set_epoch(state.epoch)
-        train_loader.set_epoch(state.epoch)
         objective.set_epoch(state.epoch)
-        loader = accelerator.skip_first_batches(train_loader, state.batch_in_epoch) if state.batch_in_epoch else train_loader
+        if stream is not None:  # endless: one pass of this loop; the loader resumes from its own state
+            loader = train_loader
+        else:
+            sampler.set_epoch(state.epoch)
+            train_loader.set_epoch(state.epoch)
+            loader = accelerator.skip_first_batches(train_loader, state.batch_in_epoch) if state.batch_in_epoch else train_loader
         for batch in loader:
+            if stream is not None:
+                batch = send_to_device(batch, accelerator.device, non_blocking=True)
             micro = state.batch_in_epoch
             window_start = micro - micro % ga
             window_size = min(ga, batches_per_epoch - window_start)
@@ -392,6 +438,8 @@ def _train(recipe: Recipe) -> dict[str, Any]:
             if micro + 1 == batches_per_epoch:
                 state.epoch += 1
                 state.batch_in_epoch = 0
+                if stream is not None:
+                    objective.set_epoch(state.epoch)
             if not sync:
                 continue
             if cfg.max_grad_norm:
@@ -419,6 +467,8 @@ def _train(recipe: Recipe) -> dict[str, Any]:
                     "examples_per_s": totals[0] / elapsed,
                     "tokens_per_s": totals[1] / elapsed,
                 }
+                if stream is not None:
+                    values["skipped"] = sum(stream_skips(train_loader, accelerator)[0].values())
                 metrics_log.write(state.step, values)
                 unit = "tokens_per_s" if objective.throughput_unit == "tokens" else "examples_per_s"
                 progress.set_postfix(loss=f"{mean_loss:.4f}", **{unit.split("_")[0] + "/s": f"{values[unit]:.0f}"})
@@ -431,6 +481,11 @@ def _train(recipe: Recipe) -> dict[str, Any]:
                 save_checkpoint()
             if state.step >= total_steps:
                 break
+        if stream is not None and state.step < total_steps:
+            skipped, examples = stream_skips(train_loader, accelerator)
+            raise DataError(f"the training stream ran out of usable samples at step {state.step} of {total_steps} "
+                            f"(skipped: {skipped or 'none'}{'; e.g. ' + '; '.join(examples) if examples else ''}); "
+                            "check data.path and data.columns")
     progress.close()
     train_seconds = time.perf_counter() - started
     last_eval = run_eval()
@@ -451,6 +506,11 @@ def _train(recipe: Recipe) -> dict[str, Any]:
         "eval": last_eval,
         **description,
     }
+    if stream is not None:
+        metrics["skipped_samples"], metrics["skipped_examples"] = stream_skips(train_loader, accelerator)
+        if metrics["skipped_samples"] and main:
+            log.warning("the stream skipped %d record(s): %s; e.g. %s", sum(metrics["skipped_samples"].values()),
+                        metrics["skipped_samples"], "; ".join(metrics["skipped_examples"][:3]))
     diagnostics = objective.diagnostics()
     if diagnostics:  # arrays for `mmssl report`
         metrics["diagnostics"] = diagnostics
