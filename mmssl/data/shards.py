@@ -34,26 +34,24 @@ METADATA_FILES = {SIZE_FILE, "prepare.json", "stats.json", "dataset_info.json", 
                   "metadata.csv"}
 
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+_CHOICES = re.compile(r"\{([^{}]*,[^{}]*)\}")
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """``a-{000..002}.tar`` -> ``a-000.tar a-001.tar a-002.tar`` (zero padding kept; several ranges allowed);
-    ``{a,b}`` lists too. The same expansion as the ``braceexpand`` package that webdataset and open_clip use."""
-    match = _BRACE.search(pattern)
-    if match:
+    """``a-{000..002}.tar`` -> ``a-000.tar a-001.tar a-002.tar`` (zero padding kept), ``{a,b}`` -> both; the
+    leftmost brace varies slowest, as in the ``braceexpand`` package that webdataset and open_clip use."""
+    found = [m for m in (_BRACE.search(pattern), _CHOICES.search(pattern)) if m]
+    if not found:
+        return [pattern]
+    match = min(found, key=lambda m: m.start())
+    if match.re is _BRACE:
         first, last = match.group(1), match.group(2)
         width = len(first) if first.startswith("0") or len(first) == len(last) else 0
-        out = []
-        for number in range(int(first), int(last) + 1):
-            out.extend(expand_braces(pattern[: match.start()] + str(number).zfill(width) + pattern[match.end():]))
-        return out
-    alternatives = re.search(r"\{([^{}]*,[^{}]*)\}", pattern)
-    if alternatives:
-        out = []
-        for choice in alternatives.group(1).split(","):
-            out.extend(expand_braces(pattern[: alternatives.start()] + choice + pattern[alternatives.end():]))
-        return out
-    return [pattern]
+        choices = [str(n).zfill(width) for n in range(int(first), int(last) + 1)]
+    else:
+        choices = match.group(1).split(",")
+    head, tail = pattern[: match.start()], pattern[match.end():]
+    return [out for choice in choices for out in expand_braces(head + choice + tail)]
 
 
 def list_files(spec: str, key: str = "data.path") -> list[str]:

@@ -116,6 +116,9 @@ class Combined(Objective):
                 raise RecipeError(f"objectives ({label}): cached_chunk_size (GradCache) runs its own backward pass, "
                                   "which a combined recipe cannot add to the other objectives' loss; remove it")
             sub.setup(resume_dir / label if resume_dir is not None else None)
+            if sub.train_stream is not None:
+                raise RecipeError(f"objectives ({label}): combined recipes do not read streamed data yet (their streams "
+                                  "are visited by row); set data.streaming=false, or train the objective alone")
             if sub.batch_sampler(self.recipe.train.batch_size, 1) is not None:
                 raise RecipeError(f"objectives ({label}): {sub.name} orders its own batches, which a combined recipe's "
                                   "streams cannot follow; train it alone")

@@ -33,6 +33,7 @@ import datasets
 import torch
 from torch import nn
 
+from mmssl.data.stream_sources import wants_streaming
 from mmssl.data.pairs import Rows, eval_pairs, load_pair_splits
 from mmssl.data.text_views.config import CacheConfig, ViewConfig
 from mmssl.data.tokenizers import build_tokenizer, load_pretrained_tokenizer
@@ -172,6 +173,9 @@ class SimCSE(Objective):
         recipe, p = self.recipe, self.params
         self.text_views = None
         world = int(os.environ.get("WORLD_SIZE", "1"))
+        if wants_streaming(recipe.data):
+            raise RecipeError("simcse does not read streamed data yet (its batches are built from length-sorted rows of "
+                              "the whole table); set data.streaming=false, or mmssl prepare a smaller sample")
         splits, self.views = load_pair_splits(recipe.data, p.mode, p.hard_negatives, recipe.seed)
         if p.mode == "unsupervised" and p.text_views:
             from mmssl.data.text_views import TextViews

@@ -52,6 +52,9 @@ class DeepCluster(ImageSSL):
     Params = DeepClusterParams
     num_views = 1
 
+    def stream_refusal(self) -> str | None:
+        return "it clusters the features of every training image each epoch (a full pass over the data)"
+
     def build_module(self, backbone: Backbone) -> nn.Module:
         p = self.params
         if p.num_clusters > len(self.train):

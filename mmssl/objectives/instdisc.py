@@ -58,6 +58,9 @@ class InstDisc(ImageSSL):
     Params = InstDiscParams
     num_views = 1
 
+    def stream_refusal(self) -> str | None:
+        return "its memory bank keeps one row per training image, so it needs every image's row up front"
+
     def build_module(self, backbone: Backbone) -> nn.Module:
         p = self.params
         if p.shard_bank and p.negatives == "per_image" and world_size() > 1:

@@ -52,6 +52,11 @@ class SimCLR(ImageSSL):
     def check(self, world: int) -> None:
         check_pairs_per_step(self.recipe, world if self.params.gather else 1, "SimCLR")
 
+    def stream_refusal(self) -> str | None:
+        if self.params.bank_negatives:
+            return "objective.bank_negatives keeps a memory bank row per training image (set it to 0 to stream)"
+        return None
+
     def build_module(self, backbone: Backbone) -> nn.Module:
         p = self.params
         bank = (MemoryBank(len(self.train), p.projection_dim, p.bank_momentum, self.recipe.seed, p.shard_bank)

@@ -104,6 +104,20 @@ def lock_run_folder(out: Path) -> None:
     _held_locks[out.resolve()] = fd
 
 
+def _drop_locks_in_child() -> None:
+    """A forked child (a loader worker) closes its copies of the lock descriptors: a flock lives while any copy
+    is open, so a worker outliving a killed run would keep its folder locked against the resume."""
+    for fd in _held_locks.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 def release_run_folder(out: Path) -> None:
     fd = _held_locks.pop(out.resolve(), None)
     if fd is not None:
