@@ -118,12 +118,19 @@ def _world_rows(cfg: DataConfig, split: str, captions: bool) -> RawRows:
 
 
 def _expand(path: str, extensions: set[str]) -> list[Path]:
-    p = Path(path).expanduser()
-    if p.is_dir():
-        return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
-    if p.is_file():
-        return [p]
-    return sorted(Path(f) for f in glob.glob(os.path.expanduser(path), recursive=True) if Path(f).is_file())
+    """Files of a path, folder, glob or brace pattern (``shard-{00000..00099}.tar``)."""
+    from mmssl.data.shards import expand_braces
+
+    found: list[Path] = []
+    for pattern in expand_braces(os.path.expanduser(path)):
+        p = Path(pattern)
+        if p.is_dir():
+            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions))
+        elif p.is_file():
+            found.append(p)
+        else:
+            found.extend(sorted(Path(f) for f in glob.glob(pattern, recursive=True) if Path(f).is_file()))
+    return found
 
 
 def _pick(columns: list[str], mapping: dict[str, str], role: str, candidates: tuple[str, ...], where: str,

@@ -1,0 +1,128 @@
+"""Streamed training: `mmssl prepare` shards, SIGKILL and resume to the same weights (images with two loader workers,
+packed text), resume refused on another worker count, two real processes over shards that do not divide between
+them, the streamed and whole-data paths learning alike, clear refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+from clirun import assert_clear_error, cli_env, mmssl, straight_and_resumed, write_recipe
+from helpers import PYTHON, lm_recipe
+
+from mmssl.errors import RecipeError
+from mmssl.recipes import parse_recipe
+from mmssl.train.loop import train
+
+TINY_RESNET = {"channels": [8, 8, 16, 16], "small_stem": True}
+
+
+@pytest.fixture(scope="module")
+def world_shards(tmp_path_factory):
+    """The built-in world's images as 3 WebDataset shards (160, 160 and 80 images) with sizes.json."""
+    out = tmp_path_factory.mktemp("shards") / "images"
+    done = mmssl("prepare", "world", str(out), "--kind", "images", "--shard-size", "160", "--world-scenes", "400",
+                 "--workers", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["shards"] == 3
+    return out
+
+
+def image_recipe(output_dir, shards, **train) -> dict:
+    return {
+        "name": "test-stream", "output_dir": str(output_dir), "seed": 0,
+        "data": {"source": "files", "path": str(shards / "shard-{00000..00002}-0000.tar"), "streaming": True,
+                 "shuffle_buffer": 0},
+        "model": {"arch": "resnet18", "config": dict(TINY_RESNET)},
+        "objective": {"name": "simclr", "image_size": 16, "projection_dim": 16, "hidden_dim": 32, "eval_before": False,
+                      "linear_probe": False},
+        "train": {"batch_size": 16, "learning_rate": 3e-3, "max_steps": 16, "log_every": 4, "progress": False,
+                  "cpu": True, "num_workers": 2, **train},
+    }
+
+
+def test_a_killed_image_stream_resumes_to_the_same_weights(tmp_path, world_shards):
+    """Two loader workers decode the shards; the run is SIGKILLed after a checkpoint and resumed: the stream
+    continues at each worker's position, so the weights equal an unbroken run's."""
+    raw = image_recipe(tmp_path / "unused", world_shards, max_steps=16, save_every=4, keep_checkpoints=10)
+    a, b, killed_at = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 16)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    metrics = json.loads((tmp_path / "broken" / "metrics.json").read_text())
+    assert metrics["train_images"] == "streamed" and metrics["skipped_samples"] == {}
+    # 400 images / 16 per step: 25 steps an epoch (from sizes.json), so 16 steps are 0.64 of it
+    log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log if e["event"] == "train"][-1] == pytest.approx(16 / 25)
+    # a stream's position is per loader worker: another worker count is refused, not silently reshuffled
+    recipe = write_recipe(tmp_path / "r.yaml", {**raw, "output_dir": str(tmp_path / "broken")})
+    done = mmssl("train", str(recipe), "train.resume_from=latest", "train.max_steps=20", "train.num_workers=1")
+    assert_clear_error(done, "train.num_workers=2", "train.num_workers=1", "resume with the same numbers")
+
+
+def test_a_killed_text_stream_resumes_to_the_same_weights(tmp_path):
+    """MLM on a JSON Lines corpus read as a stream: the tokens carried between blocks come back too."""
+    corpus = tmp_path / "corpus.jsonl"
+    from mmssl.config import WorldConfig
+    from mmssl.data.world import world_columns
+
+    texts = world_columns(WorldConfig(num_scenes=300), "text")["text"]
+    corpus.write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
+    raw = lm_recipe(tmp_path / "unused", max_steps=12, save_every=4, keep_checkpoints=10)
+    raw["data"] = {"source": "files", "path": str(corpus), "streaming": True, "shuffle_buffer": 0,
+                   "columns": {"text": "body"}}
+    # one tokenizer for both runs: `tokenizers` breaks ties between equal merges in a per-process order
+    from mmssl.config import TokenizerConfig
+    from mmssl.data.tokenizers import build_tokenizer
+
+    build_tokenizer(TokenizerConfig(vocab_size=300), "wordpiece", texts).save_pretrained(tmp_path / "tok")
+    raw["tokenizer"] = {"path": str(tmp_path / "tok")}
+    a, b, _ = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 12)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_processes_stream_shards_that_do_not_divide_between_them(tmp_path, world_shards):
+    """3 shards on 2 processes (2 + 1): both take the same number of steps (the stream is endless), nobody
+    waits forever, the weights end equal."""
+    out = tmp_path / "run"
+    raw = image_recipe(out, world_shards, max_steps=12, num_workers=1)
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    done = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "mmssl.cli", "train", str(recipe)], env=cli_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["parameters_in_sync"] and metrics["steps"] == 12
+    assert metrics["examples_seen_per_process"] == 12 * 16
+
+
+def test_the_streamed_and_whole_data_paths_learn_alike(tmp_path):
+    """The same MLM recipe on the same text, read whole and streamed (shard order, no buffer): the same
+    tokenizer and block packing, so the eval loss after training agrees closely."""
+    losses = {}
+    for streaming in (False, True):  # in one process: `tokenizers` trains the same vocabulary both times
+        raw = lm_recipe(tmp_path / f"run-{streaming}", max_steps=30)
+        raw["data"].update(streaming=streaming, shuffle_buffer=0)
+        losses[streaming] = train(parse_recipe(raw))["eval"]["loss"]
+    first = json.loads((tmp_path / "run-False" / "log.jsonl").read_text().splitlines()[1])["loss"]
+    assert losses[True] < first - 1.0 and losses[False] < first - 1.0  # both learned
+    assert abs(losses[True] - losses[False]) < 0.15, losses
+
+
+def test_streamed_data_of_unknown_size_needs_a_step_count(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a red circle\n" * 50)
+    raw = lm_recipe(tmp_path / "run")
+    raw["data"] = {"source": "files", "path": str(corpus), "streaming": True}
+    raw["train"].pop("max_steps")
+    with pytest.raises(RecipeError, match=r"streamed and its size is unknown: set train.max_steps.*mmssl prepare"):
+        train(parse_recipe(raw))
+
+
+@pytest.mark.parametrize("method, objective", [("instdisc", {"num_negatives": 16}),
+                                               ("simclr", {"bank_negatives": 16})])
+def test_a_method_that_needs_every_image_refuses_a_stream(tmp_path, world_shards, method, objective):
+    raw = image_recipe(tmp_path / "run", world_shards)
+    raw["objective"] = {"name": method, "image_size": 16, **objective}
+    with pytest.raises(RecipeError, match=f"{method}' cannot train on streamed data.*data.streaming=false"):
+        train(parse_recipe(raw))
