@@ -71,6 +71,31 @@ def load_pair_splits(cfg: DataConfig, mode: str, hard_negatives: bool, seed: int
     return splits, views
 
 
+def stream_pair_splits(cfg: DataConfig, mode: str, hard_negatives: bool, head: list[dict[str, Any]],
+                       seed: int) -> tuple[Splits, list[str]]:
+    """For streamed pairs: the views (hard-negative columns mapped in data.columns or present in the first
+    records `head`), and a table of `head` (to train a tokenizer) beside the eval split read whole."""
+    from mmssl.data.sources import eval_splits, map_columns
+
+    if mode == "unsupervised":
+        roles, views = ["text"], ["text", "text"]
+    else:
+        negatives = [role for role in cfg.columns if NEGATIVE.match(role)]
+        if not negatives and hard_negatives and head:
+            present = set(head[0])
+            negatives = ["negative"] if "negative" in present else sorted(
+                (c for c in present if NEGATIVE.match(c)), key=negative_order)
+        roles = ["anchor", "positive", *(sorted(negatives, key=negative_order) if hard_negatives else [])]
+        views = roles
+    where = "built-in world" if cfg.source == "world" else f"data.path {cfg.path!r}"
+    columns = {role: [r.get(cfg.columns.get(role, role)) for r in head] for role in roles}
+    if not head:
+        raise DataError(f"{where}: no records in the stream")
+    sample = map_columns(datasets.Dataset.from_dict(columns), roles, {}, where)
+    splits = eval_splits(cfg, "text" if mode == "unsupervised" else "pairs", roles, seed)
+    return Splits(sample, splits.eval), views
+
+
 def eval_pairs(cfg: DataConfig, path: str | None, mode: str, split_eval: datasets.Dataset | None,
                max_pairs: int | None) -> dict[str, list] | None:
     """Held-out (anchor, positive[, negative][, score]) rows: from `path` (objective.eval_pairs), the world's

@@ -117,6 +117,11 @@ class SampleStream(IterableDataset):
         """Which process this stream feeds (set by the trainer before loader workers start)."""
         self.rank, self.world = rank, world
 
+    def local_shards(self) -> int:
+        """Shards this process reads (all of a source's, split by example, when it has fewer than processes)."""
+        return sum(len(s.shards) if len(s.shards) < self.world else len(s.shards[self.rank :: self.world])
+                   for s in self.sources)
+
     @property
     def num_samples(self) -> int | None:
         """Samples in one pass over every source (all processes together), when every source knows its size."""

@@ -33,7 +33,9 @@ import datasets
 import torch
 from torch import nn
 
-from mmssl.data.stream_sources import wants_streaming
+from mmssl.data.pairs import stream_pair_splits
+from mmssl.data.stream_sources import data_sources, first_records, wants_streaming
+from mmssl.data.streaming import SampleStream, Skip, Transform, sample_id
 from mmssl.data.pairs import Rows, eval_pairs, load_pair_splits
 from mmssl.data.text_views.config import CacheConfig, ViewConfig
 from mmssl.data.tokenizers import build_tokenizer, load_pretrained_tokenizer
@@ -173,10 +175,13 @@ class SimCSE(Objective):
         recipe, p = self.recipe, self.params
         self.text_views = None
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        if wants_streaming(recipe.data):
-            raise RecipeError("simcse does not read streamed data yet (its batches are built from length-sorted rows of "
-                              "the whole table); set data.streaming=false, or mmssl prepare a smaller sample")
-        splits, self.views = load_pair_splits(recipe.data, p.mode, p.hard_negatives, recipe.seed)
+        streaming = wants_streaming(recipe.data)
+        if streaming:  # rows tokenised in loader workers; evaluation from data.eval_path / objective.eval_pairs
+            sources = data_sources(recipe.data, "text" if p.mode == "unsupervised" else "pairs")
+            head = first_records(sources, recipe.tokenizer.train_samples)
+            splits, self.views = stream_pair_splits(recipe.data, p.mode, p.hard_negatives, head, recipe.seed)
+        else:
+            splits, self.views = load_pair_splits(recipe.data, p.mode, p.hard_negatives, recipe.seed)
         if p.mode == "unsupervised" and p.text_views:
             from mmssl.data.text_views import TextViews
 
@@ -197,8 +202,13 @@ class SimCSE(Objective):
         self.model = ContrastiveModule(encoder, temperature, p.queue_size if p.negatives == "queue" else None)
         self.module = self.model
 
-        self.num_train_rows = len(splits.train)
-        self.train_dataset = self._tokenize(splits.train)  # type: ignore[assignment]
+        if streaming:
+            self.num_train_rows = None
+            self.train_stream = SampleStream(sources, PairTransform(self, recipe.data.columns), recipe.seed,
+                                             shuffle_buffer=recipe.data.shuffle_buffer)
+        else:
+            self.num_train_rows = len(splits.train)
+            self.train_dataset = self._tokenize(splits.train)  # type: ignore[assignment]
         self.eval_rows = eval_pairs(recipe.data, p.eval_pairs, p.mode, splits.eval, p.eval_max_pairs)
         self.eval_dataset = datasets.Dataset.from_dict(self.eval_rows) if self.eval_rows else None
         self.before: dict[str, float] = {}
@@ -283,6 +293,16 @@ class SimCSE(Objective):
     def _ids(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, truncation=True, max_length=self.params.max_length,
                               return_attention_mask=False)["input_ids"]
+
+    def tokenize_row(self, texts: dict[str, str], key: str) -> dict[str, Any]:
+        """One streamed row (a text per view column) as `_tokenize` lays out a table's rows."""
+        row: dict[str, Any] = {}
+        for column in dict.fromkeys(self.views):
+            row[f"{column}_ids"] = self._ids([texts[column]])[0]
+            row[f"{column}_hash"] = int(text_ids([texts[column]])[0])
+        if self.text_views is not None:
+            row["text"], row["index"] = texts["text"], sample_id(key)
+        return row
 
     def _tokenize(self, ds: datasets.Dataset) -> Rows:
         columns: dict[str, list] = {}
@@ -473,7 +493,7 @@ class SimCSE(Objective):
             "mode": p.mode,
             "views": self.views,
             "hard_negative_columns": self.negative_columns,
-            "train_rows": self.num_train_rows,
+            "train_rows": self.num_train_rows if self.num_train_rows is not None else "streamed",
             "negatives": p.negatives,
             "loss": p.loss,
             "cached": p.cached_chunk_size is not None,
@@ -481,3 +501,22 @@ class SimCSE(Objective):
             "eval_before": self.before,
             **({"text_views": self.text_views.describe()} if self.text_views is not None else {}),
         }
+
+
+class PairTransform(Transform):
+    """A streamed record -> the tokenised row SimCSE's `collate` takes (in loader workers); a record with an
+    empty or missing text in one of its view columns is skipped and counted."""
+
+    def __init__(self, objective: SimCSE, mapping: dict[str, str]):
+        self.objective, self.mapping = objective, mapping
+
+    def __call__(self, record: dict[str, Any]) -> list[Any]:
+        texts = {}
+        for column in dict.fromkeys(self.objective.views):
+            text = record.get(self.mapping.get(column, column))
+            if isinstance(text, bytes):
+                text = text.decode("utf-8", errors="replace")
+            if not isinstance(text, str) or not text.strip():
+                raise Skip(f"empty or missing {column!r}")
+            texts[column] = text
+        return [self.objective.tokenize_row(texts, str(record.get("__key__", "")))]

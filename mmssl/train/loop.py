@@ -507,6 +507,7 @@ def _train(recipe: Recipe) -> dict[str, Any]:
         **description,
     }
     if stream is not None:
+        metrics["stream_shards_per_process"] = gather_object([stream.local_shards()]) if world > 1 else [stream.local_shards()]
         metrics["skipped_samples"], metrics["skipped_examples"] = stream_skips(train_loader, accelerator)
         if metrics["skipped_samples"] and main:
             log.warning("the stream skipped %d record(s): %s; e.g. %s", sum(metrics["skipped_samples"].values()),

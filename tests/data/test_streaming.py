@@ -207,3 +207,16 @@ def test_prepare_writes_shards_that_stream_back_the_same_images_and_is_idempoten
     with pytest.raises(RecipeError, match="never writes over"):
         prepare(data, str(folder / "cat"), "images")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_weighted_sources_are_drawn_in_proportion(tmp_path):
+    """Two sources joined with '::' and weighted 1:3: the stream draws from them in about that proportion."""
+    text_shards(tmp_path / "a", shards=2, per=200)
+    for f in text_shards(tmp_path / "b", shards=2, per=200):
+        Path(f).rename(Path(f).with_name("other-" + Path(f).name))
+    cfg = DataConfig(source="files", path=f"{tmp_path / 'a'}::{tmp_path / 'b'}", weights=[1.0, 3.0])
+    sources = data_sources(cfg, "text")
+    assert [len(s.shards) for s in sources] == [2, 2] and [s.weight for s in sources] == [1.0, 3.0]
+    keys, _ = read(SampleStream(sources, Keys(), seed=0), 0, 100)
+    share = sum(k.startswith("other-") for k in keys) / len(keys)
+    assert 0.65 < share < 0.85, share

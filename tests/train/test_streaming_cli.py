@@ -81,18 +81,26 @@ def test_a_killed_text_stream_resumes_to_the_same_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_two_processes_stream_shards_that_do_not_divide_between_them(tmp_path, world_shards):
-    """3 shards on 2 processes (2 + 1): both take the same number of steps (the stream is endless), nobody
-    waits forever, the weights end equal."""
+def test_two_nodes_stream_shards_that_do_not_divide_between_them(tmp_path, world_shards):
+    """Two `torchrun --nnodes 2` launches (a static rendezvous on 127.0.0.1), one process each, over 3 shards:
+    node 0 reads 2 shards, node 1 the third; both take the same number of steps (the stream is endless), so
+    nobody waits forever in a collective, and the weights end equal."""
+    import socket
+
     out = tmp_path / "run"
-    raw = image_recipe(out, world_shards, max_steps=12, num_workers=1)
-    recipe = write_recipe(tmp_path / "r.yaml", raw)
-    done = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "mmssl.cli", "train", str(recipe)], env=cli_env(), capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    recipe = write_recipe(tmp_path / "r.yaml", image_recipe(out, world_shards, max_steps=12, num_workers=1))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = [subprocess.Popen([PYTHON, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               "-m", "mmssl.cli", "train", str(recipe)], env=cli_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    results = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), [err[-2000:] for _, err in results]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["parameters_in_sync"] and metrics["steps"] == 12
+    assert metrics["stream_shards_per_process"] == [2, 1]
     assert metrics["examples_seen_per_process"] == 12 * 16
 
 
@@ -126,3 +134,24 @@ def test_a_method_that_needs_every_image_refuses_a_stream(tmp_path, world_shards
     raw["objective"] = {"name": method, "image_size": 16, **objective}
     with pytest.raises(RecipeError, match=f"{method}' cannot train on streamed data.*data.streaming=false"):
         train(parse_recipe(raw))
+
+
+def test_simcse_streams_pairs_and_counts_the_rows_it_cannot_use(tmp_path):
+    """Supervised SimCSE on a JSON Lines stream, tokenised in a loader worker; a row without a positive is
+    skipped and counted, not a crash."""
+    from mmssl.config import WorldConfig
+    from mmssl.data.world import world_columns
+
+    pairs = world_columns(WorldConfig(num_scenes=200), "pairs")
+    rows = [{"anchor": a, "positive": p} for a, p in zip(pairs["anchor"], pairs["positive"])]
+    rows[3]["positive"] = ""
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    raw = lm_recipe(tmp_path / "run", max_steps=30, num_workers=1)
+    raw["data"] = {"source": "files", "path": str(tmp_path / "pairs.jsonl"), "streaming": True}
+    raw["objective"] = {"name": "simcse", "mode": "supervised", "max_length": 32, "pooling": "mean", "temperature": 0.05}
+    metrics = train(parse_recipe(raw))
+    assert metrics["train_rows"] == "streamed"
+    assert metrics["skipped_samples"] == {"empty or missing 'positive'": 1, "malformed line": 1}
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+              if '"train"' in line]
+    assert losses[-1] < losses[0]
