@@ -43,6 +43,7 @@ class DataConfig:
     shuffle_buffer: NonNegativeInt = 1000  # records per loader worker; 0: shard order only, exact resume
     num_samples: PositiveInt | None = None  # samples in one epoch of a stream (default: from sizes.json)
     weights: list[PositiveFloat] | None = None  # one per source of a `::`-joined data.path
+    resampled: bool = False  # each pass draws its shards with replacement (open_clip's --dataset-resampled)
 
     def __post_init__(self) -> None:
         if self.source in ("files", "hub") and not self.path:

@@ -146,9 +146,18 @@ def run_measured(cmd: list[str], done: callable, timeout: float = 900) -> tuple[
             except psutil.Error:
                 pass
             time.sleep(0.02)
-    finally:
-        proc.kill()
+    finally:  # the loader workers too: an orphaned worker would keep reading into the next measurement
+        try:
+            children = parent.children(recursive=True)
+        except psutil.Error:
+            children = []
+        for p in [parent, *children]:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
         proc.wait()
+        psutil.wait_procs(children, timeout=10)
     return elapsed, peak
 
 
@@ -357,7 +366,8 @@ def main() -> None:
                                               str(args.workers), model_json])["batches_per_s"])
         med = {k: statistics.median(v) for k, v in rates.items()}
         report["loader"] = {"workers": args.workers, "batches_per_s": {k: round(v, 2) for k, v in med.items()},
-                            "ratio": round(med["mmssl"] / med["open_clip"], 3)}
+                            "ratio": round(med["mmssl"] / med["open_clip"], 3),
+                            "runs": {k: [round(x, 2) for x in v] for k, v in rates.items()}}
         print(json.dumps(report["loader"]), file=sys.stderr)
 
     if "clip" in parts:
@@ -368,7 +378,8 @@ def main() -> None:
                                                  str(args.workers), model_json])["samples_per_s"])
         med = {k: statistics.median(v) for k, v in rates.items()}
         report["clip"] = {"workers": args.workers, "samples_per_s": {k: round(v, 1) for k, v in med.items()},
-                          "ratio": round(med["mmssl"] / med["open_clip"], 3)}
+                          "ratio": round(med["mmssl"] / med["open_clip"], 3),
+                          "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()}}
         print(json.dumps(report["clip"]), file=sys.stderr)
 
     if "mlm" in parts:
@@ -401,6 +412,7 @@ def main() -> None:
                 rates[side].append(statistics.mean(logged))
         med = {k: statistics.median(v) for k, v in rates.items()}
         mlm["tokens_per_s"] = {k: round(v) for k, v in med.items()}
+        mlm["runs"] = {k: [round(x) for x in v] for k, v in rates.items()}
         mlm["ratio"] = round(med["stream"] / med["whole"], 3)
         report["mlm"] = mlm
         print(json.dumps(mlm), file=sys.stderr)

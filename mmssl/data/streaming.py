@@ -105,11 +105,11 @@ class SampleStream(IterableDataset):
     """One process's endless, resumable stream of samples; see the module docstring."""
 
     def __init__(self, sources: list[Source], transform: Transform, seed: int, rank: int = 0, world: int = 1,
-                 shuffle_buffer: int = 0):
+                 shuffle_buffer: int = 0, resampled: bool = False):
         if not sources:
             raise ValueError("a stream needs at least one source")
         self.sources, self.transform, self.seed = sources, transform, seed
-        self.rank, self.world, self.shuffle_buffer = rank, world, shuffle_buffer
+        self.rank, self.world, self.shuffle_buffer, self.resampled = rank, world, shuffle_buffer, resampled
         self.position = StreamPosition()
         self._live = None  # the `datasets` stream of the current pass (in the iterating process)
 
@@ -143,7 +143,8 @@ class SampleStream(IterableDataset):
         by_example = len(shards) < self.world  # too few shards to give every process its own
         if not by_example:
             shards = shards[self.rank :: self.world]
-        order = np.random.default_rng([self.seed, passes, index, 17]).permutation(len(shards))
+        rng = np.random.default_rng([self.seed, passes, index, 17])
+        order = rng.integers(len(shards), size=len(shards)) if self.resampled else rng.permutation(len(shards))
         shards = [shards[i] for i in order]
         ds = datasets.IterableDataset.from_generator(_generate, gen_kwargs={"shards": shards, "reader": source.reader})
         if by_example and self.world > 1:

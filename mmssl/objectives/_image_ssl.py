@@ -19,8 +19,7 @@ from torch import nn
 
 from mmssl.config import ObjectiveParams
 from mmssl.data.image_sources import load_images, streamed_image_splits
-from mmssl.data.stream_sources import ImageTransform, collate_images, data_sources, wants_streaming
-from mmssl.data.streaming import SampleStream
+from mmssl.data.stream_sources import ImageTransform, collate_images, data_sources, data_stream, wants_streaming
 from mmssl.data.image_views import TwoViews, TwoViewsConfig
 from mmssl.errors import DataError, RecipeError
 from mmssl.eval.collapse import is_collapsed
@@ -106,9 +105,8 @@ class ImageSSL(Objective):
         # and what tensor cores want on a GPU; a no-op for the linear heads
         self.module = self.build_module(backbone).to(memory_format=torch.channels_last)
         if streaming:
-            sources = data_sources(recipe.data, "images")
-            self.train_stream = SampleStream(sources, ImageTransform(p.image_size, recipe.data.columns), recipe.seed,
-                                             shuffle_buffer=recipe.data.shuffle_buffer)
+            self.train_stream = data_stream(recipe.data, data_sources(recipe.data, "images"),
+                                            ImageTransform(p.image_size, recipe.data.columns), recipe.seed)
         else:
             self.train_dataset = _Indices(len(self.train))  # type: ignore[assignment]
         # any loader: evaluate ignores it

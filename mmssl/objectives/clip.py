@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmssl.data.image_text import ImageTextTable, load_image_text, streamed_eval_table
-from mmssl.data.stream_sources import ImageTransform, collate_images, data_sources, wants_streaming
-from mmssl.data.streaming import SampleStream
+from mmssl.data.stream_sources import ImageTransform, collate_images, data_sources, data_stream, wants_streaming
 from mmssl.data.image_views import BatchImageViews, ImageViewsConfig, eval_view
 from mmssl.data.world import POSITIONS, relation_probes
 from mmssl.errors import DataError, RecipeError
@@ -159,9 +158,9 @@ class Clip(Objective):
                 raise RecipeError("objective.caption_negatives draws its replacement nouns from every training caption, "
                                   "which a streamed run never holds; set data.streaming=false or caption_negatives=0")
             self.eval, self.class_names = streamed_eval_table(recipe.data, self.image_size, recipe.seed, p.class_names)
-            self.train_stream = SampleStream(data_sources(recipe.data, "image_text"),
-                                             ImageTransform(self.image_size, recipe.data.columns, self.tokenizer),
-                                             recipe.seed, shuffle_buffer=recipe.data.shuffle_buffer)
+            self.train_stream = data_stream(recipe.data, data_sources(recipe.data, "image_text"),
+                                            ImageTransform(self.image_size, recipe.data.columns, self.tokenizer),
+                                            recipe.seed)
         else:
             splits = load_image_text(recipe.data, self.image_size, recipe.seed, class_names=p.class_names,
                                      store=p.image_store, store_dir=Path(p.image_store_dir or recipe.output_dir))

@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from mmssl.data.pairs import stream_pair_splits
-from mmssl.data.stream_sources import data_sources, first_records, wants_streaming
-from mmssl.data.streaming import SampleStream, Skip, Transform, sample_id
+from mmssl.data.stream_sources import data_sources, data_stream, first_records, wants_streaming
+from mmssl.data.streaming import Skip, Transform, sample_id
 from mmssl.data.pairs import Rows, eval_pairs, load_pair_splits
 from mmssl.data.text_views.config import CacheConfig, ViewConfig
 from mmssl.data.tokenizers import build_tokenizer, load_pretrained_tokenizer
@@ -204,8 +204,7 @@ class SimCSE(Objective):
 
         if streaming:
             self.num_train_rows = None
-            self.train_stream = SampleStream(sources, PairTransform(self, recipe.data.columns), recipe.seed,
-                                             shuffle_buffer=recipe.data.shuffle_buffer)
+            self.train_stream = data_stream(recipe.data, sources, PairTransform(self, recipe.data.columns), recipe.seed)
         else:
             self.num_train_rows = len(splits.train)
             self.train_dataset = self._tokenize(splits.train)  # type: ignore[assignment]

@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from mmssl.data.sources import eval_splits, load_splits
-from mmssl.data.stream_sources import PackTransform, data_sources, first_records, wants_streaming
-from mmssl.data.streaming import SampleStream
+from mmssl.data.stream_sources import PackTransform, data_sources, data_stream, first_records, wants_streaming
 from mmssl.data.text_blocks import TextBlocks, collate_blocks, pack, truncate
 from mmssl.data.tokenizers import build_tokenizer, load_pretrained_tokenizer
 from mmssl.errors import DataError, RecipeError
@@ -91,7 +90,7 @@ class LanguageModeling(Objective):
         if streaming:
             transform = PackTransform(self.tokenizer, self.params.max_length, add_special_tokens=self.kind == "mlm",
                                       append_eos=self.kind == "clm", column=column, packing=self.params.packing)
-            self.train_stream = SampleStream(sources, transform, recipe.seed, shuffle_buffer=recipe.data.shuffle_buffer)
+            self.train_stream = data_stream(recipe.data, sources, transform, recipe.seed)
         else:
             self.blocks = self._blocks(splits.train, "the training data")
             self.train_dataset = self.blocks.dataset

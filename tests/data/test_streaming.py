@@ -220,3 +220,12 @@ def test_weighted_sources_are_drawn_in_proportion(tmp_path):
     keys, _ = read(SampleStream(sources, Keys(), seed=0), 0, 100)
     share = sum(k.startswith("other-") for k in keys) / len(keys)
     assert 0.65 < share < 0.85, share
+
+
+def test_resampled_passes_draw_shards_with_replacement(tmp_path):
+    files = text_shards(tmp_path / "s", shards=6, per=4)
+    plain, _ = read(SampleStream([Source(files, read_tar, "t")], Keys(), seed=0), 0, 6)
+    resampled, _ = read(SampleStream([Source(files, read_tar, "t")], Keys(), seed=0, resampled=True), 0, 6)
+    shards = [{k.split("/")[0] for k in keys} for keys in (plain, resampled)]  # one pass: 6 shards x 4 samples
+    assert len(shards[0]) == 6 and len(shards[1]) < 6
+    assert len(resampled) == 24 and len(set(resampled)) < 24  # a shard drawn twice gives its samples twice
