@@ -174,10 +174,14 @@ def train_cmd(recipe: str, out: Path, *overrides: str) -> list[str]:
             "train.progress=false", "train.eval_every=0", "train.save_every=0", *overrides]
 
 
+DEVICE = "cpu"  # --device
+
+
 def image_overrides(method: str, shards: Path, streaming: bool, steps: int, workers: int, log_every: int) -> list[str]:
     common = [f"data.source=files", f"data.path={shard_pattern(shards)}", f"data.streaming={str(streaming).lower()}",
               "data.eval_fraction=0", f"train.max_steps={steps}", f"train.log_every={log_every}",
-              f"train.num_workers={workers}", "train.batch_size=64", "train.cpu=true", "train.warmup_steps=0",
+              f"train.num_workers={workers}", "train.batch_size=64", f"train.cpu={str(DEVICE == 'cpu').lower()}",
+              'train.mixed_precision="no"', "train.warmup_steps=0",
               "train.warmup_ratio=0"]
     if method == "simclr":
         return common + ["objective.eval_before=false", "objective.linear_probe=false"]
@@ -261,10 +265,11 @@ CLIP_LOOP = r"""
 import sys, time, json, argparse
 import torch, open_clip
 from open_clip_train.data import get_wds_dataset
-pattern, steps, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+pattern, steps, workers, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[5]
 torch.manual_seed(0)
 open_clip.add_model_config(sys.argv[4])
 model, preprocess, _ = open_clip.create_model_and_transforms("mmssl-vit-tiny")
+model = model.to(device)
 tokenizer = open_clip.get_tokenizer("mmssl-vit-tiny")
 args = argparse.Namespace(train_data=pattern, train_num_samples=None, dataset_resampled=False, batch_size=64,
                           workers=workers, world_size=1, seed=0, train_data_upsampling_factors=None)
@@ -275,6 +280,7 @@ model.train()
 it = iter(loader)
 def step():
     images, texts = next(it)
+    images, texts = images.to(device, non_blocking=True), texts.to(device, non_blocking=True)
     image_features, text_features, logit_scale = model(images, texts)[:3]
     loss = loss_fn(image_features, text_features, logit_scale)
     opt.zero_grad(set_to_none=True)
@@ -325,13 +331,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=60, help="timed batches / steps for loader and clip parts")
     parser.add_argument("--whole", action="store_true", help="also time the whole-data path in 'start'")
     parser.add_argument("--text-mb", type=int, default=1000)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the training runs (fp32)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in args.sizes.split(",")]
     parts = set(args.parts.split(","))
     model_json = str(ROOT / "configs" / "clip_models" / "mmssl-vit-tiny.json")
-    report: dict = {"machine": f"{os.cpu_count()} cores", "sizes": sizes}
+    report: dict = {"machine": f"{os.cpu_count()} cores", "device": DEVICE, "sizes": sizes}
 
     t0 = time.perf_counter()
     shards = {n: make_shards(work, n) for n in sizes}
@@ -375,7 +384,7 @@ def main() -> None:
         for _ in range(args.repeats):
             rates["mmssl"].append(mmssl_clip_rate(shards[max(sizes)], args.batches, args.workers, work))
             rates["open_clip"].append(last_json([sys.executable, "-c", CLIP_LOOP, pattern, str(args.batches),
-                                                 str(args.workers), model_json])["samples_per_s"])
+                                                 str(args.workers), model_json, DEVICE])["samples_per_s"])
         med = {k: statistics.median(v) for k, v in rates.items()}
         report["clip"] = {"workers": args.workers, "samples_per_s": {k: round(v, 1) for k, v in med.items()},
                           "ratio": round(med["mmssl"] / med["open_clip"], 3),
@@ -392,6 +401,7 @@ def main() -> None:
             (out / "log.jsonl").unlink(missing_ok=True)
             starts.append(run_measured(train_cmd("configs/mlm_world.yaml", out, "data.source=files", f"data.path={big}",
                                                  "data.streaming=true", "train.max_steps=2", "train.log_every=2",
+                                                 f"train.cpu={str(DEVICE == 'cpu').lower()}",
                                                  "tokenizer.train_samples=20000"),
                                        logged_step(out / "log.jsonl", 2)))
         mlm["start_1gb"] = {"seconds": round(statistics.median(s[0] for s in starts), 1),
@@ -402,6 +412,7 @@ def main() -> None:
                 out = work / f"run-mlm-{side}"
                 cmd = train_cmd("configs/mlm_world.yaml", out, "data.source=files", f"data.path={small}",
                                 f"data.streaming={'true' if side == 'stream' else 'false'}", "data.eval_fraction=0",
+                                f"train.cpu={str(DEVICE == 'cpu').lower()}",
                                 "train.max_steps=60", "train.log_every=10", "tokenizer.train_samples=20000")
                 env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)

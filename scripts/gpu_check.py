@@ -36,6 +36,8 @@ def benchmarks(device: str) -> list[tuple[str, list[str], int]]:
                                "1", "--steps", "20", "--skip-cached"], 120),
         ("bench_clip", [py, "scripts/bench_clip.py", "--device", device, "--batch", "256", "--workers", "8",
                         "--repeats", "1", "--steps", "30"], 120),
+        ("bench_streaming", [py, "scripts/bench_streaming.py", "--device", device, "--sizes", "10000", "--parts",
+                             "loader,clip,mlm", "--workers", "8", "--repeats", "1", "--text-mb", "200"], 240),
         ("bench_mining dense", [py, "scripts/bench_mining.py", "--device", device, "--repeats", "1", "--docs", "20000",
                                 "--queries", "500", "--skip-rank-bm25"], 90),
     ]
