@@ -76,21 +76,15 @@ def _image_payload(source: Any, image_size: int | None) -> tuple[bytes, str]:
 
 
 def _label(record: dict, root: str | None, columns: dict[str, str]) -> Any:
-    from mmssl.data.shards import json_member, text_member
+    """An image folder's class subfolder, a mapped label column, or the record's own label."""
+    from mmssl.data.shards import record_label
 
     if root is not None and "__path__" in record:
         parent = Path(record["__path__"]).parent
         return None if parent == Path(root) else parent.relative_to(root).as_posix().replace("_", " ")
     if "label" in columns:
         return record.get(columns["label"])
-    for name in ("label", "class", "class_name"):
-        if name in record and not isinstance(record[name], bytes):
-            return record[name]
-    cls = text_member(record, ("cls",))
-    if cls is not None:
-        cls = cls.strip()
-        return int(cls) if cls.lstrip("-").isdigit() else cls
-    return json_member(record).get("label")
+    return record_label(record)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -303,17 +303,21 @@ def last_json(cmd: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def mmssl_clip_rate(shards: Path, steps: int, workers: int, work: Path) -> float:
-    out = work / "run-clip-rate"
-    cmd = train_cmd(RECIPES["clip"], out, *image_overrides("clip", shards, True, steps + 5, workers, 5),
-                    "train.scheduler=constant", "train.warmup_steps=0")
+def logged_rate(cmd: list[str], out: Path, key: str) -> float:
+    """Run `mmssl train` (`cmd`, into `out`) and average `key` over its logged windows but the first (start-up)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
-    rates = [e["examples_per_s"] for e in map(json.loads, (out / "log.jsonl").read_text().splitlines())
-             if e["event"] == "train"][1:]  # after the first 5 steps (start-up)
-    return statistics.mean(rates)
+    rates = [e[key] for e in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if e["event"] == "train"]
+    return statistics.mean(rates[1:])
+
+
+def mmssl_clip_rate(shards: Path, steps: int, workers: int, work: Path) -> float:
+    out = work / "run-clip-rate"
+    cmd = train_cmd(RECIPES["clip"], out, *image_overrides("clip", shards, True, steps + 5, workers, 5),
+                    "train.scheduler=constant", "train.warmup_steps=0")
+    return logged_rate(cmd, out, "examples_per_s")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -414,13 +418,7 @@ def main() -> None:
                                 f"data.streaming={'true' if side == 'stream' else 'false'}", "data.eval_fraction=0",
                                 f"train.cpu={str(DEVICE == 'cpu').lower()}",
                                 "train.max_steps=60", "train.log_every=10", "tokenizer.train_samples=20000")
-                env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-                done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-                if done.returncode != 0:
-                    raise RuntimeError(done.stderr[-3000:])
-                logged = [e["tokens_per_s"] for e in map(json.loads, (out / "log.jsonl").read_text().splitlines())
-                          if e["event"] == "train"][1:]
-                rates[side].append(statistics.mean(logged))
+                rates[side].append(logged_rate(cmd, out, "tokens_per_s"))
         med = {k: statistics.median(v) for k, v in rates.items()}
         mlm["tokens_per_s"] = {k: round(v) for k, v in med.items()}
         mlm["runs"] = {k: [round(x) for x in v] for k, v in rates.items()}

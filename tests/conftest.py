@@ -21,3 +21,15 @@ def cli_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "1")
     return env
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """The local test Hub (`hub_server.HubServer` on 127.0.0.1); the suite runs with HF_HUB_OFFLINE=1, so
+    in-process clients are let through to it only."""
+    import huggingface_hub.constants
+    from hub_server import HubServer
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with HubServer() as server:
+        yield server

@@ -16,7 +16,6 @@ import glob
 import json
 import logging
 import os
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -249,60 +248,24 @@ def _imagefolder_rows(path: str, mapping: dict[str, str], where: str, captions: 
     return RawRows(rows, _names_from_labels([r[2] for r in rows]), where)
 
 
-def _tar_samples(files: list[Path], where: str) -> Iterator[dict[str, bytes]]:
-    """WebDataset convention: consecutive members sharing a key (path up to the first dot of the basename)."""
-    for f in files:
-        current: dict[str, bytes] = {}
-        key = None
-        try:
-            with tarfile.open(f, mode="r|*") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    directory, base = os.path.split(member.name)
-                    if "." not in base:
-                        continue
-                    stem, ext = base.split(".", 1)
-                    sample_key = f"{directory}/{stem}"
-                    if sample_key != key:
-                        if current:
-                            yield current
-                        current, key = {"__key__": f"{f.name}:{sample_key}".encode()}, sample_key
-                    handle = tar.extractfile(member)
-                    current[ext.lower()] = handle.read() if handle is not None else b""
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            log.warning("%s: shard %s ends early or is corrupt (%s); using the samples read before that", where, f, exc)
-        if current:
-            yield current
-
-
 def _webdataset_rows(path: str, where: str, captions: bool) -> RawRows:
+    from mmssl.data.shards import Problem, image_bytes, read_tar, record_label
+    from mmssl.data.stream_sources import record_captions
+
     files = _expand(path, {".tar"})
     if not files:
         raise DataError(f"{where}: no .tar shards found")
     rows = []
-    for sample in _tar_samples(files, where):
-        image = next((sample[e] for e in ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif") if e in sample), None)
-        caps: list[str] = []
-        label: Any = None
-        if captions:
-            for ext in ("txt", "text", "caption"):
-                if ext in sample:
-                    caps.extend(clean_captions(sample[ext].decode("utf-8", errors="replace")))
-        if "json" in sample:
-            try:
-                meta = json.loads(sample["json"])
-            except ValueError:
-                meta = {}
-            if isinstance(meta, dict):
-                if captions and not caps:
-                    caps = clean_captions(meta)
-                label = meta.get("label", label)
-        if "cls" in sample:
-            text = sample["cls"].decode("utf-8", errors="replace").strip()
-            label = int(text) if text.lstrip("-").isdigit() else text
-        key = sample["__key__"].decode()
-        rows.append(({"bytes": image if image is not None else b"", "path": key}, caps, label, label is not None))
+    for f in files:
+        for sample in read_tar(str(f)):
+            if isinstance(sample, Problem):
+                log.warning("%s: %s (%s); using the samples read before that", where, sample.reason, sample.where)
+                continue
+            image = image_bytes(sample)
+            label = record_label(sample)
+            caps = record_captions(sample, {}) if captions else []
+            rows.append(({"bytes": image if image is not None else b"", "path": sample["__key__"]}, caps, label,
+                         label is not None))
     return RawRows(rows, _names_from_labels([r[2] for r in rows]), where)
 
 

@@ -249,6 +249,19 @@ def image_bytes(record: Record) -> Any:
     return None
 
 
+def record_label(record: Record) -> Any:
+    """A record's class label: a ``label``/``class``/``class_name`` field, a WebDataset ``.cls`` member (an int
+    when it reads as one) or the ``label`` of its ``.json`` member; None when it has none."""
+    for name in ("label", "class", "class_name"):
+        if name in record and not isinstance(record[name], bytes):
+            return record[name]
+    cls = text_member(record, ("cls",))
+    if cls is not None:
+        cls = cls.strip()
+        return int(cls) if cls.lstrip("-").isdigit() else cls
+    return json_member(record).get("label")
+
+
 def json_member(record: Record) -> dict[str, Any]:
     raw = record.get("json")
     if not isinstance(raw, (bytes, str)):

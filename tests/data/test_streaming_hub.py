@@ -11,7 +11,6 @@ import subprocess
 
 import pytest
 from helpers import PYTHON, ROOT
-from hub_server import HubServer
 
 ROWS = [f"hub row {i:02d}: a sentence about item {i}" for i in range(60)]
 # 60 rows over 3 parquet files (3 shards do not divide among 2 processes, which split them by example) and, in a
@@ -65,16 +64,6 @@ tail, _ = read(18, state=state)
 print("RESULT " + json.dumps({"hub": hub, "first": first, "ranks": ranks, "halves": halves, "unbroken": unbroken,
                               "head": head, "tail": tail}))
 """
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    """The local Hub; the suite runs with HF_HUB_OFFLINE=1, so in-process clients are let through to it only."""
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    with HubServer() as server:
-        yield server
 
 
 def hub_env(hub, tmp_path) -> dict:

@@ -10,7 +10,6 @@ import subprocess
 import pytest
 import yaml
 from helpers import PYTHON, ROOT, lm_recipe
-from hub_server import HubServer
 
 from mmssl.errors import MmsslError
 from mmssl.export.hub import push_model, render_card
@@ -23,16 +22,6 @@ def mlm_output(tmp_path_factory):
     out = tmp_path_factory.mktemp("mlm") / "run"
     train(parse_recipe(lm_recipe(out, "mlm", max_steps=6, eval_every=0, save_every=3)))
     return out
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    """The local Hub; the suite runs with HF_HUB_OFFLINE=1, so in-process clients are let through to it only."""
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    with HubServer() as server:
-        yield server
 
 
 def client_env(hub, tmp_path) -> dict:

@@ -9,16 +9,9 @@ import subprocess
 import pytest
 import yaml
 from helpers import PYTHON, ROOT, TINY_BERT
-from hub_server import HubServer
 
 from mmssl.recipes import parse_recipe
 from mmssl.train.loop import train
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    with HubServer() as server:
-        yield server
 
 
 def env_for(hub, tmp_path) -> dict:
