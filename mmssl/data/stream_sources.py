@@ -21,7 +21,7 @@ from mmssl.data.images import BadImage, decode
 from mmssl.data.shards import (READERS, Problem, Record, image_bytes, json_member, list_files, read_image_files,
                                read_sizes, shard_format)
 from mmssl.data.streaming import STREAM_AUTO_BYTES, SampleStream, Skip, Source, Transform, sample_id
-from mmssl.errors import DataError
+from mmssl.errors import DataError, RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,13 @@ READERS_EXT = {".tar", ".txt", ".text", ".jsonl", ".json", ".csv", ".tsv", ".par
 
 def wants_streaming(cfg: DataConfig) -> bool:
     """Whether the recipe's training data is streamed (see the module docstring)."""
+    several = cfg.weights is not None or "::" in (cfg.path or "")
+    if cfg.streaming is False and several:
+        raise RecipeError("data.path joins several sources with '::' (or sets data.weights), which only a stream "
+                          "reads; set data.streaming to true or auto")
     if cfg.streaming != "auto":
         return bool(cfg.streaming)
-    if cfg.source != "files" or cfg.weights is not None or "::" in (cfg.path or ""):
+    if cfg.source != "files" or several:
         return cfg.source == "files"  # several weighted sources only stream
     try:
         files = list_files(cfg.path or "")

@@ -171,6 +171,10 @@ def test_auto_streams_large_local_data_only(tmp_path):
     assert wants_streaming(DataConfig(source="files", path=str(small), streaming=True))
     assert not wants_streaming(DataConfig(source="world"))
     assert wants_streaming(DataConfig(source="files", path=f"{small}::{small}", weights=[1, 2]))
+    from mmssl.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="only a stream reads; set data.streaming to true or auto"):
+        wants_streaming(DataConfig(source="files", path=f"{small}::{small}", streaming=False))
 
 
 def test_prepare_writes_shards_that_stream_back_the_same_images_and_is_idempotent(tmp_path):
