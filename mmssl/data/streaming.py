@@ -253,10 +253,11 @@ def default_workers(on_cuda: bool) -> int:
     return min(8, max(1, cores // 2)) if on_cuda else 1
 
 
-def make_loader(stream: SampleStream, batch_size: int, collate: Callable, workers: int, pin_memory: bool = False,
-                snapshot_every: int = 1):
-    """A torchdata ``StatefulDataLoader`` over `stream`: batches of `batch_size`, built in `workers`
-    processes, whose ``state_dict()`` is the stream's position after the last batch it returned."""
+def make_loader(stream: IterableDataset, batch_size: int | None, collate: Callable, workers: int,
+                pin_memory: bool = False, snapshot_every: int = 1):
+    """A torchdata ``StatefulDataLoader`` over `stream`: batches of `batch_size` (None: the stream yields whole
+    batches, each passed through `collate`), built in `workers` processes, whose ``state_dict()`` is the
+    stream's position after the last batch it returned."""
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata 0.11 calls a deprecated torch API

@@ -13,11 +13,13 @@ k mod W), so in ``alternate``/``sample`` every process runs the same objective i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
+from mmssl.data.streaming import SampleStream
 from mmssl.errors import DataError
 
 Strategy = Literal["sum", "alternate", "sample"]
@@ -33,18 +35,21 @@ class Stream:
     group: str = ""
 
 
+def round_robin_pick(current: list[float], shares: list[float]) -> int:
+    """One step of smooth weighted round-robin: credit every stream its share, pick the most credited (the
+    lowest index on a tie), debit it the total. `current` (the credits) is updated in place."""
+    for j, share in enumerate(shares):
+        current[j] += share
+    pick = max(range(len(shares)), key=lambda j: (current[j], -j))
+    current[pick] -= sum(shares)
+    return pick
+
+
 def interleave(shares: list[float], steps: int) -> list[int]:
     """Smooth weighted round-robin: a fixed order of `steps` stream indices that visits each in proportion to
     its share, as evenly spread as possible (each prefix is within one visit of the exact proportion)."""
-    total = sum(shares)
     current = [0.0] * len(shares)
-    order = []
-    for _ in range(steps):
-        current = [c + s for c, s in zip(current, shares)]
-        pick = max(range(len(shares)), key=lambda j: (current[j], -j))
-        current[pick] -= total
-        order.append(pick)
-    return order
+    return [round_robin_pick(current, shares) for _ in range(steps)]
 
 
 class StreamSchedule:
@@ -153,3 +158,78 @@ class StreamsDataset(Dataset):
     def __getitem__(self, key: tuple[int, int, int]):
         stream, pass_, row = key
         return stream, pass_, self.datasets[stream][row]
+
+
+class MixedStream(IterableDataset):
+    """The streamed form of a combined recipe: its objectives' sample streams as one stream of whole steps.
+
+    Step k draws ``batch_size`` samples from each objective it runs (``sum``: all; ``alternate``: the smooth
+    weighted round-robin's k-th pick; ``sample``: a draw seeded by (seed, k)) and collates them with that
+    objective's collate, so every process runs the same objectives at step k. With W loader workers, worker w
+    makes steps w, w + W, ... from its own shards (the loader returns them in step order). The state is each
+    objective's stream position plus this worker's next step and round-robin credits: resume is exact."""
+
+    batched = True  # items are whole steps: the trainer's loader takes them one at a time
+
+    def __init__(self, streams: dict[str, SampleStream], collates: dict[str, Callable[[list], Any]],
+                 shares: list[float], strategy: Strategy, batch_size: int, seed: int):
+        self.streams, self.collates, self.shares = streams, collates, shares
+        self.strategy, self.batch_size, self.seed = strategy, batch_size, seed
+        self.labels = list(streams)
+        self.step: int | None = None  # the next step this worker makes (None: its worker id, at the start)
+        self.credits, self.credited = [0.0] * len(shares), 0  # round-robin credits after `credited` steps
+
+    def place(self, rank: int, world: int) -> None:
+        for stream in self.streams.values():
+            stream.place(rank, world)
+
+    @property
+    def num_samples(self) -> int | None:
+        """Samples of an epoch, as `StreamSchedule` counts it (the longest stream for ``sum``, else all)."""
+        sizes = [s.num_samples for s in self.streams.values()]
+        if any(n is None for n in sizes):
+            return None
+        return max(sizes) if self.strategy == "sum" else sum(sizes)  # type: ignore[type-var,arg-type]
+
+    def local_shards(self) -> int:
+        return sum(s.local_shards() for s in self.streams.values())
+
+    def picks(self, step: int) -> list[int]:
+        """The objectives (indices) that step `step` runs."""
+        if self.strategy == "sum":
+            return list(range(len(self.labels)))
+        if self.strategy == "sample":
+            p = np.asarray(self.shares, dtype=np.float64)
+            return [int(np.random.default_rng([self.seed, step, 41]).choice(len(p), p=p / p.sum()))]
+        pick = -1
+        while self.credited <= step:  # advanced over every step, the other workers' too
+            pick = round_robin_pick(self.credits, self.shares)
+            self.credited += 1
+        return [pick]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker = get_worker_info()
+        index, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        if self.step is None:
+            self.step = index
+        samples = {label: iter(stream) for label, stream in self.streams.items()}
+        while True:
+            parts, passes = {}, {}
+            for j in self.picks(self.step):
+                label = self.labels[j]
+                rows = [row for _, row in zip(range(self.batch_size), samples[label])]
+                if len(rows) < self.batch_size:
+                    return  # that stream has no usable sample left: the trainer reports it
+                parts[label] = self.collates[label](rows)
+                passes[label] = self.streams[label].position.passes
+            self.step += workers
+            yield {"parts": parts, "passes": passes}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "credits": list(self.credits), "credited": self.credited,
+                "streams": {label: stream.state_dict() for label, stream in self.streams.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.credits, self.credited = state["step"], list(state["credits"]), state["credited"]
+        for label, stream in self.streams.items():
+            stream.load_state_dict(state["streams"][label])

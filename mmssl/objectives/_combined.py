@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from mmssl.config import ObjectiveEntry, Recipe
-from mmssl.data.streams import Stream, StreamBatchSampler, StreamsDataset, StreamSchedule
+from mmssl.data.streams import MixedStream, Stream, StreamBatchSampler, StreamsDataset, StreamSchedule
 from mmssl.errors import RecipeError
 from mmssl.objectives.base import ModelOutput, Objective
 from mmssl.registry import get_objective
@@ -116,9 +116,6 @@ class Combined(Objective):
                 raise RecipeError(f"objectives ({label}): cached_chunk_size (GradCache) runs its own backward pass, "
                                   "which a combined recipe cannot add to the other objectives' loss; remove it")
             sub.setup(resume_dir / label if resume_dir is not None else None)
-            if sub.train_stream is not None:
-                raise RecipeError(f"objectives ({label}): combined recipes do not read streamed data yet (their streams "
-                                  "are visited by row); set data.streaming=false, or train the objective alone")
             if sub.batch_sampler(self.recipe.train.batch_size, 1) is not None:
                 raise RecipeError(f"objectives ({label}): {sub.name} orders its own batches, which a combined recipe's "
                                   "streams cannot follow; train it alone")
@@ -126,12 +123,24 @@ class Combined(Objective):
         mixing = self.recipe.mixing
         self.module = CombinedModule({label: sub.module for label, sub in self.subs.items()},
                                      uncertainty=mixing.balancing == "uncertainty")
+        self.eval_dataset = None
+        streamed = [label for label, sub in self.subs.items() if sub.train_stream is not None]
+        if streamed:
+            if len(streamed) < len(self.subs):
+                whole = [label for label in self.subs if label not in streamed]
+                raise RecipeError(f"objectives {streamed} stream their data and {whole} read theirs whole; a combined "
+                                  "recipe does one or the other: set data.streaming the same way for every objective")
+            shares = [(self.entries[label].share or sub.train_stream.num_samples or 1) ** (1.0 / mixing.temperature)
+                      for label, sub in self.subs.items()]
+            self.train_stream = MixedStream({label: sub.train_stream for label, sub in self.subs.items()},
+                                            {label: sub.collate for label, sub in self.subs.items()}, shares,
+                                            mixing.strategy, self.recipe.train.batch_size, self.recipe.seed)
+            return
         self.train_dataset = StreamsDataset([sub.train_dataset for sub in self.subs.values()])  # type: ignore[assignment]
         self.streams = [Stream(label, len(sub.train_dataset),
                                (self.entries[label].share or len(sub.train_dataset)) ** (1.0 / mixing.temperature),
                                group=json.dumps(dataclasses.asdict(sub.recipe.data), sort_keys=True))
                         for label, sub in self.subs.items()]
-        self.eval_dataset = None
 
     def _check_shared(self) -> None:
         """Every objective must train part of the encoder another one trains: else the recipe is two runs."""
@@ -152,7 +161,9 @@ class Combined(Objective):
         subs = list(self.subs.values())
         return self.recipe.mixing.strategy != "sum" or all(sub.has_unused_parameters() for sub in subs)
 
-    def batch_sampler(self, batch_size: int, world: int) -> Sampler:
+    def batch_sampler(self, batch_size: int, world: int) -> Sampler | None:
+        if self.train_stream is not None:  # the mixed stream orders its own steps
+            return None
         schedule = StreamSchedule(self.streams, self.recipe.mixing.strategy, batch_size, world, self.recipe.seed)
         return StreamBatchSampler(schedule)
 

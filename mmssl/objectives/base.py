@@ -22,6 +22,7 @@ from torch import nn
 
 from mmssl.config import ObjectiveParams, Recipe
 from mmssl.data.streaming import SampleStream
+from mmssl.data.streams import MixedStream
 
 T = TypeVar("T")
 
@@ -54,7 +55,7 @@ class Objective:
         self.eval_dataset: datasets.Dataset | None = None
         # set instead of `train_dataset` when the training data is streamed (`mmssl.data.streaming`); the trainer
         # places it on its process and reads it through a stateful loader with `collate`
-        self.train_stream: SampleStream | None = None
+        self.train_stream: SampleStream | MixedStream | None = None
         self.epoch = 0
         self.optimizer: torch.optim.Optimizer | None = None  # set by the trainer (`attach_optimizer`)
         # parts shared with the other objectives of a combined recipe (set before `setup`; see `shared_part`)

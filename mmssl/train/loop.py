@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from mmssl.data.streaming import SampleStream, default_workers, make_loader, skipped_counts
+from mmssl.data.streams import MixedStream
 from mmssl.errors import DataError, MmsslError, RecipeError, TrainingDiverged
 from mmssl.outputs import RunManifest, check_not_input, is_disk_full, storage_failure
 from mmssl.config import Recipe
@@ -53,7 +54,12 @@ class EpochShuffleSampler(Sampler[int]):
         return self.size
 
 
-def stream_batches_per_epoch(recipe: Recipe, stream: SampleStream, world: int) -> int:
+def _whole(batch: Any) -> Any:
+    """The collate of a stream that yields whole batches: nothing left to do."""
+    return batch
+
+
+def stream_batches_per_epoch(recipe: Recipe, stream: SampleStream | MixedStream, world: int) -> int:
     """Batches per process in one epoch of a stream: ``data.num_samples`` (or the shards' sizes.json) over the
     global batch; a stream of unknown size needs ``train.max_steps``, and its epoch is then the whole run."""
     cfg = recipe.train
@@ -260,8 +266,9 @@ def _train(recipe: Recipe) -> dict[str, Any]:
         workers = cfg.num_workers if cfg.num_workers is not None else default_workers(cfg.on_cuda)
         stream.place(accelerator.process_index, world)
         sampler = None
-        train_loader = make_loader(stream, cfg.batch_size, objective.collate, workers,
-                                   pin_memory=accelerator.device.type == "cuda")
+        batched = getattr(stream, "batched", False)  # a stream of whole steps (a combined recipe's)
+        train_loader = make_loader(stream, None if batched else cfg.batch_size, _whole if batched else objective.collate,
+                                   workers, pin_memory=accelerator.device.type == "cuda")
     elif (batch_sampler := objective.batch_sampler(cfg.batch_size, world)) is not None:  # the objective's own order (several data streams): one list per process and step
         sampler = batch_sampler
         train_loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=objective.collate,

@@ -233,3 +233,38 @@ def test_resampled_passes_draw_shards_with_replacement(tmp_path):
     shards = [{k.split("/")[0] for k in keys} for keys in (plain, resampled)]  # one pass: 6 shards x 4 samples
     assert len(shards[0]) == 6 and len(shards[1]) < 6
     assert len(resampled) == 24 and len(set(resampled)) < 24  # a shard drawn twice gives its samples twice
+
+
+@pytest.mark.parametrize("strategy, workers", [("alternate", 0), ("sample", 2), ("sum", 2)])
+def test_a_mixed_stream_of_steps_resumes_exactly_and_keeps_its_shares(tmp_path, strategy, workers):
+    """A combined recipe's streams as one stream of steps: restored mid-way (with two workers making every
+    other step), it continues with exactly the steps an unbroken one makes; alternate/sample keep 1:2."""
+    from mmssl.data.streams import MixedStream
+
+    x = text_shards(tmp_path / "x", shards=4, per=20)
+    y = [str(Path(f).rename(Path(f).with_name("y-" + Path(f).name))) for f in text_shards(tmp_path / "y", shards=4, per=20)]
+
+    def mixed():
+        streams = {"x": SampleStream([Source(x, read_tar, "x")], Keys(), seed=0),
+                   "y": SampleStream([Source(y, read_tar, "y")], Keys(), seed=0)}
+        return MixedStream(streams, {"x": list, "y": list}, [1.0, 2.0], strategy, 3, seed=0)
+
+    def steps(count, state=None):
+        loader = make_loader(mixed(), None, lambda step: step, workers)
+        if state is not None:
+            loader.load_state_dict(state)
+        out = [(sorted(s["parts"]), [k for part in s["parts"].values() for k in part]) for _, s in zip(range(count), loader)]
+        return out, loader.state_dict()
+
+    unbroken, _ = steps(30)
+    head, state = steps(11)
+    tail, _ = steps(19, state)
+    assert head + tail == unbroken
+    runs = [labels for labels, _ in unbroken]
+    if strategy == "sum":
+        assert all(labels == ["x", "y"] for labels in runs)
+    else:
+        assert all(len(labels) == 1 for labels in runs)
+        share = sum(labels == ["y"] for labels in runs) / len(runs)
+        assert (share == pytest.approx(2 / 3)) if strategy == "alternate" else 0.45 < share < 0.9
+    assert all(len(keys) == 3 * len(labels) for labels, keys in unbroken)

@@ -19,6 +19,7 @@ from mmssl.export.hub import render_card
 from mmssl.data.streams import Stream, StreamBatchSampler, StreamSchedule, interleave
 from mmssl.objectives._combined import Combined, build_objective
 from mmssl.recipes import parse_recipe, recipe_to_dict
+from mmssl.train.loop import train
 
 TINY_RESNET = {"channels": [8, 8, 16, 16], "small_stem": True}
 
@@ -338,3 +339,16 @@ def test_captioning_alone_trains_on_two_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["parameters_in_sync"] and metrics["steps"] == 3
+
+
+def test_a_combined_recipe_trains_on_streamed_data(tmp_path):
+    """MLM + SimCSE alternating over the built-in world read as a stream (one loader worker): every step runs
+    one objective, both learn, the shares are kept, and both folders export."""
+    raw = text_recipe(tmp_path / "run", strategy="alternate", max_steps=12, num_workers=1)
+    raw["data"].update(streaming=True, shuffle_buffer=0)
+    metrics = train(parse_recipe(raw))
+    steps = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+             if '"train"' in line]
+    assert steps and all("mlm/loss" in s or "simcse/loss" in s for s in steps)
+    assert metrics["steps"] == 12 and metrics["stream_shards_per_process"][0] > 0
+    assert (tmp_path / "run" / "mlm" / "config.json").is_file() and (tmp_path / "run" / "simcse" / "modules.json").is_file()

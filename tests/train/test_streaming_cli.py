@@ -1,6 +1,7 @@
-"""Streamed training: `mmssl prepare` shards, SIGKILL and resume to the same weights (images with two loader workers,
-packed text), resume refused on another worker count, two real processes over shards that do not divide between
-them, the streamed and whole-data paths learning alike, clear refusals."""
+"""Streamed training: `mmssl prepare` shards, SIGKILL and resume to the same weights (two loader workers; the packed
+text stream's exact resume is tested key by key in tests/data/test_streaming.py), resume refused on another worker
+count, two torchrun nodes over shards that do not divide between them, the streamed and whole-data paths learning
+alike, streamed SimCSE and clear refusals."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import subprocess
 
 import pytest
 import torch
-from clirun import assert_clear_error, cli_env, mmssl, straight_and_resumed, write_recipe
+from clirun import cli_env, straight_and_resumed, write_recipe
 from helpers import PYTHON, lm_recipe
 
-from mmssl.errors import RecipeError
+from mmssl.errors import DataError, RecipeError
 from mmssl.recipes import parse_recipe
 from mmssl.train.loop import train
 
@@ -21,12 +22,14 @@ TINY_RESNET = {"channels": [8, 8, 16, 16], "small_stem": True}
 
 @pytest.fixture(scope="module")
 def world_shards(tmp_path_factory):
-    """The built-in world's images as 3 WebDataset shards (160, 160 and 80 images) with sizes.json."""
+    """The built-in world's images as 3 WebDataset shards (160, 160 and 80 images) with sizes.json, written by
+    `mmssl prepare`'s library function."""
+    from mmssl.config import DataConfig, WorldConfig
+    from mmssl.prepare import prepare
+
     out = tmp_path_factory.mktemp("shards") / "images"
-    done = mmssl("prepare", "world", str(out), "--kind", "images", "--shard-size", "160", "--world-scenes", "400",
-                 "--workers", "1")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout)["shards"] == 3
+    data = DataConfig(source="world", world=WorldConfig(num_scenes=400, image_size=64, pair_fraction=0.0))
+    assert prepare(data, str(out), "images", shard_size=160)["shards"] == 3
     return out
 
 
@@ -44,41 +47,22 @@ def image_recipe(output_dir, shards, **train) -> dict:
 
 
 def test_a_killed_image_stream_resumes_to_the_same_weights(tmp_path, world_shards):
-    """Two loader workers decode the shards; the run is SIGKILLed after a checkpoint and resumed: the stream
-    continues at each worker's position, so the weights equal an unbroken run's."""
+    """Two loader workers decode the shards; a run SIGKILLed after a checkpoint and resumed continues at each
+    worker's position, so its weights equal an unbroken run's."""
     raw = image_recipe(tmp_path / "unused", world_shards, max_steps=16, save_every=4, keep_checkpoints=10)
     a, b, killed_at = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 16)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
-    metrics = json.loads((tmp_path / "broken" / "metrics.json").read_text())
+    broken = tmp_path / "broken"
+    metrics = json.loads((broken / "metrics.json").read_text())
     assert metrics["train_images"] == "streamed" and metrics["skipped_samples"] == {}
     # 400 images / 16 per step: 25 steps an epoch (from sizes.json), so 16 steps are 0.64 of it
-    log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (broken / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log if e["event"] == "train"][-1] == pytest.approx(16 / 25)
     # a stream's position is per loader worker: another worker count is refused, not silently reshuffled
-    recipe = write_recipe(tmp_path / "r.yaml", {**raw, "output_dir": str(tmp_path / "broken")})
-    done = mmssl("train", str(recipe), "train.resume_from=latest", "train.max_steps=20", "train.num_workers=1")
-    assert_clear_error(done, "train.num_workers=2", "train.num_workers=1", "resume with the same numbers")
-
-
-def test_a_killed_text_stream_resumes_to_the_same_weights(tmp_path):
-    """MLM on a JSON Lines corpus read as a stream: the tokens carried between blocks come back too."""
-    corpus = tmp_path / "corpus.jsonl"
-    from mmssl.config import WorldConfig
-    from mmssl.data.world import world_columns
-
-    texts = world_columns(WorldConfig(num_scenes=300), "text")["text"]
-    corpus.write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
-    raw = lm_recipe(tmp_path / "unused", max_steps=12, save_every=4, keep_checkpoints=10)
-    raw["data"] = {"source": "files", "path": str(corpus), "streaming": True, "shuffle_buffer": 0,
-                   "columns": {"text": "body"}}
-    # one tokenizer for both runs: `tokenizers` breaks ties between equal merges in a per-process order
-    from mmssl.config import TokenizerConfig
-    from mmssl.data.tokenizers import build_tokenizer
-
-    build_tokenizer(TokenizerConfig(vocab_size=300), "wordpiece", texts).save_pretrained(tmp_path / "tok")
-    raw["tokenizer"] = {"path": str(tmp_path / "tok")}
-    a, b, _ = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 12)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    raw["output_dir"] = str(broken)
+    raw["train"].update(resume_from="latest", max_steps=20, num_workers=1)
+    with pytest.raises(DataError, match=r"train.num_workers=2.*train.num_workers=1.*resume with the same numbers"):
+        train(parse_recipe(raw))
 
 
 def test_two_nodes_stream_shards_that_do_not_divide_between_them(tmp_path, world_shards):
