@@ -320,6 +320,14 @@ def mmssl_clip_rate(shards: Path, steps: int, workers: int, work: Path) -> float
     return logged_rate(cmd, out, "examples_per_s")
 
 
+def compare(rates: dict[str, list[float]], unit: str) -> dict:
+    """Medians of each side's repeats, every repeat, and the first side's median over the second's."""
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    first, second = list(rates)
+    return {unit: {k: round(v, 2) for k, v in med.items()}, "ratio": round(med[first] / med[second], 3),
+            "runs": {k: [round(x, 2) for x in v] for k, v in rates.items()}}
+
+
 # ------------------------------------------------------------------------------------------------------
 # main
 # ------------------------------------------------------------------------------------------------------
@@ -377,10 +385,7 @@ def main() -> None:
             for side in ("mmssl", "open_clip"):
                 rates[side].append(last_json([sys.executable, "-c", LOADER, side, pattern, str(args.batches),
                                               str(args.workers), model_json])["batches_per_s"])
-        med = {k: statistics.median(v) for k, v in rates.items()}
-        report["loader"] = {"workers": args.workers, "batches_per_s": {k: round(v, 2) for k, v in med.items()},
-                            "ratio": round(med["mmssl"] / med["open_clip"], 3),
-                            "runs": {k: [round(x, 2) for x in v] for k, v in rates.items()}}
+        report["loader"] = {"workers": args.workers, **compare(rates, "batches_per_s")}
         print(json.dumps(report["loader"]), file=sys.stderr)
 
     if "clip" in parts:
@@ -389,10 +394,7 @@ def main() -> None:
             rates["mmssl"].append(mmssl_clip_rate(shards[max(sizes)], args.batches, args.workers, work))
             rates["open_clip"].append(last_json([sys.executable, "-c", CLIP_LOOP, pattern, str(args.batches),
                                                  str(args.workers), model_json, DEVICE])["samples_per_s"])
-        med = {k: statistics.median(v) for k, v in rates.items()}
-        report["clip"] = {"workers": args.workers, "samples_per_s": {k: round(v, 1) for k, v in med.items()},
-                          "ratio": round(med["mmssl"] / med["open_clip"], 3),
-                          "runs": {k: [round(x, 1) for x in v] for k, v in rates.items()}}
+        report["clip"] = {"workers": args.workers, **compare(rates, "samples_per_s")}
         print(json.dumps(report["clip"]), file=sys.stderr)
 
     if "mlm" in parts:
@@ -419,10 +421,7 @@ def main() -> None:
                                 f"train.cpu={str(DEVICE == 'cpu').lower()}",
                                 "train.max_steps=60", "train.log_every=10", "tokenizer.train_samples=20000")
                 rates[side].append(logged_rate(cmd, out, "tokens_per_s"))
-        med = {k: statistics.median(v) for k, v in rates.items()}
-        mlm["tokens_per_s"] = {k: round(v) for k, v in med.items()}
-        mlm["runs"] = {k: [round(x) for x in v] for k, v in rates.items()}
-        mlm["ratio"] = round(med["stream"] / med["whole"], 3)
+        mlm.update(compare(rates, "tokens_per_s"))
         report["mlm"] = mlm
         print(json.dumps(mlm), file=sys.stderr)
 
