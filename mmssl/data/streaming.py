@@ -1,7 +1,7 @@
 """A resumable stream of training samples, read shard by shard in DataLoader workers.
 
-Built on two libraries: `datasets`' ``IterableDataset`` (shards split across loader workers, weighted interleaving of sources, Hub streaming, a position ``state_dict``) and torchdata's
-``StatefulDataLoader`` (worker processes and prefetching whose per-worker state is snapshotted with every
+Built on two libraries: `datasets`' ``IterableDataset`` (shards split across loader workers, weighted
+interleaving of sources, Hub streaming, a position ``state_dict``) and torchdata's ``StatefulDataLoader`` (worker processes and prefetching whose per-worker state is snapshotted with every
 batch, so a checkpoint records exactly which samples were consumed). mmssl adds what they leave out:
 
 * **ranks:** each process reads its own shards (``shards[rank::world]``), never every shard; a source with

@@ -8,6 +8,10 @@ subclass `Objective`, set `Params` and `output`, implement `setup`, `collate`, `
 `training_step`) and `export`; override the hooks it needs (`param_groups`, `after_optimizer_step`,
 `evaluate`, `save_artifacts`; `reset_optimizer_state` forgets the optimiser's state of some parameters). State that changes during training (momentum encoders, queues, schedules)
 lives in the module's parameters and buffers, so checkpoints and resume carry it exactly.
+
+Streamed data (`mmssl.data.streaming`): `setup` sets `train_stream` (a `SampleStream` over
+`mmssl.data.stream_sources.data_sources`, with a `Transform` that turns one raw record into samples in the
+loader workers) instead of `train_dataset`; `collate` then receives those samples.
 """
 
 from __future__ import annotations

@@ -269,7 +269,8 @@ def _train(recipe: Recipe) -> dict[str, Any]:
         batched = getattr(stream, "batched", False)  # a stream of whole steps (a combined recipe's)
         train_loader = make_loader(stream, None if batched else cfg.batch_size, _whole if batched else objective.collate,
                                    workers, pin_memory=accelerator.device.type == "cuda")
-    elif (batch_sampler := objective.batch_sampler(cfg.batch_size, world)) is not None:  # the objective's own order (several data streams): one list per process and step
+    elif (batch_sampler := objective.batch_sampler(cfg.batch_size, world)) is not None:
+        # the objective's own order (several data streams): one list per process and step
         sampler = batch_sampler
         train_loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=objective.collate,
                                   num_workers=workers)
