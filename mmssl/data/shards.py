@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 TEXT_FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "csv",
                 ".parquet": "parquet"}
 SHARD_FORMATS = {**TEXT_FORMATS, ".tar": "webdataset"}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")  # a WebDataset sample's image
 SIZE_FILE = "sizes.json"  # written by `mmssl prepare`: samples per shard, so an epoch is known before reading
 METADATA_FILES = {SIZE_FILE, "prepare.json", "stats.json", "dataset_info.json", "state.json", "metadata.jsonl",
                   "metadata.csv"}
@@ -237,7 +237,7 @@ def read_image_files(paths: list[str]) -> Iterator[Record | Problem]:
 
 def image_bytes(record: Record) -> Any:
     """The image of a raw record: the first image member of a WebDataset sample, or an ``image`` field."""
-    for ext in ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"):
+    for ext in IMAGE_MEMBERS:
         if ext in record:
             return record[ext]
     for name in ("image", "img", "image_bytes", "jpg"):

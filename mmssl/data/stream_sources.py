@@ -18,8 +18,8 @@ import torch
 
 from mmssl.config import DataConfig
 from mmssl.data.images import BadImage, decode
-from mmssl.data.shards import (READERS, Problem, Record, image_bytes, json_member, list_files, read_image_files,
-                               read_sizes, shard_format)
+from mmssl.data.shards import (READERS, SHARD_FORMATS, Problem, Record, image_bytes, json_member, list_files,
+                               read_image_files, read_sizes, shard_format)
 from mmssl.data.streaming import STREAM_AUTO_BYTES, SampleStream, Skip, Source, Transform, sample_id
 from mmssl.errors import DataError, RecipeError
 
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_FOLDER_SHARD = 256  # images per shard of an image folder
 CAPTION_MEMBERS = ("txt", "text", "caption", "captions")
-READERS_EXT = {".tar", ".txt", ".text", ".jsonl", ".json", ".csv", ".tsv", ".parquet"}
 
 
 def wants_streaming(cfg: DataConfig) -> bool:
@@ -88,7 +87,7 @@ def data_sources(cfg: DataConfig, kind: str, world_span: int = 64) -> list[Sourc
     for spec, weight in zip(specs, weights):
         where = f"data.path {spec!r}"
         p = Path(spec).expanduser()
-        if cfg.format == "imagefolder" or (p.is_dir() and not any(f.suffix.lower() in READERS_EXT for f in p.iterdir())):
+        if cfg.format == "imagefolder" or (p.is_dir() and not any(f.suffix.lower() in SHARD_FORMATS for f in p.iterdir())):
             source = _image_folder(spec, where)
         else:
             files = list_files(spec)
@@ -132,15 +131,6 @@ def data_stream(cfg: DataConfig, sources: list[Source], transform: Transform, se
 # ---------------------------------------------------------------------------------------------------------
 # transforms (run in loader workers)
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _column(record: Record, mapping: dict[str, str], role: str, candidates: tuple[str, ...]) -> Any:
-    if role in mapping:
-        return record.get(mapping[role])
-    for name in candidates:
-        if name in record:
-            return record[name]
-    return None
 
 
 def record_image(record: Record, mapping: dict[str, str]) -> Any:
