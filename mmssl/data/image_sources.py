@@ -25,7 +25,7 @@ import torch
 
 from mmssl.data.images import IMAGE_EXTENSIONS, decode_images, store_files
 from mmssl.errors import DataError
-from mmssl.eval.zero_shot import check_classes
+from mmssl.data.classes import check_classes
 from mmssl.config import DataConfig
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from mmssl.data.classes import check_classes
 from mmssl.errors import RecipeError
 from mmssl.eval.retrieval import retrieval_metrics
 
@@ -26,23 +27,6 @@ def format_prompt(template: str, name: str) -> str:
     if "{}" not in template:
         raise RecipeError(f"zero-shot template {template!r} has no '{{}}' placeholder for the class name")
     return template.replace("{article}", article).replace("{}", name)
-
-
-def check_classes(class_names: Sequence[str], where: str = "objective.class_names") -> None:
-    """Raise `RecipeError` on duplicate (case/space-insensitive) or empty class names."""
-    seen: dict[str, str] = {}
-    dupes = set()
-    for name in class_names:
-        key = " ".join(str(name).lower().split())
-        if not key:
-            raise RecipeError(f"{where}: empty class name in {list(class_names)}")
-        if key in seen:
-            dupes.update({seen[key], name})
-        seen.setdefault(key, name)
-    if dupes:
-        raise RecipeError(
-            f"{where}: duplicate class names {sorted(dupes)}; zero-shot classification needs distinct class names"
-        )
 
 
 @torch.no_grad()

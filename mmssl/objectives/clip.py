@@ -30,7 +30,8 @@ from mmssl.data.stream_sources import ImageTransform, collate_images, data_sourc
 from mmssl.data.image_views import BatchImageViews, ImageViewsConfig, eval_view
 from mmssl.data.world import POSITIONS, relation_probes
 from mmssl.errors import DataError, RecipeError
-from mmssl.eval.zero_shot import DEFAULT_TEMPLATES, check_classes, class_embeddings, image_text_retrieval, zero_shot_accuracy
+from mmssl.data.classes import check_classes
+from mmssl.eval.zero_shot import DEFAULT_TEMPLATES, class_embeddings, image_text_retrieval, zero_shot_accuracy
 from mmssl.data.caption_negatives import head_nouns, sample_negatives
 from mmssl.eval.embeddings import pair_diagnostics
 from mmssl.losses import gather_with_grad, info_nce, local_slice_offset
