@@ -11,7 +11,6 @@ with ``data.source: files`` and ``objective.mode: supervised``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -24,11 +23,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 STATS_FILE = "augment_stats.json"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="augmentation recipe (YAML), e.g. configs/augment_world.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. output.path=pairs.jsonl seed=1")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None):
@@ -238,12 +232,3 @@ def augment(cfg) -> dict:
     stats_path.write_text(json.dumps(stats, indent=2), encoding="utf-8")
     return stats
 
-
-def run(args: argparse.Namespace) -> None:
-    cfg = load_config(args.config, args.overrides)
-    stats = augment(cfg)
-    summary = {k: stats[k] for k in ("output", "format", "sentences", "skipped_empty", "truncated", "pairs",
-                                     "dropped", "translation_model_calls", "cache", "seconds")}
-    summary["views"] = {name: {"kept": v["kept"], "dropped": {r: n for r, n in v["dropped"].items() if n}}
-                        for name, v in stats["views"].items()}
-    print(json.dumps(summary, indent=2))

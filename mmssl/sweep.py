@@ -114,7 +114,7 @@ def _state(run: SweepRun) -> str:
 def command(recipe: Path, run: SweepRun, fixed: list[str], launcher: list[str]) -> list[str]:
     extra = {"resume": ["train.resume_from=latest"], "restart": ["train.overwrite=true"]}.get(_state(run), [])
     head = launcher or [sys.executable]
-    return [*head, "-m", "mmssl.cli", "train", str(recipe), *run_overrides(run, fixed), *extra]
+    return [*head, "-m", "mmssl", "train", str(recipe), *run_overrides(run, fixed), *extra]
 
 
 def run_overrides(run: SweepRun, fixed: list[str]) -> list[str]:

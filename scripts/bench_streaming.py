@@ -170,7 +170,7 @@ def logged_step(log: Path, step: int) -> callable:
 
 
 def train_cmd(recipe: str, out: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "mmssl.cli", "train", recipe, f"output_dir={out}", "train.overwrite=true",
+    return [sys.executable, "-m", "mmssl", "train", recipe, f"output_dir={out}", "train.overwrite=true",
             "train.progress=false", "train.eval_every=0", "train.save_every=0", *overrides]
 
 

@@ -5,7 +5,7 @@ ResNet-18 with the recipe's widths and the 3x3 small stem) on the same images (t
 task, read by ``mmssl.data.image_sources.load_images``: identical uint8 pixels), for the same number of
 optimiser steps at the same batch size, with the same seed, and are evaluated by the same function:
 
-* ``mmssl``   - the real CLI, ``python -m mmssl.cli train configs/<method>_world.yaml key=value ...`` in a
+* ``mmssl``   - the real CLI, ``python -m mmssl train configs/<method>_world.yaml key=value ...`` in a
   child process (log every step, no mid-run evaluation, no checkpoints, no random-init floor, no linear
   probe, no gradient clipping: lightly's examples clip nothing). Throughput from the step timestamps
   (``elapsed_s``) of its ``log.jsonl``; kNN top-1 from its ``metrics.json``.
@@ -461,12 +461,12 @@ def run_worker(name: str, job: dict, threads: int) -> tuple[dict, float]:
 
 GPU_PEAK = ("import atexit, runpy, sys, torch; "
             "atexit.register(lambda: print('GPU_PEAK_MB', torch.cuda.max_memory_allocated() / 2**20)); "
-            "sys.argv[0] = 'mmssl'; runpy.run_module('mmssl.cli', run_name='__main__')")
+            "sys.argv[0] = 'mmssl'; runpy.run_module('mmssl', run_name='__main__')")
 
 
 def run_mmssl(job: dict, run_dir: Path) -> dict:
     """`mmssl train` in a child process; timestamps and losses from log.jsonl, kNN from metrics.json."""
-    cli = ["-m", "mmssl.cli"] if job["device"] == "cpu" else ["-c", GPU_PEAK]  # cuda: report peak GPU memory
+    cli = ["-m", "mmssl"] if job["device"] == "cpu" else ["-c", GPU_PEAK]  # cuda: report peak GPU memory
     stdout, rss = run_child([sys.executable, *cli, "train", job["recipe"], *job["overrides"]], job["threads"], "mmssl")
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     train = [r for r in log if r["event"] == "train"]

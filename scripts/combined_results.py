@@ -45,7 +45,7 @@ def run(raw: dict, out: Path, overrides: list[str]) -> dict:
     recipe = out.with_suffix(".yaml")
     recipe.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "mmssl.cli", "train", str(recipe), f"output_dir={out}",
+    done = subprocess.run([sys.executable, "-m", "mmssl", "train", str(recipe), f"output_dir={out}",
                            "train.progress=false", "train.save_every=0", "train.eval_every=0", *overrides],
                           env=env, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:

@@ -123,7 +123,7 @@ def main() -> None:
     rows: list[tuple[str, str, float, str]] = []
     for recipe in recipes(args.only.split(",") if args.only else None):
         run_dir = out / recipe.stem
-        command = [sys.executable, "-m", "mmssl.cli", "train", str(recipe), f"output_dir={run_dir}",
+        command = [sys.executable, "-m", "mmssl", "train", str(recipe), f"output_dir={run_dir}",
                    f"train.max_steps={args.steps}", "train.overwrite=true", "train.progress=false",
                    "train.save_every=0", f"train.cpu={'true' if args.device == 'cpu' else 'false'}",
                    f"train.mixed_precision={'bf16' if args.device == 'cuda' else 'auto'}"]

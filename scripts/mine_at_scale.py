@@ -63,7 +63,7 @@ def main() -> None:
         }))
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "mmssl.cli", "mine", str(recipe)], env=env,
+        done = subprocess.run([sys.executable, "-m", "mmssl", "mine", str(recipe)], env=env,
                               capture_output=True, text=True)
         wall = time.perf_counter() - start
         if done.returncode != 0:

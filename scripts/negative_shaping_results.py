@@ -40,7 +40,7 @@ METRICS = ["recall@1", "mrr@10", "hard_negative_accuracy", "zero_shot_top1", "im
 def run(recipe: str, out: Path, overrides: list[str]) -> tuple[dict, float]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "mmssl.cli", "train", recipe, f"output_dir={out}",
+    done = subprocess.run([sys.executable, "-m", "mmssl", "train", recipe, f"output_dir={out}",
                            "train.progress=false", "train.save_every=0", "train.eval_every=0", *overrides],
                           env=env, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:

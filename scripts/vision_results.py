@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(method: str, out: Path, overrides: list[str]) -> dict:
     target = out / method
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "mmssl.cli", "train", str(ROOT / f"configs/{method}_world.yaml"),
+    done = subprocess.run([sys.executable, "-m", "mmssl", "train", str(ROOT / f"configs/{method}_world.yaml"),
                            f"output_dir={target}", "train.overwrite=true", "train.progress=false", *overrides],
                           capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:

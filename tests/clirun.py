@@ -21,8 +21,8 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 def mmssl(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | str = ROOT,
           prefix: list[str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """`mmssl ARGS` (as `python -m mmssl.cli`), optionally behind `prefix` (e.g. ["unshare", "-n"])."""
-    return subprocess.run([*(prefix or []), PYTHON, "-m", "mmssl.cli", *args], env=env or cli_env(), cwd=cwd,
+    """`mmssl ARGS` (as `python -m mmssl`), optionally behind `prefix` (e.g. ["unshare", "-n"])."""
+    return subprocess.run([*(prefix or []), PYTHON, "-m", "mmssl", *args], env=env or cli_env(), cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, input=stdin)
 
 
@@ -67,7 +67,7 @@ def train_killed_after(recipe: Path, output_dir: Path, step: int, timeout: float
 
     from mmssl.train.checkpoints import final_dir, list_checkpoints
 
-    proc = subprocess.Popen([PYTHON, "-m", "mmssl.cli", "train", str(recipe), f"output_dir={output_dir}"],
+    proc = subprocess.Popen([PYTHON, "-m", "mmssl", "train", str(recipe), f"output_dir={output_dir}"],
                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not final_dir(output_dir, step).exists():

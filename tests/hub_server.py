@@ -5,7 +5,7 @@ It implements what `huggingface_hub` (with HF_HUB_DISABLE_XET=1), `transformers`
 see shared/HUB.md. It records every request and can fail chosen requests, to test retries.
 
 Run as a script, it hosts one command in a network namespace with only loopback (see `main`):
-    unshare -n python tests/hub_server.py OUT -- python -m mmssl.cli push RUN --repo-id org/x --endpoint {endpoint}
+    unshare -n python tests/hub_server.py OUT -- python -m mmssl push RUN --repo-id org/x --endpoint {endpoint}
 """
 
 from __future__ import annotations

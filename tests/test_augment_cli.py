@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmssl.cli import main
+from mmssl.commands import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("model.config={hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, "
@@ -63,7 +63,7 @@ def test_lexical_augment_writes_pairs_that_train(tmp_path, capsys):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run(
-        [sys.executable, "-m", "mmssl.cli", "train", "configs/simcse_sup_world.yaml", f"output_dir={run}",
+        [sys.executable, "-m", "mmssl", "train", "configs/simcse_sup_world.yaml", f"output_dir={run}",
          "data.source=files", f"data.path={out}", TINY, "tokenizer.vocab_size=300", "objective.max_length=32",
          "train.progress=false", "train.batch_size=16", "train.max_steps=2", "train.eval_every=0",
          "train.save_every=0", "objective.eval_before=false"],

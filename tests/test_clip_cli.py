@@ -67,7 +67,7 @@ def test_cli_train_export_and_eval(tmp_path: Path, image_files: Path, cli_env):
 
     out = tmp_path / "run"
     path = recipe(tmp_path, {"source": "files", "path": str(image_files), "eval_fraction": 0.25})
-    run([PYTHON, "-m", "mmssl.cli", "train", str(path), f"output_dir={out}"], cli_env)
+    run([PYTHON, "-m", "mmssl", "train", str(path), f"output_dir={out}"], cli_env)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["skipped_images"] == 3 and metrics["skipped_reasons"] == {"empty": 1, "unreadable": 1, "missing file": 1}
     assert metrics["train_images"] + metrics["eval_images"] == 60
@@ -82,7 +82,7 @@ def test_cli_train_export_and_eval(tmp_path: Path, image_files: Path, cli_env):
     with torch.no_grad():
         assert model.encode_text(tokenizer(["a red circle"])).shape == (1, 32)
 
-    evaluated = json.loads(run([PYTHON, "-m", "mmssl.cli", "eval", str(out)], cli_env).stdout)
+    evaluated = json.loads(run([PYTHON, "-m", "mmssl", "eval", str(out)], cli_env).stdout)
     for key in ("zero_shot_top1", "image_to_text_recall@1", "text_to_image_recall@10"):
         assert evaluated[key] == pytest.approx(metrics["eval"][key], abs=1e-4), key
     assert evaluated["logit_scale"] == pytest.approx(metrics["eval"]["logit_scale"], rel=1e-4)
@@ -93,7 +93,7 @@ def test_two_processes_gather_negatives(tmp_path: Path, cli_env):
     data = {"source": "world", "world": {"num_scenes": 80, "num_colours": 2, "num_shapes": 2}}
     path = recipe(tmp_path, data, max_steps=3, batch_size=8)
     proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "mmssl.cli", "train", str(path), f"output_dir={out}"], cli_env, timeout=300)
+                "-m", "mmssl", "train", str(path), f"output_dir={out}"], cli_env, timeout=300)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["processes"] == 2, proc.stdout[-2000:]
     assert metrics["steps"] == 3 and metrics["examples_seen_per_process"] == 24

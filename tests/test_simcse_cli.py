@@ -23,7 +23,7 @@ def env() -> dict[str, str]:
 
 
 def cli(*args: str, launcher: list[str] | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    command = (launcher or [sys.executable, "-m", "mmssl.cli"]) + list(args)
+    command = (launcher or [sys.executable, "-m", "mmssl"]) + list(args)
     return subprocess.run(command, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -63,7 +63,7 @@ def test_two_process_run(tmp_path):
     """torchrun with 2 processes: in-batch negatives gathered from both (label_offset = rank * B)."""
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "mmssl.cli"]
+                "-m", "mmssl"]
     done = cli("train", "configs/simcse_sup_world.yaml",
                *overrides(out, "train.max_steps=3", "train.save_every=0", "train.batch_size=8",
                           "objective.eval_before=false"), launcher=launcher, timeout=300)

@@ -15,7 +15,7 @@ from mmssl.losses import symmetric_negative_cosine
 from mmssl.models.heads import byol_prediction, byol_projection
 from mmssl.models.momentum import make_momentum_copy, momentum_update
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import (
+from mmssl.objectives.image_ssl import (
     ImageSSL,
     ImageSSLParams,
     MomentumParams,

@@ -16,7 +16,7 @@ from torch import nn
 from mmssl.data.image_views import TwoViewsConfig
 from mmssl.data.lab import AB_RANGE, ab_bins, nearest_bin, rebalancing_weights, rgb_to_lab
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveFloat, Probability, Range
 

@@ -20,7 +20,7 @@ from mmssl.errors import RecipeError
 from mmssl.eval.frozen_backbone import image_features, precise_bn
 from mmssl.models.kmeans import kmeans
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, unwrap
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, unwrap
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveInt
 

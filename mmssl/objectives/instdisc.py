@@ -23,7 +23,7 @@ from mmssl.losses.instance import bank_logits, estimate_log_z, instance_nce_loss
 from mmssl.losses.negatives import gather_no_grad, world_size
 from mmssl.models.memory_bank import MemoryBank
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, unwrap
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, unwrap
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeFloat, PositiveFloat, PositiveInt, Range
 

@@ -19,7 +19,7 @@ from mmssl.data.image_views import TwoViewsConfig
 from mmssl.errors import RecipeError
 from mmssl.models.heads import classifier_head
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeInt, Range
 

@@ -18,7 +18,7 @@ from mmssl.data.image_views import TwoViewsConfig
 from mmssl.errors import RecipeError
 from mmssl.losses.reconstruction import masked_patch_loss, patchify
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, unwrap
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, unwrap
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveInt, Range
 

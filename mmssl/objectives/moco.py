@@ -15,7 +15,7 @@ from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.models.heads import moco_v2_projection, moco_v3_prediction, moco_v3_projection
 from mmssl.models.momentum import EmbeddingQueue, make_momentum_copy, momentum_update
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import (ImageSSL, ImageSSLParams, MomentumParams, check_pairs_per_step,
+from mmssl.objectives.image_ssl import (ImageSSL, ImageSSLParams, MomentumParams, check_pairs_per_step,
                                          lr_scaled_groups, momentum_at, unwrap)
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveFloat, PositiveInt, Range

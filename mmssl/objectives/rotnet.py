@@ -14,7 +14,7 @@ from torch import nn
 from mmssl.data.image_views import TwoViewsConfig
 from mmssl.models.heads import classifier_head
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams
 from mmssl.registry import register_objective
 
 ROTATIONS = 4

@@ -17,7 +17,7 @@ from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.models.heads import simclr_projection
 from mmssl.models.memory_bank import MemoryBank
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, check_pairs_per_step, unwrap
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, check_pairs_per_step, unwrap
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeInt, PositiveFloat, PositiveInt, Range
 

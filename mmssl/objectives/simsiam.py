@@ -12,7 +12,7 @@ from torch import nn
 from mmssl.losses import symmetric_negative_cosine
 from mmssl.models.heads import simsiam_prediction, simsiam_projection
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, lr_scaled_groups
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, lr_scaled_groups
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveFloat, PositiveInt
 

@@ -18,7 +18,7 @@ from mmssl.data.image_views import TwoViews, ViewOverrides
 from mmssl.losses.swav import sinkhorn, swapped_prediction
 from mmssl.models.heads import swav_projection
 from mmssl.models.vision import Backbone
-from mmssl.objectives._image_ssl import ImageSSL, ImageSSLParams, unwrap
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, unwrap
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeInt, PositiveFloat, PositiveInt, Range
 

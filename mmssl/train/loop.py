@@ -28,7 +28,7 @@ from mmssl.errors import DataError, MmsslError, RecipeError, TrainingDiverged
 from mmssl.outputs import RunManifest, check_not_input, is_disk_full, storage_failure
 from mmssl.config import Recipe
 from mmssl.recipes import recipe_to_dict, save_recipe
-from mmssl.objectives._combined import build_objective
+from mmssl.objectives.combined import build_objective
 from mmssl.train import checkpoints as ckpt
 from mmssl.train.metrics_log import MetricsLog, flatten
 from mmssl.train.optim import build_optimizer

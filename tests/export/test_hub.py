@@ -33,7 +33,7 @@ def client_env(hub, tmp_path) -> dict:
 
 def test_push_mlm_round_trip_through_the_real_clients(mlm_output, hub, tmp_path):
     env = client_env(hub, tmp_path)
-    done = subprocess.run([PYTHON, "-m", "mmssl.cli", "push", str(mlm_output), "--repo-id", "org/mlm-world",
+    done = subprocess.run([PYTHON, "-m", "mmssl", "push", str(mlm_output), "--repo-id", "org/mlm-world",
                            "--license", "apache-2.0"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "hf_test_secret_token" not in done.stdout + done.stderr
@@ -115,11 +115,11 @@ def test_card_renders_for_a_causal_lm(tmp_path):
 def test_push_mined_dataset_and_load_it_back(hub, tmp_path):
     env = client_env(hub, tmp_path)
     mined = tmp_path / "mined.jsonl"
-    done = subprocess.run([PYTHON, "-m", "mmssl.cli", "mine", str(ROOT / "configs/mine_world_bm25.yaml"),
+    done = subprocess.run([PYTHON, "-m", "mmssl", "mine", str(ROOT / "configs/mine_world_bm25.yaml"),
                            f"output={mined}", "data.world.num_scenes=150"], capture_output=True, text=True,
                           env={**env, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
-    pushed = subprocess.run([PYTHON, "-m", "mmssl.cli", "push", str(mined), "--repo-id", "org/mined"], env=env,
+    pushed = subprocess.run([PYTHON, "-m", "mmssl", "push", str(mined), "--repo-id", "org/mined"], env=env,
                             capture_output=True, text=True, timeout=120)
     assert pushed.returncode == 0, pushed.stderr
     files = hub.files("org/mined", kind="datasets")

@@ -22,7 +22,7 @@ def env_for(hub, tmp_path) -> dict:
 
 
 def push(hub, tmp_path, out, repo_id) -> dict:
-    done = subprocess.run([PYTHON, "-m", "mmssl.cli", "push", str(out), "--repo-id", repo_id], env=env_for(hub, tmp_path),
+    done = subprocess.run([PYTHON, "-m", "mmssl", "push", str(out), "--repo-id", repo_id], env=env_for(hub, tmp_path),
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)

@@ -169,7 +169,7 @@ def test_bad_inputs(tmp_path):
 
 def test_cli_writes_rows_and_stats(tmp_path):
     out = tmp_path / "mined.parquet"
-    done = subprocess.run([PYTHON, "-m", "mmssl.cli", "mine", str(ROOT / "configs/mine_world_bm25.yaml"),
+    done = subprocess.run([PYTHON, "-m", "mmssl", "mine", str(ROOT / "configs/mine_world_bm25.yaml"),
                            f"output={out}", "data.world.num_scenes=200"], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     import datasets
@@ -178,7 +178,7 @@ def test_cli_writes_rows_and_stats(tmp_path):
     assert len(rows) > 0 and "negative_3" in rows.column_names
     stats = json.loads((tmp_path / "mined.parquet.stats.json").read_text())
     assert stats["rows_written"] == len(rows)
-    bad = subprocess.run([PYTHON, "-m", "mmssl.cli", "mine", str(ROOT / "configs/mine_world_bm25.yaml"),
+    bad = subprocess.run([PYTHON, "-m", "mmssl", "mine", str(ROOT / "configs/mine_world_bm25.yaml"),
                           "num_negatives=0"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "num_negatives: 0 is out of range; it must be >= 1" in bad.stderr and "Traceback" not in bad.stderr
 

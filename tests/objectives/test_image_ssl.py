@@ -195,7 +195,7 @@ def test_two_processes_train_in_sync(tmp_path, method, objective):
     raw = image_recipe(out, method, eval_before=False, linear_probe=False, **objective)
     recipe = write_recipe(tmp_path / "r.yaml", raw)
     done = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "mmssl.cli", "train", str(recipe)], env=cli_env(), capture_output=True, text=True,
+                           "-m", "mmssl", "train", str(recipe)], env=cli_env(), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -220,7 +220,7 @@ def test_a_sharded_memory_bank_trains_exactly_as_a_replicated_one_on_two_process
         raw["train"].update(save_every=6)
         recipe = write_recipe(tmp_path / f"r-{shard}.yaml", raw)
         done = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                               "-m", "mmssl.cli", "train", str(recipe)], env=cli_env(), capture_output=True,
+                               "-m", "mmssl", "train", str(recipe)], env=cli_env(), capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         metrics = json.loads((out / "metrics.json").read_text())

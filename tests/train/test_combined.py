@@ -17,7 +17,7 @@ from helpers import PYTHON, TINY_BERT
 from mmssl.errors import MmsslError
 from mmssl.export.hub import render_card
 from mmssl.data.streams import Stream, StreamBatchSampler, StreamSchedule, interleave
-from mmssl.objectives._combined import Combined, build_objective
+from mmssl.objectives.combined import Combined, build_objective
 from mmssl.recipes import parse_recipe, recipe_to_dict
 from mmssl.train.loop import train
 
@@ -188,7 +188,7 @@ def test_two_processes_alternate_objectives_in_sync(tmp_path):
     out = tmp_path / "run"
     recipe = write_recipe(tmp_path / "r.yaml", image_recipe(out, "alternate"))
     done = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "mmssl.cli", "train", str(recipe)], env=cli_env(), capture_output=True, text=True,
+                           "-m", "mmssl", "train", str(recipe)], env=cli_env(), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -334,7 +334,7 @@ def test_captioning_alone_trains_on_two_processes(tmp_path):
     raw["objective"] = {"name": "captioning", "eval_generate_images": 4}
     recipe = write_recipe(tmp_path / "r.yaml", raw)
     done = subprocess.run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "mmssl.cli", "train", str(recipe)], env=cli_env(), capture_output=True, text=True,
+                           "-m", "mmssl", "train", str(recipe)], env=cli_env(), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

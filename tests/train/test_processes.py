@@ -25,7 +25,7 @@ def write_recipe(path: Path, raw: dict) -> Path:
 
 
 def mmssl(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "mmssl.cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([PYTHON, "-m", "mmssl", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def weights(directory: Path) -> dict:
@@ -45,7 +45,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, cli_env):
     done = mmssl("train", str(recipe), f"output_dir={straight}", env=cli_env)
     assert done.returncode == 0, done.stderr
 
-    proc = subprocess.Popen([PYTHON, "-m", "mmssl.cli", "train", str(recipe), f"output_dir={interrupted}"],
+    proc = subprocess.Popen([PYTHON, "-m", "mmssl", "train", str(recipe), f"output_dir={interrupted}"],
                             env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -93,7 +93,7 @@ def test_two_processes_train_in_sync(tmp_path, cli_env, launcher):
     else:
         cmd = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    cmd += ["-m", "mmssl.cli", "train", str(recipe)]
+    cmd += ["-m", "mmssl", "train", str(recipe)]
     done = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

@@ -78,7 +78,7 @@ def test_two_nodes_stream_shards_that_do_not_divide_between_them(tmp_path, world
         port = probe.getsockname()[1]
     nodes = [subprocess.Popen([PYTHON, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
                                "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
-                               "-m", "mmssl.cli", "train", str(recipe)], env=cli_env(), stdout=subprocess.PIPE,
+                               "-m", "mmssl", "train", str(recipe)], env=cli_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for rank in range(2)]
     results = [node.communicate(timeout=300) for node in nodes]
     assert all(node.returncode == 0 for node in nodes), [err[-2000:] for _, err in results]

@@ -140,7 +140,7 @@ def test_tensorboard_tracker_writes_events(tmp_path):
 
 
 def test_eval_cli_matches_training_eval(tmp_path, capsys):
-    from mmssl.cli import main
+    from mmssl.commands import main
 
     out = tmp_path / "run"
     metrics = run(lm_recipe(out, "mlm", max_steps=6))
@@ -168,7 +168,7 @@ def test_cli_prints_one_line_errors_without_traceback(tmp_path):
 
     from helpers import PYTHON
 
-    done = subprocess.run([PYTHON, "-m", "mmssl.cli", "train", "configs/mlm_world.yaml", "train.batchsize=3",
+    done = subprocess.run([PYTHON, "-m", "mmssl", "train", "configs/mlm_world.yaml", "train.batchsize=3",
                            f"output_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
