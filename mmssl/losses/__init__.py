@@ -1,4 +1,4 @@
-"""Losses (one family per file) and negative sources shared by the objectives. Momentum encoders and feature
+"""Losses, one family per file, shared by the objectives (gathering from other processes: :mod:`mmssl.distributed`). Momentum encoders and feature
 queues are model state: :mod:`mmssl.models.momentum`."""
 
 from mmssl.losses.byol import negative_cosine, symmetric_negative_cosine
@@ -13,7 +13,6 @@ from mmssl.losses.contrastive import (
     text_ids,
     triplet_loss,
 )
-from mmssl.losses.negatives import gather_no_grad, gather_with_grad, local_slice_offset, rank, world_size
 from mmssl.losses.nt_xent import moco_v2_loss, moco_v3_loss, nt_xent
 
 __all__ = [
@@ -30,11 +29,6 @@ __all__ = [
     "moco_v3_loss",
     "negative_cosine",
     "symmetric_negative_cosine",
-    "gather_with_grad",
-    "gather_no_grad",
-    "local_slice_offset",
-    "world_size",
-    "rank",
     "cached_contrastive_backward",
     "split_batch",
     "RandState",

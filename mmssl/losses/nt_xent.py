@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mmssl.losses.contrastive import Reduction, _check_2d, _reduce, info_nce
 from mmssl.losses.hard_negatives import NegativeShaping
-from mmssl.losses.negatives import gather_no_grad, gather_with_grad, local_slice_offset
+from mmssl.distributed import gather_no_grad, gather_with_grad, local_slice_offset
 
 __all__ = ["nt_xent", "moco_v2_loss", "moco_v3_loss"]
 

@@ -9,11 +9,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmssl.losses.negatives import _distributed
+from mmssl.distributed import is_distributed
 
 
 def _all_reduce(x: Tensor, op=None) -> Tensor:
-    if _distributed():
+    if is_distributed():
         dist.all_reduce(x, op=op or dist.ReduceOp.SUM)
     return x
 
@@ -24,7 +24,7 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3) -> Tens
     B_total / K of the mass of the batch of every process together (the sums are all-reduced, so 2 processes
     with B rows each give the codes 1 process gives the 2B rows). `epsilon` is the entropy weight."""
     logits = scores.float() / epsilon
-    top = _all_reduce(logits.max().clone(), dist.ReduceOp.MAX if _distributed() else None)
+    top = _all_reduce(logits.max().clone(), dist.ReduceOp.MAX if is_distributed() else None)
     q = torch.exp(logits - top).t()  # [K, B]; one shift for every process keeps the sums consistent
     k = q.shape[0]
     b = torch.tensor(float(q.shape[1]), device=q.device)

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmssl.losses.negatives import gather_no_grad, rank, world_size
+from mmssl.distributed import gather_no_grad, rank, world_size
 
 
 class MemoryBank(nn.Module):

@@ -34,7 +34,8 @@ from mmssl.data.classes import check_classes
 from mmssl.eval.zero_shot import DEFAULT_TEMPLATES, class_embeddings, image_text_retrieval, zero_shot_accuracy
 from mmssl.data.caption_negatives import head_nouns, sample_negatives
 from mmssl.eval.embeddings import pair_diagnostics
-from mmssl.losses import gather_with_grad, info_nce, local_slice_offset
+from mmssl.distributed import gather_with_grad, local_slice_offset
+from mmssl.losses import info_nce
 from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.models.clip import (
     ClipModule,

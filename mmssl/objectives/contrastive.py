@@ -38,6 +38,8 @@ from mmssl.data.stream_sources import data_sources, data_stream, first_records, 
 from mmssl.data.streaming import Skip, Transform, sample_id
 from mmssl.data.pairs import Rows, eval_pairs, load_pair_splits
 from mmssl.data.text_views.config import CacheConfig, ViewConfig
+from mmssl.distributed import gather_no_grad, gather_with_grad, local_slice_offset
+from mmssl.distributed import world_size as dist_world_size
 from mmssl.data.tokenizers import build_tokenizer, load_pretrained_tokenizer
 from mmssl.errors import DataError, RecipeError
 from mmssl.eval.embeddings import embedding_metrics
@@ -46,15 +48,11 @@ from mmssl.losses import (
     cached_contrastive_backward,
     contrastive_margin_loss,
     duplicate_mask,
-    gather_no_grad,
-    gather_with_grad,
     info_nce,
-    local_slice_offset,
     mutual_information_lower_bound,
     text_ids,
     triplet_loss,
 )
-from mmssl.losses import world_size as dist_world_size
 from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.models.packing import mask_dtype_for, pack_rows, packing_error, position_offset
 from mmssl.models.momentum import EmbeddingQueue, make_momentum_copy, momentum_update

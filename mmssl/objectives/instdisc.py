@@ -20,7 +20,7 @@ from torch import nn
 
 from mmssl.errors import RecipeError
 from mmssl.losses.instance import bank_logits, estimate_log_z, instance_nce_loss, instance_softmax_loss
-from mmssl.losses.negatives import gather_no_grad, world_size
+from mmssl.distributed import gather_no_grad, world_size
 from mmssl.models.memory_bank import MemoryBank
 from mmssl.models.vision import Backbone
 from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, unwrap

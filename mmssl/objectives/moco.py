@@ -10,7 +10,8 @@ from typing import Annotated, Literal
 import torch
 from torch import nn
 
-from mmssl.losses import gather_no_grad, moco_v2_loss, moco_v3_loss
+from mmssl.distributed import gather_no_grad
+from mmssl.losses import moco_v2_loss, moco_v3_loss
 from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.models.heads import moco_v2_projection, moco_v3_prediction, moco_v3_projection
 from mmssl.models.momentum import EmbeddingQueue, make_momentum_copy, momentum_update

@@ -17,9 +17,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from mmssl.losses import gather_no_grad, moco_v2_loss, moco_v3_loss, nt_xent
-from mmssl.losses.negatives import rank as get_rank
-from mmssl.losses.negatives import world_size as get_world_size
+from mmssl.distributed import gather_no_grad
+from mmssl.losses import moco_v2_loss, moco_v3_loss, nt_xent
+from mmssl.distributed import rank as get_rank
+from mmssl.distributed import world_size as get_world_size
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,5 @@
-"""Negative sources for contrastive losses: in-batch negatives gathered from every process.
+"""What a process knows of the others: world size and rank (1 and 0 outside torch.distributed), and gathering
+tensors from every process (in-batch negatives, ids, momentum keys).
 
 * :func:`gather_with_grad` - in-batch negatives from every process, with gradient (open_clip's
   ``gather_features``); :func:`local_slice_offset` gives the ``label_offset`` of the local rows.
@@ -24,7 +25,8 @@ __all__ = [
 ]
 
 
-def _distributed(group=None) -> bool:
+def is_distributed(group=None) -> bool:
+    """Whether torch.distributed runs with more than one process in `group`."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
@@ -47,7 +49,7 @@ def gather_with_grad(x: Tensor, group=None) -> Tensor:
     loss exactly (see ``tests/losses/test_negatives.py``). Every process must pass the same shape.
     Returns ``x`` itself when not distributed (or world size 1).
     """
-    if not _distributed(group):
+    if not is_distributed(group):
         return x
     from torch.distributed.nn.functional import all_gather
 
@@ -62,7 +64,7 @@ def gather_with_grad(x: Tensor, group=None) -> Tensor:
 @torch.no_grad()
 def gather_no_grad(x: Tensor, group=None) -> Tensor:
     """Plain all-gather along dim 0 without gradient (ids, queue keys); ``x`` when not distributed."""
-    if not _distributed(group):
+    if not is_distributed(group):
         return x
     x = x.contiguous()
     out = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]

@@ -17,20 +17,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
 from mmssl.losses import (  # noqa: E402
     LearnableTemperature,
     cached_contrastive_backward,
     duplicate_mask,
-    gather_no_grad,
-    gather_with_grad,
     info_nce,
-    local_slice_offset,
     split_batch,
 )
-from mmssl.losses.negatives import rank as get_rank  # noqa: E402
-from mmssl.losses.negatives import world_size as get_world_size  # noqa: E402
+from mmssl.distributed import gather_no_grad, gather_with_grad, local_slice_offset  # noqa: E402
+from mmssl.distributed import rank as get_rank  # noqa: E402
+from mmssl.distributed import world_size as get_world_size  # noqa: E402
 
 TOTAL, DIN, D = 8, 6, 5
 

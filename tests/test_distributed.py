@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmssl.losses import gather_no_grad, gather_with_grad, local_slice_offset
+from mmssl.distributed import gather_no_grad, gather_with_grad, local_slice_offset
 
 WORKER = Path(__file__).with_name("_gather_worker.py")
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_gather_is_identity_without_distributed():
