@@ -186,7 +186,7 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     push_to_hub: PushConfig | None = None
-    # several objectives over one shared encoder (`mmssl.objectives._combined`); `objective` is then their summary
+    # several objectives over one shared encoder (`mmssl.objectives.combined`); `objective` is then their summary
     objectives: list[ObjectiveEntry] | None = None
     mixing: MixingConfig = field(default_factory=MixingConfig)
 

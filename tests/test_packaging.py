@@ -15,7 +15,7 @@ def test_every_package_is_listed_in_pyproject():
 
 
 def test_card_templates_ship_inside_the_package():
-    from mmssl.export.hub import card_templates
+    from mmssl.hub import card_templates
 
     names = {p.name for p in card_templates().iterdir()}
     assert {"_common.md", "mlm.md", "clm.md", "sentence_embedding.md", "clip.md", "mined_dataset.md"} <= names

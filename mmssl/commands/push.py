@@ -22,7 +22,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from mmssl.export.hub import push_dataset, push_model
+    from mmssl.hub import push_dataset, push_model
 
     common = {"endpoint": args.endpoint, "private": args.private, "overwrite": args.overwrite, "license": args.license}
     if Path(args.path).is_file():  # a mined (or augmented) dataset file

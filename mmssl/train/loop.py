@@ -199,7 +199,7 @@ def export(objective, module: torch.nn.Module, output_dir: Path, manifest: RunMa
 
 def publish(recipe: Recipe, directory: Path, message: str) -> None:
     """Push an output folder as the recipe's `push_to_hub` says; a failure says how to retry by hand."""
-    from mmssl.export.hub import push_model
+    from mmssl.hub import push_model
 
     cfg = recipe.push_to_hub
     try:

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from mmssl.data.image_views import (BatchImageViews, ImageViewsConfig, TwoViews, TwoViewsConfig, ViewOverrides,
-                                    ViewParams, _crop_boxes, adjust_hue, eval_view, gaussian_blur, mix64,
-                                    preset_views, view_uniforms)
+                                    ViewParams, adjust_hue, eval_view, gaussian_blur, mix64, preset_views,
+                                    view_uniforms)
+from mmssl.data.image_views.pipelines import _crop_boxes
 from mmssl.errors import RecipeError
 from mmssl.schema import from_dict
 

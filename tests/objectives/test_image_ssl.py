@@ -12,7 +12,7 @@ import torch
 from clirun import assert_clear_error, mmssl, straight_and_resumed, write_recipe
 
 from mmssl.errors import RecipeError
-from mmssl.export.hub import render_card
+from mmssl.hub import render_card
 from mmssl.models.vision import load_backbone
 from mmssl.objectives.jigsaw import GRID, cut_tiles, min_hamming_distance, permutation_set
 from mmssl.objectives.rotnet import rotate_batch

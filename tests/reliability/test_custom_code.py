@@ -69,7 +69,7 @@ def test_dense_mining_refuses_custom_code(tmp_path, trained):
 
 
 def test_the_model_card_names_an_allowed_custom_code_key(tmp_path, trained):
-    from mmssl.export.hub import render_card
+    from mmssl.hub import render_card
 
     import shutil
 

@@ -15,7 +15,7 @@ from clirun import assert_clear_error, cli_env, mmssl, straight_and_resumed, wri
 from helpers import PYTHON, TINY_BERT
 
 from mmssl.errors import MmsslError
-from mmssl.export.hub import render_card
+from mmssl.hub import render_card
 from mmssl.data.streams import Stream, StreamBatchSampler, StreamSchedule, interleave
 from mmssl.objectives.combined import Combined, build_objective
 from mmssl.recipes import parse_recipe, recipe_to_dict

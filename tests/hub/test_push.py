@@ -1,4 +1,4 @@
-"""Publishing through the real huggingface_hub client to a Hub-compatible server on 127.0.0.1."""
+"""`mmssl.hub.push`: publishing through the real huggingface_hub client to a Hub-compatible server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from helpers import PYTHON, ROOT, lm_recipe
 
 from mmssl.errors import MmsslError
-from mmssl.export.hub import push_model, render_card
+from mmssl.hub import push_model
 from mmssl.recipes import parse_recipe
 from mmssl.train.loop import train
 
@@ -104,14 +104,6 @@ def test_bad_input_fails_before_any_request(mlm_output, hub, tmp_path, monkeypat
     assert hub.state.requests == []
 
 
-def test_card_renders_for_a_causal_lm(tmp_path):
-    out = tmp_path / "clm"
-    train(parse_recipe(lm_recipe(out, "clm", max_steps=2)))
-    card = render_card(out, "org/clm")
-    assert "pipeline_tag: text-generation" in card and 'pipeline("text-generation", model="org/clm")' in card
-    assert "Limitations and bias" in card and "synthetic world" in card
-
-
 def test_push_mined_dataset_and_load_it_back(hub, tmp_path):
     env = client_env(hub, tmp_path)
     mined = tmp_path / "mined.jsonl"
@@ -144,7 +136,7 @@ def test_large_datasets_are_sharded_and_an_overwrite_leaves_no_stale_shards(hub,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mmssl.export.hub import push_dataset
+    from mmssl.hub import push_dataset
 
     rows = [{"anchor": f"query {i}", "positive": f"answer {i}", "negative_1": f"other {i}", "negative_1_score": i / 7}
             for i in range(300)]

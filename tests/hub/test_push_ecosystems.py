@@ -1,4 +1,5 @@
-"""Sentence-transformers and open_clip outputs: push to the local Hub, load back by repo id in each ecosystem."""
+"""`mmssl.hub.push` per ecosystem: sentence-transformers, open_clip and image-encoder outputs pushed to the local Hub
+and loaded back by repo id with their own libraries."""
 
 from __future__ import annotations
 
