@@ -29,7 +29,7 @@ raw = {"name": "x", "output_dir": "/tmp/clipexp/w", "seed": 0,
        "model": {"pretrained": "/tmp/clipexp/work/init"}, "objective": {"name": "clip", "caption_sampling": "first"},
        "train": {"cpu": True, "learning_rate": 5e-4, "weight_decay": 0.2, "adam_betas": [0.9, 0.98], "adam_eps": 1e-6}}
 recipe = parse_recipe(raw)
-obj = get_objective("clip")(recipe); obj.setup(None)
+obj = get_objective("clip")(recipe); obj.setup()
 from mmssl.train.loop import EpochShuffleSampler, step_seed
 from transformers import get_scheduler
 order = torch.tensor(list(EpochShuffleSampler(len(obj.train), 0)))

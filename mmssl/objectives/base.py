@@ -4,10 +4,14 @@ An objective owns its data preparation, model and loss; the trainer owns the loo
 accumulation, precision, checkpoints, logging, processes). One trainer runs every objective.
 
 A method is one module in `mmssl/objectives/` (found by the registry), with its loss in `mmssl/losses/`:
-subclass `Objective`, set `Params` and `output`, implement `setup`, `collate`, `forward` (or
-`training_step`) and `export`; override the hooks it needs (`param_groups`, `after_optimizer_step`,
-`evaluate`, `save_artifacts`; `reset_optimizer_state` forgets the optimiser's state of some parameters). State that changes during training (momentum encoders, queues, schedules)
-lives in the module's parameters and buffers, so checkpoints and resume carry it exactly.
+subclass `Objective` (or a family's base: `image_ssl.ImageSSL`, `text.TextObjective`), set `Params` and
+`output`, implement `setup`, `collate`, `forward` (or `training_step`) and `export`; override the hooks it needs
+(`param_groups`, `momentum_pairs`, `after_optimizer_step`, `evaluate`, `save_artifacts`;
+`reset_optimizer_state` forgets the optimiser's state of some parameters). What the run looks like (processes,
+device, the checkpoint being resumed) is `self.context`, never the environment; `self.core(module)` is the
+module the method built, whatever the trainer wrapped it in. State that changes during training (momentum
+encoders, queues, schedules) lives in the module's parameters and buffers, so checkpoints and resume carry it
+exactly.
 
 Streamed data (`mmssl.data.streaming`): `setup` sets `train_stream` (a `SampleStream` over
 `mmssl.data.stream_sources.data_sources`, with a `Transform` that turns one raw record into samples in the
@@ -16,7 +20,7 @@ loader workers) instead of `train_dataset`; `collate` then receives those sample
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
 
@@ -27,6 +31,7 @@ from torch import nn
 from mmssl.config import ObjectiveParams, Recipe
 from mmssl.data.streaming import SampleStream
 from mmssl.data.streams import MixedStream
+from mmssl.models.momentum import momentum_update
 
 T = TypeVar("T")
 
@@ -43,6 +48,20 @@ class ModelOutput:
     results: tuple[str, ...] | None = None  # the eval metrics reported as results on the Hub (None: all)
 
 
+@dataclass(frozen=True)
+class SetupContext:
+    """What the trainer tells an objective about the run it sets up for."""
+
+    world_size: int = 1  # processes training together
+    rank: int = 0  # this process among them
+    device: torch.device = torch.device("cpu")  # where this process trains
+    resume_dir: Path | None = None  # the checkpoint being resumed: saved artefacts (a tokenizer) must be reused
+
+    def under(self, label: str) -> SetupContext:
+        """The context of one objective of a combined recipe (its artefacts are saved in a subfolder)."""
+        return replace(self, resume_dir=self.resume_dir / label if self.resume_dir is not None else None)
+
+
 class Objective:
     """Subclass, set the class attributes, and register with ``@register_objective("name")``."""
 
@@ -51,9 +70,10 @@ class Objective:
     output: ClassVar[ModelOutput]
     throughput_unit: ClassVar[str] = "examples"
 
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe, context: SetupContext | None = None):
         self.recipe = recipe
         self.params = recipe.objective
+        self.context = context or SetupContext()
         self.module: nn.Module
         self.train_dataset: datasets.Dataset | None = None
         self.eval_dataset: datasets.Dataset | None = None
@@ -73,13 +93,26 @@ class Objective:
         return self.parts[role]
 
     # -- setup -----------------------------------------------------------------------------------
-    def setup(self, resume_dir: Path | None) -> None:
-        """Load data, build tokenizer and model; set `module`, `train_dataset`, `eval_dataset`.
+    def setup(self) -> None:
+        """Load data, build tokenizer and model; set `module`, `train_dataset` (or `train_stream`), `eval_dataset`.
 
-        `resume_dir` is the checkpoint being resumed, whose saved artefacts (e.g. a trained tokenizer)
-        must be reused so that the run continues exactly.
+        ``self.context.resume_dir`` is the checkpoint being resumed, whose saved artefacts (e.g. a trained
+        tokenizer) must be reused so that the run continues exactly.
         """
         raise NotImplementedError
+
+    def core(self, module: nn.Module) -> Any:
+        """The module this objective built (`self.module`) inside whatever the trainer wrapped it in (DDP, FSDP,
+        ``torch.compile``); `module` itself when it is not wrapped."""
+        found = module
+        while found is not getattr(self, "module", None):
+            inner = getattr(found, "module", None)
+            if not isinstance(inner, nn.Module):
+                inner = getattr(found, "_orig_mod", None)  # torch.compile
+            if not isinstance(inner, nn.Module):
+                return found
+            found = inner
+        return found
 
     # -- per step --------------------------------------------------------------------------------
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -113,9 +146,31 @@ class Objective:
         backward(out["loss"])
         return {k: v.detach() for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
 
+    def momentum_pairs(self, core: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, target) submodules of `core` (the module this objective built): after each optimiser step
+        every target moves towards its online module by an exponential moving average at rate `momentum`
+        (BYOL's target network, MoCo's key encoder). Targets get no gradient (`models.momentum.make_momentum_copy`)."""
+        return []
+
+    def momentum(self, step: int, total_steps: int) -> float:
+        """The EMA rate after `step` of `total_steps`: ``objective.momentum``, constant, or on a cosine up to
+        ``objective.momentum_final`` when ``objective.momentum_schedule`` is "cosine" (BYOL)."""
+        from mmssl.models.momentum import cosine_momentum
+
+        p = self.params
+        if getattr(p, "momentum_schedule", "constant") == "constant":
+            return p.momentum
+        return cosine_momentum(step, total_steps, base=p.momentum, final=p.momentum_final)
+
     def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
         """Called after each optimiser step (not per micro-batch) with the number of steps done (1-based)
-        and the run's total: e.g. a momentum (EMA) encoder update on a schedule."""
+        and the run's total. The base class moves the `momentum_pairs`; an override calls ``super()`` first."""
+        pairs = self.momentum_pairs(self.core(module))
+        if pairs:
+            self.tau = self.momentum(step, total_steps)
+            with torch.no_grad():
+                for online, target in pairs:
+                    momentum_update(online, target, self.tau)
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Called once by the trainer with the run's optimiser, for methods that reset part of its state."""

@@ -13,16 +13,9 @@ from torch import nn
 from mmssl.data.image_views import TwoViewsConfig
 from mmssl.losses import symmetric_negative_cosine
 from mmssl.models.heads import byol_prediction, byol_projection
-from mmssl.models.momentum import make_momentum_copy, momentum_update
+from mmssl.models.momentum import make_momentum_copy
 from mmssl.models.vision import Backbone
-from mmssl.objectives.image_ssl import (
-    ImageSSL,
-    ImageSSLParams,
-    MomentumParams,
-    lr_scaled_groups,
-    momentum_at,
-    unwrap,
-)
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, MomentumParams, lr_scaled_groups
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveFloat, PositiveInt
 
@@ -48,11 +41,6 @@ class BYOLModule(nn.Module):
             z = self.target_projection(self.target_backbone(images))
         return (*p.chunk(2), *z.chunk(2))
 
-    @torch.no_grad()
-    def update_target(self, tau: float) -> None:
-        momentum_update(self.backbone, self.target_backbone, tau)
-        momentum_update(self.projection, self.target_projection, tau)
-
 
 @register_objective("byol")
 class BYOL(ImageSSL):
@@ -70,6 +58,5 @@ class BYOL(ImageSSL):
     def param_groups(self, module: nn.Module) -> list[dict]:
         return lr_scaled_groups(module, {"prediction": self.params.predictor_lr_scale})
 
-    def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
-        self.tau = momentum_at(self.params, step, total_steps)
-        unwrap(module).update_target(self.tau)
+    def momentum_pairs(self, core: BYOLModule) -> list[tuple[nn.Module, nn.Module]]:
+        return [(core.backbone, core.target_backbone), (core.projection, core.target_projection)]

@@ -78,9 +78,7 @@ class Captioning(Clip):
     def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
         if self.eval is None:
             return {}
-        inner = accelerator.unwrap_model(module)
-        while not isinstance(inner, CaptionModule) and hasattr(inner, "module"):
-            inner = inner.module
+        inner = self.core(module)
         limit = None
         if self.recipe.train.eval_batches is not None:
             limit = self.recipe.train.eval_batches * self.recipe.train.batch_size

@@ -107,12 +107,6 @@ class _Indices(torch.utils.data.Dataset):
         return i
 
 
-def _unwrap_clip(module: nn.Module) -> ClipModule:
-    while not isinstance(module, ClipModule) and hasattr(module, "module"):
-        module = module.module
-    return module  # type: ignore[return-value]
-
-
 class Captions:
     """All captions tokenised once: example i owns rows ``start[i] : start[i] + count[i]`` of ``tokens``."""
 
@@ -145,7 +139,7 @@ class Clip(Objective):
                          "zero-shot-image-classification")
 
     # -- setup -----------------------------------------------------------------------------------
-    def setup(self, resume_dir: Path | None) -> None:
+    def setup(self) -> None:
         recipe, p = self.recipe, self.params
         self.model_cfg = resolve_config(recipe.model)
         model = self.shared_part("open_clip_model", lambda: build_open_clip(self.model_cfg, recipe.model))
@@ -191,7 +185,8 @@ class Clip(Objective):
     def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
         """Keep open_clip's own ``logit_scale`` equal to the learned one (a model shared with a captioning
         objective is exported with it, whichever objective exports first)."""
-        _unwrap_clip(module).sync_logit_scale()
+        super().after_optimizer_step(module, step, total_steps)
+        self.core(module).sync_logit_scale()
 
     def _tokenizer(self):
         text = self.model_cfg.get("text_cfg", {})
@@ -262,7 +257,7 @@ class Clip(Objective):
     def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
         if self.eval is None:
             return {}
-        inner: ClipModule = accelerator.unwrap_model(module)
+        inner: ClipModule = self.core(module)
         limit = None
         if self.recipe.train.eval_batches is not None:
             limit = self.recipe.train.eval_batches * self.recipe.train.batch_size

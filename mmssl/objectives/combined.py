@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Sampler
 from mmssl.config import ObjectiveEntry, Recipe
 from mmssl.data.streams import MixedStream, Stream, StreamBatchSampler, StreamsDataset, StreamSchedule
 from mmssl.errors import RecipeError
-from mmssl.objectives.base import ModelOutput, Objective
+from mmssl.objectives.base import ModelOutput, Objective, SetupContext
 from mmssl.registry import get_objective
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,11 @@ def sub_recipe(recipe: Recipe, entry: ObjectiveEntry) -> Recipe:
                                              data=entry.data or recipe.data))
 
 
-def build_objective(recipe: Recipe) -> Objective:
+def build_objective(recipe: Recipe, context: SetupContext | None = None) -> Objective:
     """The objective a recipe trains: its one `objective`, or its `objectives` combined."""
     if recipe.objectives:
-        return Combined(recipe)
-    return get_objective(recipe.objective.name)(recipe)
+        return Combined(recipe, context)
+    return get_objective(recipe.objective.name)(recipe, context)
 
 
 class CombinedModule(nn.Module):
@@ -84,24 +84,18 @@ def _drop_aliases(module: "CombinedModule", state_dict, prefix, local_metadata) 
         state_dict.pop(prefix + alias, None)
 
 
-def _inner(module: nn.Module) -> CombinedModule:
-    while not isinstance(module, CombinedModule) and hasattr(module, "module"):
-        module = module.module
-    return module  # type: ignore[return-value]
-
-
 class Combined(Objective):
     name = "combined"
     output = ModelOutput("combined", "mmssl", "feature-extraction", "", "")
 
-    def __init__(self, recipe: Recipe):
-        super().__init__(recipe)
+    def __init__(self, recipe: Recipe, context: SetupContext | None = None):
+        super().__init__(recipe, context)
         assert recipe.objectives
         self.entries = {entry.label: entry for entry in recipe.objectives}
         self.subs: dict[str, Objective] = {}
         parts: dict[str, Any] = {}
         for label, entry in self.entries.items():
-            sub = get_objective(entry.params.name)(sub_recipe(recipe, entry))
+            sub = get_objective(entry.params.name)(sub_recipe(recipe, entry), self.context.under(label))
             sub.parts = parts  # one dict: what one objective builds, the others reuse
             self.subs[label] = sub
         self.parts = parts
@@ -110,12 +104,12 @@ class Combined(Objective):
         self._eval_loaders: dict[str, Any] = {}
 
     # -- setup -----------------------------------------------------------------------------------
-    def setup(self, resume_dir: Path | None) -> None:
+    def setup(self) -> None:
         for label, sub in self.subs.items():
             if getattr(sub.params, "cached_chunk_size", None) is not None:
                 raise RecipeError(f"objectives ({label}): cached_chunk_size (GradCache) runs its own backward pass, "
                                   "which a combined recipe cannot add to the other objectives' loss; remove it")
-            sub.setup(resume_dir / label if resume_dir is not None else None)
+            sub.setup()
             if sub.batch_sampler(self.recipe.train.batch_size, 1) is not None:
                 raise RecipeError(f"objectives ({label}): {sub.name} orders its own batches, which a combined recipe's "
                                   "streams cannot follow; train it alone")
@@ -222,11 +216,11 @@ class Combined(Objective):
         return {"loss": total.detach(), **logs}
 
     def forward(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        total, logs = self.losses(_inner(module), batch)
+        total, logs = self.losses(self.core(module), batch)
         return {"loss": total, **logs}
 
     def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
-        inner = _inner(module)
+        inner = self.core(module)
         for label, sub in self.subs.items():
             sub.after_optimizer_step(inner.objectives[label], step, total_steps)
         self.steps_done = step
@@ -238,7 +232,7 @@ class Combined(Objective):
 
     def param_groups(self, module: nn.Module) -> list[dict[str, Any]]:
         """Each objective's own groups; a shared parameter stays in the group of the first objective that has it."""
-        inner, seen, groups = _inner(module), set(), []
+        inner, seen, groups = self.core(module), set(), []
         for label, sub in self.subs.items():
             for group in sub.param_groups(inner.objectives[label]):
                 params = [p for p in group["params"] if id(p) not in seen]
@@ -254,7 +248,7 @@ class Combined(Objective):
         return any(sub.has_evaluation() for sub in self.subs.values())
 
     def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
-        inner = _inner(accelerator.unwrap_model(module))
+        inner = self.core(module)
         out: dict[str, float] = {}
         for label, sub in self.subs.items():
             if not sub.has_evaluation():
@@ -278,7 +272,7 @@ class Combined(Objective):
     def export(self, module: nn.Module, directory: Path) -> None:
         from mmssl.recipes import recipe_to_dict, save_recipe
 
-        inner = _inner(module)
+        inner = self.core(module)
         labels = list(self.subs)
         for label, sub in self.subs.items():
             folder = directory / label

@@ -24,7 +24,6 @@ longest (``bucket_size``) on a CPU, one padded pass on a GPU (where many small p
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -55,7 +54,7 @@ from mmssl.losses import (
 )
 from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.models.packing import mask_dtype_for, pack_rows, packing_error, position_offset
-from mmssl.models.momentum import EmbeddingQueue, make_momentum_copy, momentum_update
+from mmssl.models.momentum import EmbeddingQueue, make_momentum_copy
 from mmssl.models.text_encoder import (
     TextEncoder,
     build_backbone,
@@ -154,12 +153,6 @@ class ContrastiveModule(nn.Module):
         return self.encoder(**kwargs)
 
 
-def _unwrap(module: nn.Module) -> ContrastiveModule:
-    while not isinstance(module, ContrastiveModule) and hasattr(module, "module"):
-        module = module.module
-    return module  # type: ignore[return-value]
-
-
 @register_objective("simcse")
 class SimCSE(Objective):
     """Contrastive sentence embeddings: unsupervised or supervised SimCSE, retrieval with hard negatives, MoCo queue."""
@@ -169,10 +162,9 @@ class SimCSE(Objective):
                          "sentence_embedding.md", "sentence-similarity")
 
     # -- setup -----------------------------------------------------------------------------------
-    def setup(self, resume_dir: Path | None) -> None:
+    def setup(self) -> None:
         recipe, p = self.recipe, self.params
         self.text_views = None
-        world = int(os.environ.get("WORLD_SIZE", "1"))
         streaming = wants_streaming(recipe.data)
         if streaming:  # rows tokenised in loader workers; evaluation from data.eval_path / objective.eval_pairs
             sources = data_sources(recipe.data, "text" if p.mode == "unsupervised" else "pairs")
@@ -185,9 +177,9 @@ class SimCSE(Objective):
 
             self.text_views = TextViews(p.text_views, seed=recipe.seed, cache=p.text_views_cache)
         self.negative_columns = self.views[2:]
-        self._check_negatives(world)
+        self._check_negatives(self.context.world_size)
 
-        self.tokenizer = self._tokenizer(resume_dir, splits.train)
+        self.tokenizer = self._tokenizer(self.context.resume_dir, splits.train)
         backbone = self.shared_part("text_backbone", lambda: build_backbone(recipe.model, self.tokenizer))
         limit = getattr(backbone.config, "max_position_embeddings", None)
         if isinstance(limit, int) and p.max_length > limit:
@@ -348,12 +340,12 @@ class SimCSE(Objective):
 
     def forward(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Uncached loss of one batch (used by `training_step`; handy in tests)."""
-        core = _unwrap(module)
+        core = self.core(module)
         keys = self._keys(core, batch)
         return self._loss(core, module(packed=batch["packed"]), batch, keys)
 
     def training_step(self, module: nn.Module, batch: dict[str, Any], backward) -> dict[str, torch.Tensor]:
-        core, p = _unwrap(module), self.params
+        core, p = self.core(module), self.params
         keys = self._keys(core, batch)
         if p.cached_chunk_size is None:
             out = self._loss(core, module(packed=batch["packed"]), batch, keys)
@@ -379,12 +371,9 @@ class SimCSE(Objective):
             out["views_changed"] = batch["views_changed"]
         return {k: v.detach() for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
 
-    def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
+    def momentum_pairs(self, core: ContrastiveModule) -> list[tuple[nn.Module, nn.Module]]:
         """MoCo: the key encoder follows the online one once per optimiser step, not per micro-batch."""
-        if self._queue_mode:
-            core = _unwrap(module)
-            assert core.key_encoder is not None
-            momentum_update(core.encoder, core.key_encoder, self.params.momentum)
+        return [(core.encoder, core.key_encoder)] if self._queue_mode and core.key_encoder is not None else []
 
     def _keys(self, core: ContrastiveModule, batch: dict[str, Any]) -> torch.Tensor | None:
         if not self._queue_mode:
@@ -466,7 +455,7 @@ class SimCSE(Objective):
         (small) eval set, so the result needs no gathering; the trainer's eval loader is not used."""
         if not self.eval_rows:
             return {}
-        return self._metrics(_unwrap(accelerator.unwrap_model(module)).encoder)
+        return self._metrics(self.core(module).encoder)
 
     def evaluate_export(self, directory: Path) -> dict[str, float]:
         encoder, tokenizer, max_length = load_sentence_transformer_dir(directory)
@@ -480,7 +469,7 @@ class SimCSE(Objective):
         self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
 
     def export(self, module: nn.Module, directory: Path) -> None:
-        save_sentence_transformer(_unwrap(module).encoder, directory, self.tokenizer, self.params.max_length)
+        save_sentence_transformer(self.core(module).encoder, directory, self.tokenizer, self.params.max_length)
 
     def describe(self) -> dict[str, Any]:
         p = self.params

@@ -20,7 +20,7 @@ from mmssl.errors import RecipeError
 from mmssl.eval.frozen_backbone import image_features, precise_bn
 from mmssl.models.kmeans import kmeans
 from mmssl.models.vision import Backbone
-from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, unwrap
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveInt
 
@@ -84,7 +84,7 @@ class DeepCluster(ImageSSL):
         self.reset_optimizer_state(module.head.parameters())
 
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        core = unwrap(module)
+        core = self.core(module)
         if module.training and int(core.labels_epoch) != self.epoch:
             self.cluster(core, self.epoch)
         labels = core.pseudo_labels[batch["index"].to(core.pseudo_labels.device)]

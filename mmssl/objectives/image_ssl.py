@@ -1,16 +1,19 @@
-"""What every image-only self-supervised method shares: images decoded once into a uint8 table, two augmented
-views per image made in the step (a function of seed, epoch and row: identical after a resume), an image
-backbone (`mmssl.models.vision`), evaluation of the frozen backbone (weighted kNN, linear probe, collapse
-monitors; the random-init encoder measured before training as the floor) and export in the backbone's own
-library format. A method subclasses `ImageSSL`, sets `Params`, builds its module in `build_module` and
-computes its loss in `loss`."""
+"""What every image-only self-supervised method shares: images decoded once into a uint8 table (or streamed),
+augmented views made in the step (a function of seed, epoch and row: identical after a resume), multi-crop
+(`MultiCropParams`: extra low-resolution views, as SwAV and DINO use), an image backbone
+(`mmssl.models.vision`), evaluation of the frozen backbone (weighted kNN, linear probe, collapse monitors; the
+random-init encoder measured before training as the floor) and export in the backbone's own library format.
+
+A method subclasses `ImageSSL`, sets `Params` (a subclass of `ImageSSLParams`), builds its module in
+`build_module` and computes its loss in `loss`; a momentum target is declared in `momentum_pairs`
+(`MomentumParams` adds the recipe keys of its schedule)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,13 +23,13 @@ from torch import nn
 from mmssl.config import ObjectiveParams
 from mmssl.data.image_sources import load_images, streamed_image_splits
 from mmssl.data.stream_sources import ImageTransform, collate_images, data_sources, data_stream, wants_streaming
-from mmssl.data.image_views import TwoViews, TwoViewsConfig
+from mmssl.data.image_views import TwoViews, TwoViewsConfig, ViewOverrides
 from mmssl.errors import DataError, RecipeError
 from mmssl.eval.collapse import is_collapsed
 from mmssl.eval.frozen_backbone import ProbeSettings, frozen_backbone_metrics, precise_bn
 from mmssl.models.vision import Backbone, build_backbone, load_backbone
 from mmssl.objectives.base import ModelOutput, Objective
-from mmssl.schema import PositiveFloat, PositiveInt, Range
+from mmssl.schema import NonNegativeInt, PositiveFloat, PositiveInt, Range
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +85,9 @@ class ImageSSL(Objective):
         return None
 
     # -- setup -------------------------------------------------------------------------------------
-    def setup(self, resume_dir: Path | None) -> None:
-        import os
-
-        recipe, p = self.recipe, self.params
-        self.check(int(os.environ.get("WORLD_SIZE", "1")))
+    def setup(self) -> None:
+        recipe, p, resume_dir = self.recipe, self.params, self.context.resume_dir
+        self.check(self.context.world_size)
         backbone = self.shared_part("image_backbone", lambda: build_backbone(recipe.model))
         streaming = wants_streaming(recipe.data)
         if streaming:
@@ -101,6 +102,10 @@ class ImageSSL(Objective):
         self.train, self.eval, self.class_names = splits.train, splits.eval, splits.class_names
         self.mean, self.std = backbone.mean, backbone.std
         self.views = TwoViews(p.views, p.image_size, self.mean, self.std)
+        self.small_views = None
+        if getattr(p, "small_crops", 0):  # the recipe's views (both-view keys) at the small crops' size and scale
+            cfg = replace(p.views, crop_scale=list(p.small_crop_scale), view1=ViewOverrides(), view2=ViewOverrides())
+            self.small_views = TwoViews(cfg, p.small_crop_size, self.mean, self.std)
         # channels-last tensors: 1.5-1.7x faster convolutions forward and backward on this project's CPU (oneDNN),
         # and what tensor cores want on a GPU; a no-op for the linear heads
         self.module = self.build_module(backbone).to(memory_format=torch.channels_last)
@@ -141,6 +146,10 @@ class ImageSSL(Objective):
         fmt = torch.channels_last
         views = [self.views.view(images, index, self.epoch, self.recipe.seed, which) for which in range(self.num_views)]
         out = {f"view{i + 1}": v.to(device, memory_format=fmt) for i, v in enumerate(views)}
+        if self.small_views is not None:  # multi-crop: the small crops of every image, one batch [crops * B, ...]
+            crops = [self.small_views.view(images, index, self.epoch, self.recipe.seed, 0, stream=2 + i)
+                     for i in range(self.params.small_crops)]
+            out["small"] = torch.cat(crops).to(device, memory_format=fmt)
         out["index"] = batch.get("index", batch.get("id"))  # which training images these are (a memory bank's rows)
         return out
 
@@ -168,7 +177,7 @@ class ImageSSL(Objective):
     def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
         if self.eval_dataset is None:
             return {}
-        inner = unwrap(accelerator.unwrap_model(module))
+        inner = self.core(module)
         self.last_diagnostics = {}
         out = self._measure(inner.backbone, accelerator.device, self.last_diagnostics)
         embedding = getattr(self, "last_embedding_std", None)
@@ -199,7 +208,7 @@ class ImageSSL(Objective):
 
     # -- export ------------------------------------------------------------------------------------
     def export(self, module: nn.Module, directory: Path) -> None:
-        backbone = unwrap(module).backbone
+        backbone = self.core(module).backbone
         model = precise_bn(backbone, self.train.images, self.settings(), next(backbone.parameters()).device)
         if model is backbone:
             model = copy.deepcopy(backbone)
@@ -222,13 +231,6 @@ class ImageSSL(Objective):
             "skipped_images": self.train.skipped + (self.eval.skipped if self.eval is not None else 0),
             "num_classes": len(self.class_names or []),
         }
-
-
-def unwrap(module: nn.Module) -> Any:
-    """The method's own module (the one `build_module` made, with ``.backbone``) inside DDP / Accelerate wrappers."""
-    while not hasattr(module, "backbone") and hasattr(module, "module"):
-        module = module.module
-    return module
 
 
 def check_pairs_per_step(recipe, world: int, method: str) -> None:
@@ -267,17 +269,24 @@ def lr_scaled_groups(module: nn.Module, scaled: dict[str, float]) -> list[dict[s
 
 @dataclass
 class MomentumParams:
-    """The momentum (EMA) target of BYOL and MoCo: tau from `momentum` to `momentum_final` on a cosine over the
-    run (BYOL: 0.996 -> 1), or constant (MoCo v2: 0.999)."""
+    """The momentum (EMA) target of BYOL and MoCo (`Objective.momentum_pairs`): tau from `momentum` to
+    `momentum_final` on a cosine over the run (BYOL: 0.996 -> 1), or constant (MoCo v2: 0.999)."""
 
     momentum: Annotated[float, Range(0, 1)] = 0.996
     momentum_final: Annotated[float, Range(0, 1)] = 1.0
     momentum_schedule: Literal["cosine", "constant"] = "cosine"
 
 
-def momentum_at(p, step: int, total_steps: int) -> float:
-    from mmssl.models.momentum import cosine_momentum
+@dataclass
+class MultiCropParams:
+    """Multi-crop (Caron et al. 2020): `small_crops` low-resolution crops per image besides the large views,
+    made in the step like them and passed to the method as ``batch["small"]`` ([small_crops * B, C, S, S])."""
 
-    if p.momentum_schedule == "constant":
-        return p.momentum
-    return cosine_momentum(step, total_steps, base=p.momentum, final=p.momentum_final)
+    small_crops: NonNegativeInt = 6
+    small_crop_size: Annotated[int, Range(8, 1024)] = 96
+    small_crop_scale: list[Annotated[float, Range(0, 1, open_low=True)]] = field(default_factory=lambda: [0.05, 0.14])
+
+    def __post_init__(self) -> None:
+        lo, hi = self.small_crop_scale if len(self.small_crop_scale) == 2 else (0, -1)
+        if not 0 < lo <= hi:
+            raise ValueError("objective.small_crop_scale must be [min, max] with 0 < min <= max")

@@ -23,7 +23,7 @@ from mmssl.losses.instance import bank_logits, estimate_log_z, instance_nce_loss
 from mmssl.distributed import gather_no_grad, world_size
 from mmssl.models.memory_bank import MemoryBank
 from mmssl.models.vision import Backbone
-from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, unwrap
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeFloat, PositiveFloat, PositiveInt, Range
 
@@ -71,12 +71,12 @@ class InstDisc(ImageSSL):
                               shard_bank=p.shard_bank)
 
     def describe(self) -> dict[str, Any]:
-        bank = unwrap(self.module).bank
+        bank = self.module.bank
         return {**super().describe(), "bank_rows": len(bank), "bank_rows_per_process": bank.rows_held}
 
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         p = self.params
-        core = unwrap(module)
+        core = self.core(module)
         index = batch["index"]
         query = module(batch["view1"])
         bank = core.bank

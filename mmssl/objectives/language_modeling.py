@@ -57,8 +57,8 @@ class LanguageModeling(Objective):
     tokenizer_kind: str
     throughput_unit = "tokens"
 
-    def setup(self, resume_dir: Path | None) -> None:
-        recipe = self.recipe
+    def setup(self) -> None:
+        recipe, resume_dir = self.recipe, self.context.resume_dir
         streaming = wants_streaming(recipe.data)
         if streaming:  # train on a stream; evaluate on data.eval_path, read whole
             sources = data_sources(recipe.data, "text")
@@ -143,7 +143,7 @@ class LanguageModeling(Objective):
         recipe = self.recipe
         recipe.tokenizer.path = str(directory)
         recipe.model.pretrained = str(directory)
-        self.setup(None)
+        self.setup()
         if self.eval_dataset is None:
             raise DataError("no eval data: set data.eval_path, or data.eval_fraction > 0 with at least 20 examples")
         accelerator = Accelerator(cpu=recipe.train.cpu or not torch.cuda.is_available())

@@ -18,7 +18,7 @@ from mmssl.data.image_views import TwoViewsConfig
 from mmssl.errors import RecipeError
 from mmssl.losses.reconstruction import masked_patch_loss, patchify
 from mmssl.models.vision import Backbone
-from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, unwrap
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveInt, Range
 
@@ -148,7 +148,7 @@ class MAE(ImageSSL):
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         p = self.params
         images = batch["view1"]
-        core = unwrap(module)
+        core = self.core(module)
         patches = (images.shape[-1] // core.patch) ** 2
         noise = torch.rand(images.shape[0], patches, device=images.device)
         prediction, mask, encoded = module(images, noise, p.mask_ratio)

@@ -14,10 +14,10 @@ from mmssl.distributed import gather_no_grad
 from mmssl.losses import moco_v2_loss, moco_v3_loss
 from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.models.heads import moco_v2_projection, moco_v3_prediction, moco_v3_projection
-from mmssl.models.momentum import EmbeddingQueue, make_momentum_copy, momentum_update
+from mmssl.models.momentum import EmbeddingQueue, make_momentum_copy
 from mmssl.models.vision import Backbone
 from mmssl.objectives.image_ssl import (ImageSSL, ImageSSLParams, MomentumParams, check_pairs_per_step,
-                                         lr_scaled_groups, momentum_at, unwrap)
+                                         lr_scaled_groups)
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveFloat, PositiveInt, Range
 
@@ -52,11 +52,6 @@ class MoCoModule(nn.Module):
             k = self.key_projection(self.key_backbone(images))
         return (*q.chunk(2), *k.chunk(2))
 
-    @torch.no_grad()
-    def update_keys(self, tau: float) -> None:
-        momentum_update(self.backbone, self.key_backbone, tau)
-        momentum_update(self.projection, self.key_projection, tau)
-
 
 @register_objective("moco")
 class MoCo(ImageSSL):
@@ -76,7 +71,7 @@ class MoCo(ImageSSL):
                           p.projection_dim)
 
     def loss(self, module: nn.Module, view1: torch.Tensor, view2: torch.Tensor) -> dict[str, torch.Tensor]:
-        p, core = self.params, unwrap(module)
+        p, core = self.params, self.core(module)
         q1, q2, k1, k2 = module(view1, view2)
         if p.variant == "v3":
             return {"loss": moco_v3_loss(q1, q2, k1, k2, p.temperature, gather=p.gather, shaping=p.negative_shaping), "embedding": q1}
@@ -96,6 +91,5 @@ class MoCo(ImageSSL):
     def param_groups(self, module: nn.Module) -> list[dict]:
         return lr_scaled_groups(module, {})
 
-    def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
-        self.tau = momentum_at(self.params, step, total_steps)
-        unwrap(module).update_keys(self.tau)
+    def momentum_pairs(self, core: MoCoModule) -> list[tuple[nn.Module, nn.Module]]:
+        return [(core.backbone, core.key_backbone), (core.projection, core.key_projection)]

@@ -17,7 +17,7 @@ from mmssl.losses.hard_negatives import NegativeShaping
 from mmssl.models.heads import simclr_projection
 from mmssl.models.memory_bank import MemoryBank
 from mmssl.models.vision import Backbone
-from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, check_pairs_per_step, unwrap
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, check_pairs_per_step
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeInt, PositiveFloat, PositiveInt, Range
 
@@ -67,7 +67,7 @@ class SimCLR(ImageSSL):
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         p = self.params
         z1, z2 = module(batch["view1"], batch["view2"])
-        bank = unwrap(module).bank
+        bank = self.core(module).bank
         extra = bank.sample_shared(p.bank_negatives).to(z1.device) if bank is not None else None
         loss = nt_xent(z1, z2, p.temperature, gather=p.gather, extra_negatives=extra, shaping=p.negative_shaping)
         if bank is not None and module.training:

@@ -28,6 +28,7 @@ from mmssl.errors import DataError, MmsslError, RecipeError, TrainingDiverged
 from mmssl.outputs import RunManifest, check_not_input, is_disk_full, storage_failure
 from mmssl.config import Recipe
 from mmssl.recipes import recipe_to_dict, save_recipe
+from mmssl.objectives.base import SetupContext
 from mmssl.objectives.combined import build_objective
 from mmssl.train import checkpoints as ckpt
 from mmssl.train.metrics_log import MetricsLog, flatten
@@ -251,9 +252,11 @@ def _train(recipe: Recipe) -> dict[str, Any]:
         save_recipe(recipe, output_dir / "recipe.yaml")
     accelerator.wait_for_everyone()
 
-    objective = build_objective(recipe)
+    context = SetupContext(world_size=accelerator.num_processes, rank=accelerator.process_index,
+                           device=accelerator.device, resume_dir=resume_dir)
+    objective = build_objective(recipe, context)
     with accelerator.main_process_first():
-        objective.setup(resume_dir)
+        objective.setup()
     module = objective.module
     if objective.has_unused_parameters():  # read by accelerate when it wraps the module in DDP (prepare)
         accelerator.ddp_handler.find_unused_parameters = True

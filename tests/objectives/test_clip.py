@@ -34,7 +34,7 @@ def clip_recipe(output_dir: Path, **train) -> dict:
 def setup_objective(raw: dict):
     recipe = parse_recipe(raw)
     objective = get_objective("clip")(recipe)
-    objective.setup(None)
+    objective.setup()
     return objective
 
 

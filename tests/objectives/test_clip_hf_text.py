@@ -33,7 +33,7 @@ def test_hf_text_tower_trains_exports_and_loads(tmp_path: Path):
         "train": {"batch_size": 16, "max_steps": 2, "cpu": True, "progress": False},
     }
     objective = get_objective("clip")(parse_recipe(raw))
-    objective.setup(None)
+    objective.setup()
     module = objective.module
     assert type(module.model).__name__ == "CustomTextCLIP"
     bert = BertModel.from_pretrained(text_dir)

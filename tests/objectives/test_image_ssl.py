@@ -89,7 +89,7 @@ def test_simclr_loss_goes_down(tmp_path):
 def _objective(tmp_path, method: str, **objective):
     recipe = parse_recipe(image_recipe(tmp_path / "o", method, **objective))
     obj = get_objective(method)(recipe)
-    obj.setup(None)
+    obj.setup()
     return obj
 
 
@@ -430,7 +430,7 @@ def test_mae_encoder_sees_only_the_visible_quarter_and_exports_a_plain_timm_vit(
     raw["model"] = dict(MAE_MODEL)
     recipe = parse_recipe(raw)
     obj = get_objective("mae")(recipe)
-    obj.setup(None)
+    obj.setup()
     module = obj.module.train()
     seen = []
     module.backbone.model.blocks.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
@@ -468,7 +468,7 @@ def test_mae_position_embeddings_are_the_papers_fixed_sine_cosine_table(tmp_path
     raw = image_recipe(tmp_path / "run", "mae", decoder_dim=16, decoder_depth=1, decoder_heads=2)
     raw["model"] = dict(MAE_MODEL)
     obj = get_objective("mae")(parse_recipe(raw))
-    obj.setup(None)
+    obj.setup()
     vit = obj.module.backbone.model
     assert not vit.pos_embed.requires_grad and not obj.module.decoder_pos.requires_grad
     assert torch.equal(vit.pos_embed, sincos_position_embedding(32, (4, 4), 1))

@@ -43,7 +43,7 @@ def tiny_raw(tmp_path, objective=None, train=None, data=None) -> dict:
 def make(tmp_path, **kw):
     recipe = parse_recipe(tiny_raw(tmp_path, **kw))
     objective = get_objective("simcse")(recipe)
-    objective.setup(None)
+    objective.setup()
     return objective
 
 
@@ -263,7 +263,7 @@ def test_packed_batches_take_one_encoder_pass_and_train_exactly_like_padded_ones
     raw = tiny_raw(tmp_path, objective={**objective_params, "batching": "packed"})
     raw["model"]["config"] = dict(NO_DROPOUT)
     obj = get_objective("simcse")(parse_recipe(raw))
-    obj.setup(None)
+    obj.setup()
     calls = count_forwards(obj.model.encoder.model)
     rows = [obj.train_dataset[i] for i in range(16)]
     state = copy.deepcopy(obj.module.state_dict())  # MoCo's queue grows each step: both start from this
@@ -285,7 +285,7 @@ def test_packed_gradcache_equals_packed_without_cache(tmp_path):
     raw = tiny_raw(tmp_path, objective={"mode": "supervised", "batching": "packed"})
     raw["model"]["config"] = dict(NO_DROPOUT)
     obj = get_objective("simcse")(parse_recipe(raw))
-    obj.setup(None)
+    obj.setup()
     rows = [obj.train_dataset[i] for i in range(8)]
     ref_out, ref = step(obj, obj.module, rows)
     obj.params.cached_chunk_size = 4
@@ -301,7 +301,7 @@ def setup_with(tmp_path, arch: str, **objective):
     raw = tiny_raw(tmp_path, objective=objective)
     raw["model"]["arch"] = arch
     obj = get_objective("simcse")(parse_recipe(raw))
-    obj.setup(None)
+    obj.setup()
     return obj
 
 
@@ -316,12 +316,12 @@ def test_auto_batching_packs_where_the_model_allows_and_falls_back_per_device(tm
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     raw = tiny_raw(tmp_path / "c", train={"cpu": False})
     obj = get_objective("simcse")(parse_recipe(raw))
-    obj.setup(None)
+    obj.setup()
     assert obj.batching == "packed" and obj.row_length == 256
     raw = tiny_raw(tmp_path / "d", train={"cpu": False})
     raw["model"]["arch"] = "deberta-v2"
     obj = get_objective("simcse")(parse_recipe(raw))
-    obj.setup(None)
+    obj.setup()
     assert obj.batching == "padded"
 
 

@@ -57,7 +57,7 @@ def image_recipe(output_dir, strategy: str = "sum") -> dict:
 def test_the_loss_is_the_weighted_sum_of_each_objectives_loss_on_the_same_batches(tmp_path):
     objective = build_objective(parse_recipe(text_recipe(tmp_path / "run")))
     assert isinstance(objective, Combined)
-    objective.setup(None)
+    objective.setup()
     module = objective.module
     mlm, simcse = objective.subs["mlm"], objective.subs["simcse"]
     # one encoder: the SentenceTransformer side embeds with the MLM's BERT, and the tokenizer is one object
@@ -77,7 +77,7 @@ def test_the_loss_is_the_weighted_sum_of_each_objectives_loss_on_the_same_batche
 
     balanced = build_objective(parse_recipe({**text_recipe(tmp_path / "run2"),
                                              "mixing": {"strategy": "sum", "balancing": "uncertainty"}}))
-    balanced.setup(None)
+    balanced.setup()
     balanced.module.load_state_dict(module.state_dict(), strict=False)
     with torch.no_grad():
         balanced.module.log_variance.copy_(torch.tensor([0.3, -0.2]))
@@ -227,7 +227,7 @@ def test_gradcache_in_a_combined_recipe_is_refused(tmp_path):
     raw = {**text_recipe(tmp_path / "run"), "objectives": [
         {"name": "mlm", "max_length": 32}, {"name": "simcse", "max_length": 32, "cached_chunk_size": 4}]}
     with pytest.raises(RecipeError, match="cached_chunk_size"):
-        build_objective(parse_recipe(raw)).setup(None)
+        build_objective(parse_recipe(raw)).setup()
 
 
 def test_objectives_that_share_no_weights_are_refused():
