@@ -9,8 +9,15 @@ transformers vision models (`AutoModel` from a config or a local folder). Each m
   (the folder's `torchvision_config.json` says which).
 
 ``model.config`` holds the constructor's keyword arguments; ``small_stem: true`` (ResNets) replaces the 7x7/2
-stem and its max-pool by one 3x3/1 convolution, the usual choice for 32-64 px images (the saved folder records
-it, and :func:`load_backbone` rebuilds it; plain timm cannot).
+stem and its max-pool by one 3x3/1 convolution, the usual choice for 32-64 px images. timm's ResNet has no such
+stem, so a small-stem timm folder is written so that timm refuses it with a message naming the loader
+(`timm.create_model("local-dir:DIR")` raises ``RuntimeError: Unknown model (resnet18 with mmssl's small stem
+...)``) instead of silently building the 7x7 model; :func:`load_backbone` rebuilds it exactly.
+
+The timm ``config.json`` describes the trained model, not the ImageNet checkpoint its architecture is known for:
+``pretrained_cfg`` holds the image size it was trained at, the mean/std its images were normalised with, a
+centre crop of the whole image (crop_pct 1.0, bicubic: mmssl's eval preprocessing) and, where known, a
+description of the data; no ImageNet tag, licence, paper or origin.
 """
 
 from __future__ import annotations
@@ -30,6 +37,16 @@ from mmssl.errors import MmsslError, RecipeError
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MMSSL_FILE = "mmssl_backbone.json"  # library, architecture, small stem: enough for load_backbone
 LIBRARIES = ("timm", "torchvision", "transformers")
+# pretrained_cfg keys that describe an exported checkpoint's inputs and layout; the rest of what timm copies from
+# the architecture's default (ImageNet) config -- tag, licence, origin, paper, test sizes -- is not about it
+TIMM_CFG_KEYS = ("custom_load", "input_size", "fixed_input_size", "interpolation", "crop_pct", "crop_mode", "mean",
+                 "std", "num_classes", "pool_size", "first_conv", "classifier")
+
+
+def small_stem_name(arch: str) -> str:
+    """The `architecture` a small-stem timm export records: no timm model, so timm stops with this text."""
+    return (f"{arch} with mmssl's small stem (one 3x3 stride-1 conv1, no max-pool), which timm cannot build; "
+            "load this folder with mmssl.models.vision.load_backbone(folder)")
 
 
 class Backbone(nn.Module):
@@ -41,8 +58,14 @@ class Backbone(nn.Module):
         self.model = model
         self.library, self.arch, self.kwargs, self.dim = library, arch, kwargs, dim
         self.mean, self.std, self.small_stem = tuple(mean), tuple(std), small_stem
+        self.image_size: int | None = None  # the largest image side seen in training mode (what it was trained at)
+        self.trained_on: str | None = None  # a description of the training data, where the caller knows it
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            side = max(int(images.shape[-2]), int(images.shape[-1]))
+            if self.image_size is None or side > self.image_size:
+                self.image_size = side
         if self.library == "transformers":
             out = self.model(pixel_values=images)
             pooled = getattr(out, "pooler_output", None)
@@ -51,14 +74,16 @@ class Backbone(nn.Module):
             return pooled.flatten(1)
         return self.model(images).flatten(1)
 
-    def save(self, directory: Path) -> None:
-        """Write the backbone in its library's own format (plus `mmssl_backbone.json`)."""
+    def save(self, directory: Path, image_size: int | None = None, trained_on: str | None = None) -> None:
+        """Write the backbone in its library's own format (plus `mmssl_backbone.json`). `image_size` (default: the
+        size it was trained at, as seen by `forward`) and `trained_on` (default: `self.trained_on`) describe it."""
+        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         model = self.model
+        image_size = image_size or self.image_size
+        trained_on = trained_on or self.trained_on
         if self.library == "timm":
-            from timm.models import save_for_hf
-
-            save_for_hf(model, str(directory), model_args=_jsonable(self.kwargs), safe_serialization=True)
+            self._save_timm(directory, image_size, trained_on)
         elif self.library == "transformers":
             model.save_pretrained(str(directory), safe_serialization=True)
         else:
@@ -71,7 +96,38 @@ class Backbone(nn.Module):
         (directory / MMSSL_FILE).write_text(json.dumps(
             {"library": self.library, "architecture": self.arch, "model_args": _jsonable(self.kwargs),
              "small_stem": self.small_stem, "num_features": self.dim, "mean": list(self.mean),
-             "std": list(self.std)}, indent=2))
+             "std": list(self.std), "image_size": image_size, "trained_on": trained_on}, indent=2))
+
+    def _save_timm(self, directory: Path, image_size: int | None, trained_on: str | None) -> None:
+        """timm's `save_for_hf` folder, its `pretrained_cfg` rewritten to describe this model (see the module
+        docstring); a small stem gets an `architecture` timm refuses with a message naming the loader."""
+        from timm.models import save_for_hf
+
+        data_config: dict[str, Any] = {"mean": self.mean, "std": self.std, "crop_pct": 1.0, "crop_mode": "center",
+                                       "interpolation": "bicubic"}
+        if image_size:
+            data_config["input_size"] = (3, image_size, image_size)
+        args = dict(model_args=_jsonable(self.kwargs), safe_serialization=True)
+        try:
+            save_for_hf(self.model, str(directory), data_config=data_config, **args)
+        except ValueError:  # a fixed-size model (a ViT) that declares another size: record the size it takes
+            if "input_size" not in data_config:
+                raise
+            data_config.pop("input_size")
+            image_size = None
+            save_for_hf(self.model, str(directory), data_config=data_config, **args)
+        path = directory / "config.json"
+        config = json.loads(path.read_text())
+        cfg = {k: config["pretrained_cfg"][k] for k in TIMM_CFG_KEYS if k in config["pretrained_cfg"]}
+        cfg["description"] = (f"Self-supervised {self.arch} image encoder trained with mmssl"
+                              + (f" at {image_size} px" if image_size else "")
+                              + (f" on {trained_on}" if trained_on else "") + ".")
+        config["pretrained_cfg"] = cfg
+        if self.small_stem:
+            config["architecture"] = small_stem_name(self.arch)
+            config["mmssl"] = {"architecture": self.arch, "small_stem": True,
+                               "load": "mmssl.models.vision.load_backbone(folder)"}
+        path.write_text(json.dumps(config, indent=2))
 
 
 def _jsonable(kwargs: dict[str, Any]) -> dict[str, Any]:
