@@ -34,6 +34,8 @@ class DataConfig:
     split: str = "train"
     columns: dict[str, str] = field(default_factory=dict)
     eval_path: str | None = None
+    # held out (seeded) when there is no eval_path, from 20 rows up; image-only data without class labels holds
+    # nothing out (it could not be evaluated): every image trains
     eval_fraction: Annotated[float, Range(0, 1, open_high=True)] = 0.05
     max_examples: PositiveInt | None = None
     world: WorldConfig = field(default_factory=WorldConfig)

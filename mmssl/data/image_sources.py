@@ -329,33 +329,52 @@ def raw_rows(cfg: DataConfig, split: str = "train", captions: bool = True) -> Ra
 
 @dataclass
 class SplitRows:
-    """Undecoded train and eval rows, the class names and their index, and where the data came from."""
+    """Undecoded train and eval rows, the class names and their index, where the data came from, and where
+    the eval rows came from (or why there are none)."""
 
     train: list[Row]
     eval: list[Row] | None
     class_names: list[str] | None
     class_index: dict[str, int] | None
     where: str
+    eval_note: str = ""
 
 
-def split_rows(cfg: DataConfig, seed: int = 0, class_names: list[str] | None = None, captions: bool = True) -> SplitRows:
+NO_LABELS_NOTE = ("no eval split: the images carry no class labels (e.g. a flat folder), so every image trains and "
+                  "there is nothing to measure kNN/linear-probe accuracy on; set data.eval_path to labelled images to "
+                  "evaluate")
+
+
+def split_rows(cfg: DataConfig, seed: int = 0, class_names: list[str] | None = None, captions: bool = True,
+               eval_needs_labels: bool = False) -> SplitRows:
     """Read train and eval rows: eval is ``data.eval_path`` (the world's eval split), else a seeded
     ``data.eval_fraction`` of the train rows (with at least 20 rows), taken after ``data.max_examples``.
-    ``class_names`` (from the recipe) override the data's."""
+    ``class_names`` (from the recipe) override the data's. With `eval_needs_labels` (image-only data, whose
+    only evaluation is by class) rows without any label keep every row for training: no fraction is held out."""
     train = raw_rows(cfg, "train", captions)
     names = class_names or train.class_names
     check_classes(names or [], "objective.class_names" if class_names else f"{train.where}: class names")
     index = {n: i for i, n in enumerate(names)} if names else None
     rows = train.rows
-    eval_rows = raw_rows(cfg, "eval", captions).rows if cfg.source == "world" or cfg.eval_path else None
+    explicit = cfg.source == "world" or cfg.eval_path
+    eval_rows = raw_rows(cfg, "eval", captions).rows if explicit else None
     if cfg.max_examples is not None:
         rows = rows[: cfg.max_examples]
-    if eval_rows is None and cfg.eval_fraction > 0 and len(rows) >= 20:
+    if explicit:
+        note = "eval: the world's eval split" if cfg.source == "world" else f"eval: data.eval_path {cfg.eval_path!r}"
+    elif cfg.eval_fraction <= 0:
+        note = "no eval split: data.eval_fraction is 0"
+    elif eval_needs_labels and all(r[2] is None for r in rows):
+        note = NO_LABELS_NOTE
+    elif len(rows) < 20:
+        note = f"no eval split: {len(rows)} rows are too few to hold any out (data.eval_fraction needs 20)"
+    else:
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
         n_eval = max(1, int(round(cfg.eval_fraction * len(rows))))
         eval_rows = [rows[i] for i in sorted(order[:n_eval])]
         rows = [rows[i] for i in sorted(order[n_eval:])]
-    return SplitRows(rows, eval_rows, names, index, train.where)
+        note = f"eval: a seeded {cfg.eval_fraction:g} of the rows held out (data.eval_fraction)"
+    return SplitRows(rows, eval_rows, names, index, train.where, note)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -402,12 +421,25 @@ def load_images(cfg: DataConfig, size: int, seed: int = 0, class_names: list[str
     gives shape labels (`mmssl.data.world.shape_names`; two-object scenes: -1). Images without a label
     get -1. ``class_names`` override the data's; ``store`` as in `mmssl.data.images.store_files`.
     """
-    split = split_rows(cfg, seed, class_names, captions=False)
+    split = split_rows(cfg, seed, class_names, captions=False, eval_needs_labels=True)
     count = len(split.train) + len(split.eval or [])
     stores = store_files(store, store_dir, count, size, split.where)
     train = image_table(split.train, size, split.class_index, split.where, stores[0])
     evaluation = image_table(split.eval, size, split.class_index, f"{split.where} (eval)", stores[1]) if split.eval else None
+    log.info("%s: %d training images, %d eval images (%s)", split.where, len(train),
+             len(evaluation) if evaluation is not None else 0, split.eval_note)
     return ImageSplits(train, evaluation, split.class_names)
+
+
+def data_description(cfg: DataConfig) -> str:
+    """What a model was trained on, for its exported config (`Backbone.save(trained_on=...)`): the world, a Hub
+    dataset id and split, or the local file/folder names (never their full paths, which may be private)."""
+    if cfg.source == "world":
+        return "mmssl's built-in synthetic world"
+    if cfg.source == "hub":
+        return f"the Hub dataset {cfg.path!r} (split {cfg.split!r})"
+    names = [Path(part).name or part for part in (cfg.path or "").split("::") if part]
+    return "local images (" + ", ".join(repr(n) for n in names) + ")"
 
 
 HEAD_IMAGES = 1024  # images from the start of a stream kept for batch-norm statistics when there is no eval set
@@ -416,8 +448,8 @@ HEAD_IMAGES = 1024  # images from the start of a stream kept for batch-norm stat
 def streamed_image_splits(cfg: DataConfig, size: int, seed: int = 0) -> ImageSplits:
     """Evaluation images for a run that streams its training images: the built-in world's; else
     ``data.eval_path`` read whole and split in half (seeded) into the kNN bank / probe training set and the
-    held-out queries; else no evaluation, and the first images of the stream (unlabelled, at most 1,024) only
-    for batch-norm statistics at export."""
+    held-out queries (not split when its images carry no labels: no evaluation); else no evaluation, and the
+    first images of the stream (unlabelled, at most 1,024) only for batch-norm statistics at export."""
     import dataclasses
 
     from mmssl.data.stream_sources import ImageTransform, data_sources, first_records
@@ -429,8 +461,14 @@ def streamed_image_splits(cfg: DataConfig, size: int, seed: int = 0) -> ImageSpl
         held = dataclasses.replace(cfg, path=cfg.eval_path, eval_path=None, eval_fraction=0.5, max_examples=None,
                                    weights=None, streaming=False, format="auto" if "::" in (cfg.path or "") else cfg.format,
                                    split=cfg.eval_path if cfg.source == "hub" else cfg.split)
-        return load_images(held, size, seed)
-    log.info("data.path is streamed and data.eval_path is not set: no kNN/probe evaluation during training")
+        splits = load_images(held, size, seed)  # unlabelled: all of it in `train` (batch-norm statistics), no eval
+        log.info("data.path is streamed: training images come from the stream; data.eval_path %r gives %s",
+                 cfg.eval_path, f"{len(splits.train)} kNN-bank / probe-training and {len(splits.eval)} query images"
+                 if splits.eval is not None else
+                 "no evaluation: they carry no class labels (batch-norm statistics only)")
+        return splits
+    log.info("data.path is streamed: training images come from the stream, 0 eval images (no eval split: "
+             "data.eval_path is not set), so no kNN/probe evaluation during training")
     transform = ImageTransform(size, cfg.columns)
     images = []
     for record in first_records(data_sources(cfg, "images"), HEAD_IMAGES * 2):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from mmssl.config import DataConfig, WorldConfig
-from mmssl.data.image_sources import load_images
+from mmssl.data.image_sources import data_description, load_images, streamed_image_splits
 from mmssl.data.image_text import load_image_text
 from mmssl.data.images import decode_images
 from mmssl.errors import DataError
@@ -76,19 +77,37 @@ def test_table_without_captions_keeps_every_image_and_labels_by_name(tmp_path: P
     assert len(clip) == 3 and clip.skipped_reasons == {"missing file": 1, "no caption": 3}
 
 
-def test_csv_with_mapped_columns_no_label_and_a_seeded_eval_split(tmp_path: Path):
-    lines = ["picture"] + [f"{i}.png" for i in range(30)]
+def test_csv_with_mapped_columns_and_a_seeded_eval_split(tmp_path: Path):
+    lines = ["picture,kind"] + [f"{i}.png,{'ab'[i % 2]}" for i in range(30)]
     for i in range(30):
         _rgb((i * 8, 0, 0)).save(tmp_path / f"{i}.png")
     (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
-    cfg = DataConfig(source="files", path=str(tmp_path / "d.csv"), columns={"image": "picture"}, eval_fraction=0.2)
+    cfg = DataConfig(source="files", path=str(tmp_path / "d.csv"), columns={"image": "picture", "label": "kind"},
+                     eval_fraction=0.2)
     splits = load_images(cfg, size=8, seed=3)
-    assert len(splits.train) == 24 and len(splits.eval) == 6 and splits.class_names is None
+    assert len(splits.train) == 24 and len(splits.eval) == 6 and splits.class_names == ["a", "b"]
     reds = sorted(int(v) for v in torch.cat([splits.train.images, splits.eval.images])[:, 0, 0, 0])
     assert reds == [i * 8 for i in range(30)]  # every image once, in one split or the other
     again = load_images(cfg, size=8, seed=3)
     assert torch.equal(again.eval.images, splits.eval.images)
     assert not torch.equal(load_images(cfg, size=8, seed=4).eval.images, splits.eval.images)
+
+
+def test_unlabelled_images_all_train_and_the_log_says_why_there_is_no_eval(tmp_path: Path, caplog):
+    """No labels, nothing to evaluate by class: data.eval_fraction (5 % by default) holds nothing out."""
+    for i in range(24):
+        _rgb((i * 10, 0, 0), size=(4, 4)).save(tmp_path / f"{i}.png")
+    with caplog.at_level(logging.INFO, logger="mmssl.data.image_sources"):
+        splits = load_images(DataConfig(source="files", path=str(tmp_path)), size=4)
+    assert len(splits.train) == 24 and splits.eval is None and splits.class_names is None
+    assert data_description(DataConfig(source="files", path=str(tmp_path))) == f"local images ({tmp_path.name!r})"
+    assert "24 training images, 0 eval images (no eval split: the images carry no class labels" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mmssl.data.image_sources"):  # streamed: unlabelled eval_path, same
+        streamed = streamed_image_splits(DataConfig(source="files", path=str(tmp_path), eval_path=str(tmp_path),
+                                                    streaming=True), size=4)
+    assert len(streamed.train) == 24 and streamed.eval is None
+    assert "no evaluation: they carry no class labels" in caplog.text
 
 
 def test_table_without_an_image_column_is_one_clear_error(tmp_path: Path):
