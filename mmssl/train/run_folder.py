@@ -93,14 +93,29 @@ def claim_output_dir(recipe: Recipe, resume_dir: Path | None) -> tuple[Claim, Ru
 
 def lock_run_folder(out: Path) -> None:
     """Hold an exclusive lock on the run folder until `release_run_folder` (or this process ends; main process
-    only): a second run started on the same folder is refused instead of clearing or interleaving with it."""
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise MmsslError(f"output_dir {str(out)!r} is in use by another mmssl run; wait for it to end, or choose "
-                         "another output_dir") from None
+    only): a second run started on the same folder is refused instead of clearing or interleaving with it.
+
+    The lock is an flock on ``.mmssl-run.lock``, which the holder deletes when it lets go (so a finished run
+    leaves no lock file behind). A run that opened the file just before the holder deleted it may then lock
+    a file that is no longer at the path; it checks that the file it locked is the one at the path (same
+    device and inode) and otherwise starts over, so two runs never both believe they hold the folder."""
+    path = out / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise MmsslError(f"output_dir {str(out)!r} is in use by another mmssl run; wait for it to end, or "
+                             "choose another output_dir") from None
+        try:
+            at_path = os.stat(path)
+        except FileNotFoundError:
+            at_path = None
+        locked = os.fstat(fd)
+        if at_path is not None and (at_path.st_dev, at_path.st_ino) == (locked.st_dev, locked.st_ino):
+            break
+        os.close(fd)  # the run that held it deleted the file after we opened it: lock the one at the path now
     _held_locks[out.resolve()] = fd
 
 
@@ -119,9 +134,20 @@ os.register_at_fork(after_in_child=_drop_locks_in_child)
 
 
 def release_run_folder(out: Path) -> None:
+    """Let go of the folder: delete the lock file while still holding its lock (a run waiting on it then sees
+    that its file is gone and locks a new one; see `lock_run_folder`), then close it, which releases the lock."""
     fd = _held_locks.pop(out.resolve(), None)
-    if fd is not None:
-        os.close(fd)  # closing the descriptor releases the lock
+    if fd is None:
+        return
+    try:
+        at_path = os.stat(out / LOCK)
+        locked = os.fstat(fd)
+        if (at_path.st_dev, at_path.st_ino) == (locked.st_dev, locked.st_ino):  # ours, not one made since
+            os.unlink(out / LOCK)
+    except OSError:
+        pass  # the folder or the file is gone already, or read-only: nothing to clean up
+    finally:
+        os.close(fd)
 
 
 def open_manifest(recipe: Recipe, claim: Claim, manifest: RunManifest | None) -> RunManifest:

@@ -101,6 +101,7 @@ def test_image_encoder_round_trip(hub, tmp_path, backbone, loader):
         "objective": {"name": "simclr", "image_size": 16, "projection_dim": 8, "hidden_dim": 16, "eval_before": False},
         "train": {"batch_size": 8, "max_steps": 2, "progress": False, "cpu": True},
     }))
+    assert not (out / ".mmssl-run.lock").exists()  # the finished run let go of its folder and left no lock file
     library = "timm" if backbone["arch"] == "resnet18" else "transformers"
     repo = f"org/img-{library}"
     push(hub, tmp_path, out, repo)
@@ -109,6 +110,9 @@ def test_image_encoder_round_trip(hub, tmp_path, backbone, loader):
     card = yaml.safe_load(card_text.split("---")[1])
     assert card["library_name"] == library and card["pipeline_tag"] == "image-feature-extraction"
     assert {r["type"] for r in card["model-index"][0]["results"][0]["metrics"]} == {"knn_top1", "linear_probe_top1"}
+    if library == "timm":  # timm's config describes what was trained (16 px, its normalisation), not ImageNet's
+        cfg = json.loads(files["config.json"])["pretrained_cfg"]
+        assert cfg["input_size"] == [3, 16, 16] and not {"tag", "license", "origin_url", "hf_hub_id"} & set(cfg)
     code = ("import json, torch; torch.manual_seed(0); x = torch.rand(2, 3, 16, 16); "
             + loader + "; print(json.dumps(f.tolist()))")
     ref = ("hf-hub:" + repo) if library == "timm" else repo

@@ -179,9 +179,10 @@ def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path):
     recipe = recipe_file(tmp_path)
     assert_clear_error(mmssl("train", str(recipe), f"output_dir={out}", "model.config.hidden_size=-1"),
                        "model.config")  # leaves a run folder with nothing saved
-    before = tree_hashes(out)
+    assert (out / "recipe.yaml").is_file() and not (out / LOCK).exists()  # a run that ended leaves no lock file
     with open(out / LOCK, "a") as held:  # what the first run's main process holds while it trains
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        before = tree_hashes(out)
         done = mmssl("train", str(recipe), f"output_dir={out}", "train.overwrite=true")
     assert_clear_error(done, f"output_dir {str(out)!r} is in use by another mmssl run")
     assert tree_hashes(out) == before
