@@ -1,20 +1,19 @@
 """What a frozen image backbone learned: weighted kNN and linear-probe accuracy of its features (labelled training
 images as the bank / probe training set, held-out images as queries) and collapse monitors, with batch-norm
-statistics recomputed exactly on training images first ("precise BN")."""
+statistics recomputed exactly on training images first (`mmssl.models.image_features.precise_bn`)."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from mmssl.data.image_sources import ImageTable
-from mmssl.data.image_views import eval_view
 from mmssl.eval.collapse import collapse_metrics
 from mmssl.eval.knn import knn_accuracy
 from mmssl.eval.linear_probe import linear_probe_accuracy
+from mmssl.models.image_features import image_features, precise_bn
 
 
 @dataclass
@@ -32,26 +31,6 @@ class ProbeSettings:
 
 
 @torch.no_grad()
-def precise_bn(backbone: nn.Module, images: torch.Tensor, s: ProbeSettings, device: torch.device,
-               count: int = 2048) -> nn.Module:
-    """A copy of `backbone` in eval mode whose batch-norm statistics are exact averages over (up to `count`,
-    evenly spaced) `images` in the eval view. The running averages kept during training lag behind weights
-    that are still moving, and their initial variance of 1 lingers for hundreds of steps on images with little
-    variance (such as the world's): in eval mode they can turn a good encoder into chance."""
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules()):
-        return backbone
-    model = copy.deepcopy(backbone)
-    for norm in (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over the batches below
-    rows = torch.linspace(0, len(images) - 1, min(count, len(images))).long()
-    model.train()
-    for i in range(0, len(rows), s.batch_size):
-        model(eval_view(images[rows[i:i + s.batch_size]], s.image_size, s.mean, s.std).to(device))
-    return model.eval()
-
-
-@torch.no_grad()
 def labelled_features(backbone: nn.Module, table: ImageTable, s: ProbeSettings, device: torch.device,
                       limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of the labelled images of `table` (at most `limit`, evenly spaced), eval view, eval mode."""
@@ -59,13 +38,6 @@ def labelled_features(backbone: nn.Module, table: ImageTable, s: ProbeSettings, 
     if limit is not None and len(rows) > limit:
         rows = rows[torch.linspace(0, len(rows) - 1, limit).long()]
     return image_features(backbone, table.images[rows], s, device).cpu(), table.labels[rows]
-
-
-@torch.no_grad()
-def image_features(backbone: nn.Module, images: torch.Tensor, s: ProbeSettings, device: torch.device) -> torch.Tensor:
-    """Float features ``[N, D]`` (on `device`) of uint8 `images` in the eval view, `s.batch_size` at a time."""
-    return torch.cat([backbone(eval_view(images[i:i + s.batch_size], s.image_size, s.mean, s.std).to(device)).float()
-                      for i in range(0, len(images), s.batch_size)])
 
 
 def frozen_backbone_metrics(backbone: nn.Module, train: ImageTable, evaluation: ImageTable, s: ProbeSettings,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmssl.errors import RecipeError
-from mmssl.eval.frozen_backbone import image_features, precise_bn
+from mmssl.models.image_features import image_features, precise_bn
 from mmssl.models.kmeans import kmeans
 from mmssl.models.vision import Backbone
 from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams

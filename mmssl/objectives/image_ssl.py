@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from mmssl.config import ObjectiveParams
-from mmssl.data.image_sources import load_images, streamed_image_splits
+from mmssl.data.image_sources import data_description, load_images, streamed_image_splits
 from mmssl.data.stream_sources import ImageTransform, collate_images, data_sources, data_stream, wants_streaming
 from mmssl.data.image_views import TwoViews, TwoViewsConfig, ViewOverrides
 from mmssl.errors import DataError, RecipeError
 from mmssl.eval.collapse import is_collapsed
-from mmssl.eval.frozen_backbone import ProbeSettings, frozen_backbone_metrics, precise_bn
+from mmssl.eval.frozen_backbone import ProbeSettings, frozen_backbone_metrics
+from mmssl.models.image_features import precise_bn
 from mmssl.models.vision import Backbone, build_backbone, load_backbone
 from mmssl.objectives.base import ModelOutput, Objective
 from mmssl.schema import NonNegativeInt, PositiveFloat, PositiveInt, Range
@@ -212,7 +213,9 @@ class ImageSSL(Objective):
         model = precise_bn(backbone, self.train.images, self.settings(), next(backbone.parameters()).device)
         if model is backbone:
             model = copy.deepcopy(backbone)
-        model.to(memory_format=torch.contiguous_format).save(directory)  # files in the layout every loader expects
+        # files in the layout every loader expects, with the size and data it was trained on
+        model.to(memory_format=torch.contiguous_format).save(directory, image_size=self.params.image_size,
+                                                             trained_on=data_description(self.recipe.data))
         meta = {"class_names": self.class_names, "image_size": self.params.image_size, **self.before}
         (directory / EVAL_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
