@@ -145,7 +145,7 @@ def test_caption_negatives_join_the_text_negatives_and_two_object_images_are_pro
     image->text loss, encoded by the same text tower; off, a batch carries none. The evaluation measures
     relation and attribute binding on the held-out two-object images."""
     from mmssl.losses import info_nce
-    from mmssl.objectives.clip import evaluate_model
+    from mmssl.eval.image_text import evaluate_model
 
     raw = clip_recipe(tmp_path / "run")
     raw["data"]["world"]["pair_fraction"] = 0.5
@@ -172,7 +172,6 @@ def test_caption_negatives_join_the_text_negatives_and_two_object_images_are_pro
     off = plain_objective.prepare_batch({"index": torch.arange(8)})
     assert "negative_text" not in off and torch.equal(off["text"], batch["text"])
     metrics = evaluate_model(module.model, objective.tokenizer, objective.eval, objective.class_names,
-                             objective.templates, objective.image_size, objective.mean, objective.std, 10.0,
-                             objective.params, None, torch.device("cpu"))
+                             objective.templates, objective.image_size, objective.mean, objective.std, 10.0)
     assert metrics["relation_probes"] >= 5
     assert 0 <= metrics["relation_accuracy"] <= 1 and 0 <= metrics["attribute_binding_accuracy"] <= 1

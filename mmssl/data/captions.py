@@ -1,0 +1,30 @@
+"""Captions of an image-text table, tokenised once, and the draw of one caption per image and step."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Captions:
+    """All captions tokenised once: example i owns rows ``start[i] : start[i] + count[i]`` of ``tokens``."""
+
+    def __init__(self, captions: list[list[str]], tokenizer, chunk: int = 4096):
+        flat = [c for caps in captions for c in caps]
+        self.texts = flat
+        self.tokens = torch.cat([tokenizer(flat[i : i + chunk]) for i in range(0, len(flat), chunk)])
+        self.count = torch.tensor([len(c) for c in captions], dtype=torch.long)
+        self.start = torch.cumsum(self.count, 0) - self.count
+
+    def sample(self, index: torch.Tensor, random: bool) -> torch.Tensor:
+        """Tokens of one caption per example (`rows` of the same draw: `sample_rows`)."""
+        return self.tokens[self.sample_rows(index, random)]
+
+    def sample_rows(self, index: torch.Tensor, random: bool) -> torch.Tensor:
+        return caption_rows(self.start[index], self.count[index], random)
+
+
+def caption_rows(start: torch.Tensor, count: torch.Tensor, random: bool) -> torch.Tensor:
+    """One caption row per example that owns rows ``start : start + count``: a random one or the first."""
+    if not random:
+        return start
+    return start + (torch.rand(count.shape[0], device=count.device) * count).long().clamp_max(count - 1)
