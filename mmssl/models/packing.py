@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmssl.models.padding import pad_sequences, pool
+
 DEFAULT_ROW_LENGTH = 256
 
 
@@ -113,8 +115,6 @@ def packing_error(model: nn.Module, pad_id: int, sample: Sequence[Sequence[int]]
     """Largest difference between the pooled embeddings of `sample` encoded packed and encoded padded (eval mode,
     wherever the model is); None when the model cannot take a packed batch
     (its attention implementation ignores masks, or its forward refuses ``position_ids`` or a 4-D mask)."""
-    from mmssl.models.text_encoder import pad_sequences, pool
-
     dtype = mask_dtype_for(model)
     if dtype is None:
         return None

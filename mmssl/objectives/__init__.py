@@ -2,4 +2,4 @@
 `mmssl.registry`, which imports every module of this package), plus the modules that several methods build on."""
 
 # modules that register no method: the trainer's contract and the bases methods subclass
-SHARED_MODULES = frozenset({"base", "image_ssl", "image_text", "combined"})
+SHARED_MODULES = frozenset({"base", "image_ssl", "image_text", "combined", "text"})

@@ -10,7 +10,8 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from mmssl.models.packing import pack_rows, packing_error, pool_packed, position_offset
-from mmssl.models.text_encoder import TextEncoder, pad_sequences, pool
+from mmssl.models.padding import pad_sequences, pool
+from mmssl.models.text_encoder import TextEncoder
 
 
 def random_seqs(n: int, seed: int = 0, longest: int = 20) -> list[list[int]]:

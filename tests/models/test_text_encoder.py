@@ -11,14 +11,8 @@ import pytest
 import torch
 
 from mmssl.data.tokenizers import train_wordpiece
-from mmssl.models.text_encoder import (
-    TextEncoder,
-    load_sentence_transformer_dir,
-    pack_sequences,
-    pad_sequences,
-    pool,
-    save_sentence_transformer,
-)
+from mmssl.models.padding import pack_sequences, pad_sequences, pool
+from mmssl.models.text_encoder import TextEncoder, load_sentence_transformer_dir, save_sentence_transformer
 
 TEXTS = [
     "a red circle on the left",

@@ -108,7 +108,7 @@ def test_infonce_uses_hard_negatives_and_masks_duplicate_positives(tmp_path):
     hashes = torch.arange(3 * b).view(3, b)
     hashes[1, 1] = hashes[1, 0]  # rows 0 and 1 have the same positive text
     batch = {"num_rows": b, "num_views": 3, "hashes": hashes}
-    got = obj._loss(obj.module, emb, batch, None)
+    got = obj.loss(obj.module, emb, batch)
     q, k, n = emb[:b], emb[b : 2 * b], emb[2 * b :]
     mask = duplicate_mask(hashes[1], torch.cat([hashes[1], hashes[2]]))
     want = info_nce(q, k, extra_negatives=n, temperature=0.05, false_negative_mask=mask)
@@ -269,7 +269,7 @@ def test_packed_batches_take_one_encoder_pass_and_train_exactly_like_padded_ones
     state = copy.deepcopy(obj.module.state_dict())  # MoCo's queue grows each step: both start from this
     losses, gradients = {}, {}
     for batching in ("packed", "padded"):
-        obj.batching = batching
+        obj.layout.kind = batching
         obj.module.load_state_dict(state)
         calls.clear()
         out, gradients[batching] = step(obj, obj.module, rows)
@@ -309,22 +309,40 @@ def test_auto_batching_packs_where_the_model_allows_and_falls_back_per_device(tm
     """CPU: packed rows of 64 tokens for BERT, buckets for a model that cannot be packed (DeBERTa-v2's relative
     attention takes no block mask); a GPU (the decision only: none here) gets rows of 256 or one padded pass."""
     bert = setup_with(tmp_path / "a", "bert")
-    assert bert.batching == "packed" and bert.row_length == 64
+    assert bert.layout.kind == "packed" and bert.layout.row_length == 64
     deberta = setup_with(tmp_path / "b", "deberta-v2")
-    assert deberta.batching == "buckets"
+    assert deberta.layout.kind == "buckets"
     assert len(deberta.collate([deberta.train_dataset[i] for i in range(8)])["packed"]["groups"]) == 1  # 16 <= 32
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     raw = tiny_raw(tmp_path / "c", train={"cpu": False})
     obj = get_objective("simcse")(parse_recipe(raw))
     obj.setup()
-    assert obj.batching == "packed" and obj.row_length == 256
+    assert obj.layout.kind == "packed" and obj.layout.row_length == 256
     raw = tiny_raw(tmp_path / "d", train={"cpu": False})
     raw["model"]["arch"] = "deberta-v2"
     obj = get_objective("simcse")(parse_recipe(raw))
     obj.setup()
-    assert obj.batching == "padded"
+    assert obj.layout.kind == "padded"
 
 
 def test_forcing_packing_on_a_model_that_cannot_be_packed_is_a_clear_error(tmp_path):
     with pytest.raises(RecipeError, match=r"batching=packed: model type 'deberta-v2' cannot be packed.*buckets or padded"):
         setup_with(tmp_path, "deberta-v2", batching="packed")
+
+
+def test_a_new_text_loss_is_one_subclass_with_one_method(tmp_path):
+    """The text base does data, tokenizer, encoder and batching; a method only writes `loss`."""
+    from mmssl.objectives.text import TextObjective
+
+    class Alignment(TextObjective):  # unregistered: the registry is global to the test session
+        def loss(self, core, embeddings, batch):
+            anchor, others = self.split_views(embeddings, batch)
+            self.seen = (anchor - others[0]).pow(2).sum(-1).mean()
+            return {"loss": self.seen}
+
+    obj = Alignment(parse_recipe(tiny_raw(tmp_path, objective={"hard_negatives": False})))
+    obj.setup()
+    rows = [obj.train_dataset[i] for i in range(4)]
+    out, g = step(obj, obj.module, rows)
+    assert obj.views == ["anchor", "positive"] and torch.equal(out["loss"], obj.seen.detach())
+    assert any(v.abs().sum() > 0 for v in g.values())
