@@ -134,6 +134,8 @@ def build_open_clip(model_cfg: dict[str, Any], cfg: ModelConfig) -> nn.Module:
         model = model_class(**kwargs)
     except (TypeError, ValueError, OSError) as exc:
         raise RecipeError(f"model: cannot build an open_clip model from this config: {exc}") from None
+    if model_class is CoCa:
+        init_decoder_projection(model)
     if cfg.pretrained:
         path = Path(cfg.pretrained)
         if path.is_dir():
@@ -159,6 +161,18 @@ def build_open_clip(model_cfg: dict[str, Any], cfg: ModelConfig) -> nn.Module:
         preprocess.update(saved.get("preprocess_cfg", {}))
     set_model_preprocess_cfg(model, preprocess)
     return model
+
+
+@torch.no_grad()
+def init_decoder_projection(model: nn.Module) -> None:
+    """Initialise a CoCa decoder's output projection (std width ** -0.5, as open_clip's
+    ``MultimodalTransformer.init_parameters`` means to): open_clip 3.3 never calls that method (it would fail), so
+    the projection is left as ``torch.empty`` memory and a model from scratch starts with arbitrary, sometimes
+    huge, caption logits."""
+    decoder = getattr(model, "text_decoder", None)
+    projection = getattr(decoder, "text_projection", None)
+    if isinstance(projection, torch.Tensor):
+        nn.init.normal_(projection, std=decoder.width ** -0.5)
 
 
 def image_size(model: nn.Module) -> int:
