@@ -22,7 +22,7 @@ from open_clip_train.scheduler import cosine_lr
 from mmssl.recipes import parse_recipe
 from mmssl.registry import get_objective
 from mmssl.data.image_views import eval_view
-from mmssl.train.loop import _optimizer
+from mmssl.train.optim import build_optimizer
 torch.set_num_threads(2)
 raw = {"name": "x", "output_dir": "/tmp/clipexp/w", "seed": 0,
        "data": {"source": "files", "path": "/tmp/clipexp/work/train.csv", "eval_fraction": 0.0},
@@ -38,7 +38,7 @@ batches = [order[i:i + 64] for i in range(0, 43 * 64, 64)]
 def run(kind):
     if kind == "mmssl":
         module = obj.module; module.train()
-        opt = _optimizer(module, recipe.train)
+        opt = build_optimizer(module, obj.param_groups(module), recipe.train)
         step_fn = lambda im, tx: obj.forward(module, {"image": im, "text": tx})["loss"]
     else:
         model, _, _ = open_clip.create_model_and_transforms("local-dir:/tmp/clipexp/work/init", precision="fp32", device="cpu")

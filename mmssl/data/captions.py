@@ -1,8 +1,38 @@
-"""Captions of an image-text table, tokenised once, and the draw of one caption per image and step."""
+"""Captions: one row's captions cleaned from whatever its source holds, an image-text table's captions tokenised
+once, and the draw of one caption per image and step."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from mmssl.errors import DataError
+
+
+def clean_captions(value: Any, column: str = "captions", where: str = "data") -> list[str]:
+    """Non-empty captions of one row (a string, a list of strings, or a record with captions); nulls count as
+    none; any other type is a clear error naming the column."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, dict):
+        value = value.get("captions") or value.get("caption") or value.get("text") or []
+        return clean_captions(value, column, where)
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        if item is None:
+            continue
+        if not isinstance(item, str):
+            kind = type(item).__name__ + (" lists" if items is value else " values")
+            raise DataError(f"{where}: caption column {column!r} holds {kind}, not text; map the column that holds "
+                            "the captions with data.columns.captions=<column name>, or write them as strings")
+        if item.strip():
+            out.append(item.strip())
+    return out
+
 
 
 class Captions:

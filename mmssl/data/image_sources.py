@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from mmssl.data.images import IMAGE_EXTENSIONS, decode_images, store_files
+from mmssl.data.captions import clean_captions
 from mmssl.errors import DataError
 from mmssl.data.classes import check_classes
 from mmssl.config import DataConfig
@@ -50,30 +51,6 @@ class RawRows:
 # ---------------------------------------------------------------------------------------------------------
 # cells
 # ---------------------------------------------------------------------------------------------------------
-
-
-def clean_captions(value: Any, column: str = "captions", where: str = "data") -> list[str]:
-    """Non-empty captions of one row (a string, a list of strings, or a record with captions); nulls count as
-    none; any other type is a clear error naming the column."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        value = [value]
-    if isinstance(value, dict):
-        value = value.get("captions") or value.get("caption") or value.get("text") or []
-        return clean_captions(value, column, where)
-    items = value if isinstance(value, (list, tuple)) else [value]
-    out = []
-    for item in items:
-        if item is None:
-            continue
-        if not isinstance(item, str):
-            kind = type(item).__name__ + (" lists" if items is value else " values")
-            raise DataError(f"{where}: caption column {column!r} holds {kind}, not text; map the column that holds "
-                            "the captions with data.columns.captions=<column name>, or write them as strings")
-        if item.strip():
-            out.append(item.strip())
-    return out
 
 
 def label_index(label: Any, class_index: dict[str, int] | None, where: str) -> int:

@@ -16,7 +16,8 @@ from typing import Iterable
 
 import torch
 
-from mmssl.data.image_sources import Row, clean_captions, label_index, split_rows
+from mmssl.data.captions import clean_captions
+from mmssl.data.image_sources import Row, label_index, split_rows
 from mmssl.data.images import decode_images, store_files
 from mmssl.config import DataConfig
 

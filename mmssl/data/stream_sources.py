@@ -21,6 +21,7 @@ from mmssl.data.images import BadImage, decode
 from mmssl.data.shards import (READERS, SHARD_FORMATS, Problem, Record, image_bytes, json_member, list_files,
                                read_image_files, read_sizes, shard_format)
 from mmssl.data.streaming import STREAM_AUTO_BYTES, SampleStream, Skip, Source, Transform, sample_id
+from mmssl.data.captions import clean_captions
 from mmssl.errors import DataError, RecipeError
 
 log = logging.getLogger(__name__)
@@ -146,8 +147,6 @@ def record_image(record: Record, mapping: dict[str, str]) -> Any:
 def record_captions(record: Record, mapping: dict[str, str]) -> list[str]:
     """A record's non-empty captions: a text member (``.txt``), a ``captions``/``caption``/``text`` column (a
     string or a list), or the same keys inside a ``.json`` member."""
-    from mmssl.data.image_sources import clean_captions
-
     if "captions" in mapping:
         value = record.get(mapping["captions"])
     else:

@@ -58,7 +58,7 @@ class DenseEncoder:
         from sentence_transformers import SentenceTransformer
 
         self.cfg = cfg
-        from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+        from mmssl.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
 
         refuse_prompts()
         try:

@@ -119,7 +119,7 @@ def build_open_clip(model_cfg: dict[str, Any], cfg: ModelConfig) -> nn.Module:
     text = kwargs["text_cfg"]
     hf_text = "hf_model_name" in text
     if hf_text:  # open_clip loads the tower without trust_remote_code: refuse custom code instead of asking
-        from mmssl.models.remote_code import refuse_prompts
+        from mmssl.remote_code import refuse_prompts
 
         refuse_prompts()
     if hf_text:
@@ -256,7 +256,7 @@ def build_tokenizer(model_cfg: dict[str, Any]):
     kwargs = dict(text.get("tokenizer_kwargs") or {})
     name = text.get("hf_tokenizer_name") or ""
     if name:
-        from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+        from mmssl.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
 
         refuse_prompts()
         kwargs["trust_remote_code"] = False  # never from a config that came with a model folder

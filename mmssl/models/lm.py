@@ -40,7 +40,7 @@ def build_transformers_model(cfg: ModelConfig, auto, what: str, tokenizer, speci
     """`auto` model (an Auto* class, SDPA attention where the architecture has it) from `cfg.pretrained`, or a fresh `cfg.arch` sized by
     `cfg.config`; `what` names the kind of model in error messages."""
     if cfg.pretrained:
-        from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+        from mmssl.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
 
         refuse_prompts()
         try:

@@ -189,7 +189,7 @@ def load_sentence_transformer_dir(directory: str | Path, trust_remote_code: bool
     from transformers import AutoModel, AutoTokenizer
 
     from mmssl.models.lm import with_sdpa_or_eager
-    from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+    from mmssl.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
 
     refuse_prompts()
 

@@ -259,7 +259,7 @@ def load_backbone(directory: str | Path, trust_remote_code: bool = False) -> Bac
     if "model_type" in config:
         from transformers import AutoModel
 
-        from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+        from mmssl.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
 
         refuse_prompts()
         try:

@@ -4,14 +4,14 @@ An objective owns its data preparation, model and loss; the trainer owns the loo
 accumulation, precision, checkpoints, logging, processes). One trainer runs every objective.
 
 A method is one module in `mmssl/objectives/` (found by the registry), with its loss in `mmssl/losses/`:
-subclass `Objective` (or a family's base: `image_ssl.ImageSSL`, `text.TextObjective`), set `Params` and
-`output`, implement `setup`, `collate`, `forward` (or `training_step`) and `export`; override the hooks it needs
-(`param_groups`, `momentum_pairs`, `after_optimizer_step`, `evaluate`, `save_artifacts`;
-`reset_optimizer_state` forgets the optimiser's state of some parameters). What the run looks like (processes,
-device, the checkpoint being resumed) is `self.context`, never the environment; `self.core(module)` is the
-module the method built, whatever the trainer wrapped it in. State that changes during training (momentum
-encoders, queues, schedules) lives in the module's parameters and buffers, so checkpoints and resume carry it
-exactly.
+subclass `Objective` (or a family's base: `image_ssl.ImageSSL`, `text.TextObjective`,
+`image_text.ImageTextObjective`), set `Params` and `output`, implement `setup`, `collate`, `forward` (or
+`training_step`) and `export`; override the hooks it needs (`param_groups`, `momentum_pairs`,
+`after_optimizer_step`, `evaluate`, `save_artifacts`; `reset_optimizer_state` forgets the optimiser's state of
+some parameters). What the run looks like (processes, device, the checkpoint being resumed) is `self.context`,
+never the environment; `self.core(module)` is the module the method built, whatever the trainer wrapped it in.
+State that changes during training (momentum encoders, queues, schedules) lives in the module's parameters and
+buffers, so checkpoints and resume carry it exactly.
 
 Streamed data (`mmssl.data.streaming`): `setup` sets `train_stream` (a `SampleStream` over
 `mmssl.data.stream_sources.data_sources`, with a `Transform` that turns one raw record into samples in the

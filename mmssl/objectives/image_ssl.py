@@ -24,6 +24,7 @@ from mmssl.config import ObjectiveParams
 from mmssl.data.image_sources import data_description, load_images, streamed_image_splits
 from mmssl.data.stream_sources import ImageTransform, collate_images, data_sources, data_stream, wants_streaming
 from mmssl.data.image_views import TwoViews, TwoViewsConfig, ViewOverrides
+from mmssl.data.row_indices import RowIndices
 from mmssl.errors import DataError, RecipeError
 from mmssl.eval.collapse import is_collapsed
 from mmssl.eval.frozen_backbone import ProbeSettings, frozen_backbone_metrics
@@ -114,9 +115,9 @@ class ImageSSL(Objective):
             self.train_stream = data_stream(recipe.data, data_sources(recipe.data, "images"),
                                             ImageTransform(p.image_size, recipe.data.columns), recipe.seed)
         else:
-            self.train_dataset = _Indices(len(self.train))  # type: ignore[assignment]
+            self.train_dataset = RowIndices(len(self.train))  # type: ignore[assignment]
         # any loader: evaluate ignores it
-        self.eval_dataset = _Indices(len(self.eval)) if self._labelled_eval() else None  # type: ignore[assignment]
+        self.eval_dataset = RowIndices(len(self.eval)) if self._labelled_eval() else None  # type: ignore[assignment]
         self.before: dict[str, float] = {}
         saved = resume_dir / FLOOR_FILE if resume_dir is not None else None
         if saved is not None and saved.is_file():  # measured before the first step of this run
@@ -242,18 +243,6 @@ def check_pairs_per_step(recipe, world: int, method: str) -> None:
         raise RecipeError(f"train.batch_size={recipe.train.batch_size}: {method} contrasts each image with the other "
                           "images of the batch, so it needs at least 2 images per step; raise train.batch_size")
 
-
-class _Indices(torch.utils.data.Dataset):
-    """Rows are image indices; images are gathered and augmented in `prepare_batch`, batched."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, i: int) -> int:
-        return i
 
 
 def lr_scaled_groups(module: nn.Module, scaled: dict[str, float]) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ from mmssl.data.classes import check_classes
 from mmssl.data.image_text import ImageTextSplits, ImageTextTable, load_image_text, streamed_eval_table
 from mmssl.data.image_views import BatchImageViews, ImageViewsConfig
 from mmssl.data.stream_sources import ImageTransform, collate_images, data_sources, data_stream, wants_streaming
+from mmssl.data.row_indices import RowIndices
 from mmssl.errors import DataError
 from mmssl.models.clip import (
     build_open_clip,
@@ -68,18 +69,6 @@ class ImageTextParams(ObjectiveParams):
             check_classes(self.class_names, "objective.class_names")
 
 
-class _Indices(torch.utils.data.Dataset):
-    """Rows are example indices; images and captions are gathered in `prepare_batch` in one step."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
 
 class ImageTextObjective(Objective):
     """See the module docstring. After `setup`: ``model_cfg``, ``tokenizer``, ``image_size``, ``mean``, ``std``,
@@ -109,11 +98,11 @@ class ImageTextObjective(Objective):
             self.train, self.eval = splits.train, splits.eval
             self.class_names = splits.class_names
             self.train_captions = Captions(self.train.captions, self.tokenizer)
-            self.train_dataset = _Indices(len(self.train))  # type: ignore[assignment]
+            self.train_dataset = RowIndices(len(self.train))  # type: ignore[assignment]
             log.info("%s: %d training images (%d skipped)", self.name, len(self.train), self.train.skipped)
         self.views = BatchImageViews(p.views, self.image_size, self.mean, self.std)
         self.module = self.build_module(model)
-        self.eval_dataset = _Indices(len(self.eval)) if self.eval is not None else None  # type: ignore[assignment]
+        self.eval_dataset = RowIndices(len(self.eval)) if self.eval is not None else None  # type: ignore[assignment]
         log.info("%s: %d eval images, %d classes", self.name, len(self.eval) if self.eval is not None else 0,
                  len(self.class_names or []))
 
