@@ -21,7 +21,7 @@ TokenizerKind = Literal["wordpiece", "bpe"]
 def load_pretrained_tokenizer(path: str, trust_remote_code: bool = False, key: str = "tokenizer.path",
                               allow_key: str | None = "tokenizer.trust_remote_code") -> PreTrainedTokenizerFast:
     """A tokenizer folder or Hub id; custom code that comes with it runs only with `trust_remote_code`."""
-    from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+    from mmssl.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
 
     refuse_prompts()
     try:

@@ -107,7 +107,7 @@ def load_seq2seq(path: str, device: str) -> tuple[Any, Any]:
         return _MODELS[key]
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+    from mmssl.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
 
     refuse_prompts()
     try:

@@ -28,7 +28,7 @@ class QualityFilter:
 
             from mmssl.data.text_views.backtranslation import resolve_device
 
-            from mmssl.models.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
+            from mmssl.remote_code import custom_code_error, is_custom_code_error, refuse_prompts
 
             refuse_prompts()
             try:
