@@ -36,6 +36,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.slow
 def test_lexical_augment_writes_pairs_that_train(tmp_path, capsys):
     out = tmp_path / "aug" / "pairs.jsonl"
     code, printed, err = augment(capsys, "configs/augment_world.yaml", f"output.path={out}",

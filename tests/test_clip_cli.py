@@ -62,6 +62,7 @@ def image_files(tmp_path: Path) -> Path:
     return tmp_path / "pairs.jsonl"
 
 
+@pytest.mark.slow
 def test_cli_train_export_and_eval(tmp_path: Path, image_files: Path, cli_env):
     import open_clip
 
@@ -88,6 +89,8 @@ def test_cli_train_export_and_eval(tmp_path: Path, image_files: Path, cli_env):
     assert evaluated["logit_scale"] == pytest.approx(metrics["eval"]["logit_scale"], rel=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_gather_negatives(tmp_path: Path, cli_env):
     out = tmp_path / "run2"
     data = {"source": "world", "world": {"num_scenes": 80, "num_colours": 2, "num_shapes": 2}}

@@ -44,11 +44,15 @@ def two_process_results(tmp_path_factory):
     return torch.load(out)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_really_ran(two_process_results):
     assert two_process_results["world_size"] == 2
     assert two_process_results["ranks"] == [0, 1]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("scenario", ["local", "local_hard_negatives", "clip", "clip_duplicates", "cached", "cached_ddp"])
 def test_two_process_gradients_equal_full_batch(two_process_results, scenario):
     """Mean of per-rank local losses and DDP-averaged grads == one process on the full 2B batch."""

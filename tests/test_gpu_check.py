@@ -3,6 +3,8 @@ recipes through the real CLI with the device's settings and tabulates each run's
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 
 from helpers import PYTHON, ROOT
@@ -13,6 +15,7 @@ def run_check(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_recipes_train_and_the_table_reports_them(tmp_path):
     done = run_check("--device", "cpu", "--steps", "2", "--skip-bench", "--only", "mlm_world,simcse_sup_world",
                      "--out", str(tmp_path))
@@ -22,6 +25,7 @@ def test_recipes_train_and_the_table_reports_them(tmp_path):
     assert (tmp_path / "mlm_world" / "metrics.json").is_file() and (tmp_path / "simcse_sup_world.log").is_file()
 
 
+@pytest.mark.slow
 def test_an_unknown_recipe_is_named_and_no_gpu_is_a_clear_refusal(tmp_path):
     done = run_check("--device", "cpu", "--only", "nope_world", "--out", str(tmp_path))
     assert done.returncode != 0 and "no training recipe named ['nope_world']" in done.stderr

@@ -4,6 +4,8 @@ run really has two processes; MoCo checkpoints carry the queue; bad recipes fail
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -33,6 +35,7 @@ def overrides(out: Path, *extra: str) -> list[str]:
             "train.log_every=1", *extra]
 
 
+@pytest.mark.slow
 def test_unsupervised_recipe_exports_a_sentence_transformer(tmp_path):
     from sentence_transformers import SentenceTransformer
 
@@ -59,6 +62,8 @@ def test_unsupervised_recipe_exports_a_sentence_transformer(tmp_path):
     assert abs(result["recall@1"] - metrics["eval"]["recall@1"]) < 1e-6
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_process_run(tmp_path):
     """torchrun with 2 processes: in-batch negatives gathered from both (label_offset = rank * B)."""
     out = tmp_path / "ddp"
@@ -74,6 +79,7 @@ def test_two_process_run(tmp_path):
     assert metrics["steps"] == 3 and "recall@1" in metrics["eval"]
 
 
+@pytest.mark.slow
 def test_moco_checkpoint_carries_queue_and_momentum_encoder(tmp_path):
     from safetensors.torch import load_file
 
@@ -95,6 +101,7 @@ def test_moco_checkpoint_carries_queue_and_momentum_encoder(tmp_path):
     assert int(state["queue.filled"]) == 48  # resumed with the saved queue, not an empty one
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(tmp_path):
     """The CLI prints one line for a user error (the other bad inputs are tested in tests/objectives)."""
     pairs = tmp_path / "pairs.jsonl"
@@ -108,6 +115,7 @@ def test_bad_input_is_one_line(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_text_views_recipe_resumes_exactly(tmp_path):
     """On-the-fly views depend on (seed, epoch, row) only: a run stopped after its first epoch and resumed
     ends with the same weights as an uninterrupted one (3 steps per epoch; the resume starts epoch 1)."""

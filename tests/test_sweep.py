@@ -28,6 +28,7 @@ def test_values_split_on_top_level_commas_and_parse_as_yaml(tmp_path):
             parse_grid(bad)
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_each_setting_in_its_own_process_and_tabulates_it(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", lm_recipe(tmp_path / "unused", "mlm", max_steps=4, log_every=2))
     out = tmp_path / "sweep"
@@ -53,6 +54,7 @@ def test_a_sweep_runs_each_setting_in_its_own_process_and_tabulates_it(tmp_path)
     assert_clear_error(changed, "was trained with a different recipe (train differ)", "new --out")
 
 
+@pytest.mark.slow
 def test_a_bad_grid_is_one_clear_error_before_any_run(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", lm_recipe(tmp_path / "unused", "mlm"))
     assert_clear_error(mmssl("sweep", str(recipe), "objective.mask_probabilty=0.1,0.2", "--out", str(tmp_path / "s")),

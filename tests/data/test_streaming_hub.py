@@ -112,6 +112,7 @@ def assert_disjoint_halves(per_rank: list[list[str]]) -> None:
         assert len(texts) == 2 * half and sorted(texts[half:]) == sorted(m)
 
 
+@pytest.mark.slow
 def test_a_hub_dataset_streams_once_per_pass_splits_across_processes_and_resumes_exactly(hub, tmp_path):
     names = {repo_id: upload_dataset(hub, tmp_path, repo_id, files) for repo_id, files in FILES.items()}
     for repo_id, paths in names.items():

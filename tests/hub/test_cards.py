@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from helpers import lm_recipe
 
 from mmssl.hub import render_card
@@ -9,6 +11,7 @@ from mmssl.recipes import parse_recipe
 from mmssl.train.loop import train
 
 
+@pytest.mark.slow
 def test_card_renders_for_a_causal_lm(tmp_path):
     out = tmp_path / "clm"
     train(parse_recipe(lm_recipe(out, "clm", max_steps=2)))

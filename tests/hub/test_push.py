@@ -31,6 +31,7 @@ def client_env(hub, tmp_path) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_push_mlm_round_trip_through_the_real_clients(mlm_output, hub, tmp_path):
     env = client_env(hub, tmp_path)
     done = subprocess.run([PYTHON, "-m", "mmssl", "push", str(mlm_output), "--repo-id", "org/mlm-world",
@@ -69,6 +70,7 @@ def test_push_mlm_round_trip_through_the_real_clients(mlm_output, hub, tmp_path)
     assert remote.stdout.strip() == local.stdout.strip()
 
 
+@pytest.mark.slow
 def test_existing_repo_needs_overwrite_and_revisions_are_branches(mlm_output, hub, tmp_path):
     env = client_env(hub, tmp_path)
     api_kwargs = {"endpoint": hub.url, "token": "t"}
@@ -81,6 +83,7 @@ def test_existing_repo_needs_overwrite_and_revisions_are_branches(mlm_output, hu
     assert set(repo.branches["v2"]) == set(repo.branches["main"])
 
 
+@pytest.mark.slow
 def test_server_errors_are_retried_then_reported(mlm_output, hub):
     hub.state.fail["commit"] = 1
     result = push_model(mlm_output, "org/retry", endpoint=hub.url, token="t", backoff=0.01)
@@ -92,6 +95,7 @@ def test_server_errors_are_retried_then_reported(mlm_output, hub):
     assert hub.state.repos[("models", "org/broken")].commits == []
 
 
+@pytest.mark.slow
 def test_bad_input_fails_before_any_request(mlm_output, hub, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-home"))
@@ -104,6 +108,7 @@ def test_bad_input_fails_before_any_request(mlm_output, hub, tmp_path, monkeypat
     assert hub.state.requests == []
 
 
+@pytest.mark.slow
 def test_push_mined_dataset_and_load_it_back(hub, tmp_path):
     env = client_env(hub, tmp_path)
     mined = tmp_path / "mined.jsonl"
@@ -155,6 +160,7 @@ def test_large_datasets_are_sharded_and_an_overwrite_leaves_no_stale_shards(hub,
     assert len(hub.state.repos[("datasets", "org/sharded")].commits) == 2
 
 
+@pytest.mark.slow
 def test_recipe_push_to_hub_at_checkpoints_and_at_the_end(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_test_secret_token")
     raw = lm_recipe(tmp_path / "run", "clm", max_steps=4, save_every=2)
@@ -168,6 +174,7 @@ def test_recipe_push_to_hub_at_checkpoints_and_at_the_end(hub, tmp_path, monkeyp
     assert not (tmp_path / "run" / ".tmp-push").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (os.environ.get("MMSSL_LIVE_HUB") == "1" and os.environ.get("HF_TOKEN")),
                     reason="live Hub test: opt in with MMSSL_LIVE_HUB=1 and HF_TOKEN (needs internet)")
 def test_live_push_to_the_real_hub(mlm_output, monkeypatch):  # pragma: no cover - opt-in, needs internet

@@ -35,6 +35,7 @@ def run_python(code: str, env: dict) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_sentence_transformer_round_trip(hub, tmp_path):
     out = tmp_path / "st"
     train(parse_recipe({
@@ -56,6 +57,7 @@ def test_sentence_transformer_round_trip(hub, tmp_path):
     assert remote == local
 
 
+@pytest.mark.slow
 def test_open_clip_round_trip(hub, tmp_path):
     out = tmp_path / "clip"
     train(parse_recipe({
@@ -81,6 +83,7 @@ def test_open_clip_round_trip(hub, tmp_path):
     assert remote == local
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone, loader", [
     ({"arch": "resnet18", "config": {"channels": [8, 8, 16, 16]}},
      "import timm; m = timm.create_model({ref!r}, pretrained=True, num_classes=0).eval(); f = m(x)"),

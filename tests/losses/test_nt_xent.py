@@ -219,6 +219,8 @@ def two_process_results(tmp_path_factory):
     return torch.load(out)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_two_processes_equal_one_process_with_twice_the_batch(two_process_results, scenario):
     """Mean of per-rank losses, DDP-averaged grads and every row's gradient == one process on the 2N batch."""

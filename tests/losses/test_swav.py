@@ -3,6 +3,8 @@ from 1 process with both halves of the batch; the swapped-prediction loss agains
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -61,6 +63,8 @@ def worker(outfile: str) -> None:
     os._exit(0)  # see tests/losses/test_nt_xent.py: gloo may abort at interpreter exit
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_give_the_codes_of_one_process_with_the_whole_batch(tmp_path):
     out = tmp_path / "codes.pt"
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")

@@ -49,6 +49,7 @@ def positive_meanings() -> dict[str, str]:
     return dict(zip(positives, meanings))
 
 
+@pytest.mark.slow
 def test_guards_remove_true_paraphrases_from_the_negatives():
     open_result = mine(config(num_negatives=3, guards={"exclude_duplicates": False, "max_relative_score": None}))
     guarded = mine(config(num_negatives=3))
@@ -62,6 +63,7 @@ def test_guards_remove_true_paraphrases_from_the_negatives():
     assert guarded.stats["counts"]["removed_relative_score"] > 0
 
 
+@pytest.mark.slow
 def test_rows_are_well_formed_and_respect_the_guards():
     result = mine(config(num_negatives=4, skip_top=1))
     assert result.dataset.column_names[:3] == ["anchor", "positive", "positive_score"]
@@ -137,6 +139,7 @@ def tiny_encoder(tmp_path_factory):
     return str(root / "st")
 
 
+@pytest.mark.slow
 def test_dense_and_hybrid_mining_with_an_embedding_cache(tmp_path, tiny_encoder):
     dense = {"model": tiny_encoder, "cache_dir": str(tmp_path / "cache")}
     first = mine(config(method="dense", num_negatives=2, dense=dense))
@@ -150,6 +153,7 @@ def test_dense_and_hybrid_mining_with_an_embedding_cache(tmp_path, tiny_encoder)
         assert row["negative_1_rank"] < row["negative_2_rank"]
 
 
+@pytest.mark.slow
 def test_bad_inputs(tmp_path):
     empty = tmp_path / "pairs.jsonl"
     empty.write_text(json.dumps({"anchor": " ", "positive": "x"}) + "\n")
@@ -167,6 +171,7 @@ def test_bad_inputs(tmp_path):
     assert result.stats["counts"]["skipped_duplicate_pairs"] == 2
 
 
+@pytest.mark.slow
 def test_cli_writes_rows_and_stats(tmp_path):
     out = tmp_path / "mined.parquet"
     done = subprocess.run([PYTHON, "-m", "mmssl", "mine", str(ROOT / "configs/mine_world_bm25.yaml"),

@@ -23,6 +23,7 @@ def kinds(m: nn.Module) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_spec_tuples_and_layers_build_the_same_head():
     torch.manual_seed(0)
     a = MLPHead([(6, 8, True, nn.ReLU()), (8, 4, None, None)])  # lightly's tuple form
@@ -102,6 +103,7 @@ def test_preset_structures():
         heads.simclr_projection(num_layers=0)
 
 
+@pytest.mark.slow
 def test_simsiam_projection_output_is_batch_normalised():
     torch.manual_seed(0)
     head = heads.simsiam_projection(6, 8, 5).train()

@@ -96,6 +96,7 @@ def test_a_model_that_cannot_take_the_packed_layout_is_reported_not_packed():
     assert packing_error(model, 0, random_seqs(4), "mean") is None
 
 
+@pytest.mark.slow
 def test_text_encoder_trains_the_same_packed_as_padded():
     """Loss and every gradient of a TextEncoder step (dropout off) agree to 1e-5 between the two layouts."""
     model = tiny_model("bert")

@@ -108,6 +108,7 @@ def _minilm_path() -> str:
     return str(module.get_model_path())
 
 
+@pytest.mark.slow
 def test_minilm_round_trip_matches_the_original(tmp_path):
     """mmssl's encoder from the all-MiniLM-L6-v2 folder reproduces the original sentence-transformers model,
     and its export reproduces mmssl's embeddings."""

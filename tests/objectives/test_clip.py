@@ -75,6 +75,7 @@ def test_export_loads_in_open_clip_with_the_same_embeddings(tmp_path: Path):
     assert torch.allclose(preprocess(image)[None], mine, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_zero_shot_beats_chance(tmp_path: Path):
     from mmssl.train.loop import train
 
@@ -126,6 +127,7 @@ def test_recipe_errors(tmp_path: Path):
         setup_objective(raw)
 
 
+@pytest.mark.slow
 def test_images_on_disk_train_exactly_like_images_in_memory(tmp_path: Path):
     """objective.image_store=disk (memory-mapped decoded images) changes where images live, not the run."""
     from mmssl.train.loop import train

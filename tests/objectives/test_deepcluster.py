@@ -3,12 +3,15 @@ seeded by the epoch, whose optimizer moments are forgotten while the backbone ke
 
 from __future__ import annotations
 
+import pytest
+
 import math
 
 import torch
 from image_ssl_recipes import image_objective
 
 
+@pytest.mark.slow
 def test_deepcluster_reclusters_each_epoch_and_resets_its_head(tmp_path):
     torch.manual_seed(0)
     obj = image_objective(tmp_path, "deepcluster", num_clusters=6, pca_dim=8)

@@ -20,6 +20,7 @@ from mmssl.recipes import parse_recipe
 from mmssl.train.loop import train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, objective", [
     ("simclr", {"temperature": 0.5}),
     ("simclr", {"temperature": 0.5, "bank_negatives": 32}),
@@ -55,6 +56,7 @@ def test_each_method_trains_evaluates_and_exports(tmp_path, method, objective):
     assert f"objective `{method}`" in card and f"| kNN top-1 | {result['knn_top1']:.4f} |" in card
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, message", [
     (["train.batch_size=1"], "SimCLR contrasts each image with the other images of the batch"),
     (["train.optimizer=lars", "train.weight_decay=0"], "train.optimizer=lars adapts only parameter groups with weight decay"),
@@ -69,6 +71,7 @@ def test_bad_image_recipes_are_one_clear_message(tmp_path, override, message):
     assert_clear_error(mmssl("train", str(recipe), *args), message)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, objective", [("byol", {}), ("moco", {"variant": "v2", "queue_size": 48}),
                                                ("instdisc", {"num_negatives": 32}),
                                                ("swav", {"num_prototypes": 8, "small_crops": 2, "small_crop_size": 8,
@@ -90,6 +93,8 @@ def test_killed_run_resumes_bit_identical_with_momentum_target_and_queue(tmp_pat
     assert starts == [0, killed_at]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("method, objective", [("simclr", {}), ("moco", {"variant": "v2", "queue_size": 48})])
 def test_two_processes_train_in_sync(tmp_path, method, objective):
     """Two real processes (torchrun, gloo): negatives / queue keys gathered across them, weights equal on both."""

@@ -3,6 +3,8 @@ estimated once, and on two real processes a sharded bank trains exactly as a rep
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import math
 
@@ -11,6 +13,8 @@ from clirun import write_recipe
 from image_ssl_recipes import image_objective, image_recipe
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_sharded_memory_bank_trains_exactly_as_a_replicated_one_on_two_processes(tmp_path):
     """InstDisc on two real processes: with the bank sharded each process holds half the rows, and the run ends
     with exactly the weights and the (gathered) bank of the same run with the bank replicated on both."""
@@ -41,6 +45,7 @@ def test_a_sharded_memory_bank_trains_exactly_as_a_replicated_one_on_two_process
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
 
 
+@pytest.mark.slow
 def test_instdisc_bank_follows_the_embeddings_of_the_images_seen(tmp_path):
     """After a step, the bank rows of the batch's images moved towards their new embeddings (momentum 0.5) and
     no other row moved; log Z was estimated once and stays fixed."""

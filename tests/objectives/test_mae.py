@@ -39,6 +39,7 @@ def test_patchify_reads_patches_in_the_vits_order_and_the_loss_counts_masked_pat
     assert torch.allclose(masked_patch_loss(prediction, target, mask, norm_pix=False), plain)
 
 
+@pytest.mark.slow
 def test_mae_encoder_sees_only_the_visible_quarter_and_exports_a_plain_timm_vit(tmp_path):
     import timm
 

@@ -23,6 +23,7 @@ def test_each_block_is_the_batch_turned_by_its_label():
         rotate_batch(torch.rand(2, 3, 8, 6))
 
 
+@pytest.mark.slow
 def test_rotnet_loss_and_accuracy_come_from_the_rotated_batch(tmp_path):
     """On a fixed batch of asymmetric images (noise), RotNet's loss falls and its rotation accuracy passes 90%:
     its labels and its classifier are wired to the rotated inputs. (The world's circles and squares look the

@@ -3,6 +3,8 @@ from a memory bank whose rows of the batch's images (and no others) move."""
 
 from __future__ import annotations
 
+import pytest
+
 import math
 
 import torch
@@ -12,6 +14,7 @@ from mmssl.recipes import parse_recipe
 from mmssl.train.loop import train
 
 
+@pytest.mark.slow
 def test_simclr_loss_goes_down(tmp_path):
     """Mild views (crops only) so that 60 steps of a tiny ResNet on 16 px images visibly learn; 0.5-0.7 nats
     below the first logged loss for seeds 0-2, asserted with margin, averaged over the last three logs."""
@@ -24,6 +27,7 @@ def test_simclr_loss_goes_down(tmp_path):
     assert sum(values[-3:]) / 3 < values[0] - 0.3, values
 
 
+@pytest.mark.slow
 def test_simclr_draws_bank_negatives_and_moves_the_rows_of_its_batch(tmp_path):
     obj = image_objective(tmp_path, "simclr", bank_negatives=24)
     module = obj.module.train()

@@ -58,6 +58,7 @@ def step(objective, module, rows, seed=7):
     return out, grads(module)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective_params", [
     {"mode": "supervised", "hard_negatives": True, "learnable_temperature": True},
     {"mode": "unsupervised", "head": "mlp"},
@@ -193,6 +194,7 @@ def test_columns_not_matching_the_objective(tmp_path):
         make(tmp_path, objective={"mode": "unsupervised"}, data={"source": "files", "path": str(path)})
 
 
+@pytest.mark.slow
 def test_short_training_improves_retrieval(tmp_path):
     """Fixed seed: 40 steps of supervised SimCSE raise recall@1 on the held-out world pairs."""
     from mmssl.train.loop import train

@@ -3,10 +3,13 @@ small crops (each drawn on its own) join the step."""
 
 from __future__ import annotations
 
+import pytest
+
 import torch
 from image_ssl_recipes import image_objective
 
 
+@pytest.mark.slow
 def test_swav_prototypes_get_no_gradient_while_frozen_and_small_crops_join_the_step(tmp_path):
     obj = image_objective(tmp_path, "swav", num_prototypes=8, small_crops=3, small_crop_size=8, freeze_prototypes_steps=5)
     module = obj.module.train()

@@ -65,6 +65,7 @@ def recipe(output_dir, **train) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_trains_evaluates_and_exports(tmp_path):
     out = tmp_path / "run"
     metrics = train(parse_recipe(recipe(out)))

@@ -45,6 +45,7 @@ def resume_copy(tmp_path: Path, run: Path) -> tuple[Path, Path]:
     return copy, recipe
 
 
+@pytest.mark.slow
 def test_divergence_names_the_safe_checkpoint_and_latest_skips_the_unsafe_one(tmp_path, run_with_checkpoints):
     out, _ = resume_copy(tmp_path, run_with_checkpoints)
     # a learning rate of 1e6: step 5's update blows the weights up, so the loss at step 6 is not finite; the
@@ -70,6 +71,7 @@ def test_divergence_names_the_safe_checkpoint_and_latest_skips_the_unsafe_one(tm
     assert all(e["loss"] < 20 for e in events if e["event"] == "train" and e["step"] > 6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin"])
 def test_a_planted_pickle_is_refused_and_never_run(tmp_path, run_with_checkpoints, target):
     out, recipe = resume_copy(tmp_path, run_with_checkpoints)
@@ -86,6 +88,7 @@ def test_a_planted_pickle_is_refused_and_never_run(tmp_path, run_with_checkpoint
     assert (tree_hashes(out / "checkpoints"), tree_hashes(out / "model.safetensors")) == before
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_json_trainer_state_is_refused(tmp_path, run_with_checkpoints):
     out, recipe = resume_copy(tmp_path, run_with_checkpoints)
     state_file = list_checkpoints(out)[-1] / "trainer_state.json"
@@ -95,6 +98,7 @@ def test_a_checkpoint_from_before_json_trainer_state_is_refused(tmp_path, run_wi
     assert_clear_error(mmssl("train", str(recipe)), "was written by an older mmssl", "start a fresh run")
 
 
+@pytest.mark.slow
 def test_the_checkpoint_a_run_resumed_from_is_not_blamed_for_a_nan_right_after(tmp_path, run_with_checkpoints,
                                                                              monkeypatch):
     """Its weights gave finite losses when it was saved, so a NaN on the first step after resuming comes from

@@ -43,6 +43,7 @@ def trained(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["model.pretrained", "tokenizer.path"])
 def test_train_refuses_custom_code_even_when_y_is_typed(tmp_path, trained, key):
     marker = tmp_path / "ran"
@@ -59,6 +60,7 @@ def test_train_refuses_custom_code_even_when_y_is_typed(tmp_path, trained, key):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_dense_mining_refuses_custom_code(tmp_path, trained):
     marker = tmp_path / "ran"
     evil = custom_code_folder(tmp_path / "evil", trained, marker)
@@ -68,6 +70,7 @@ def test_dense_mining_refuses_custom_code(tmp_path, trained):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_the_model_card_names_an_allowed_custom_code_key(tmp_path, trained):
     from mmssl.hub import render_card
 

@@ -4,6 +4,8 @@ fail within a couple of seconds); the `data.eval_path` and tokenizer cases need 
 
 from __future__ import annotations
 
+import pytest
+
 import json
 from pathlib import Path
 
@@ -49,6 +51,7 @@ def train_recipe(tmp_path: Path, **data) -> Path:
 # 1. malformed jsonl / csv: the file and the line --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_malformed_jsonl_line_is_named(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -60,6 +63,7 @@ def test_malformed_jsonl_line_is_named(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_line_that_is_not_json_in_mining_pairs(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -70,6 +74,7 @@ def test_line_that_is_not_json_in_mining_pairs(tmp_path):
             f"data.path={data / 'pairs.jsonl'}", needles=("pairs.jsonl", "line 2 is not valid JSON", "Expecting value"))
 
 
+@pytest.mark.slow
 def test_csv_row_with_extra_fields_names_file_and_line(tmp_path):
     data = tmp_path / "folder"
     data.mkdir()
@@ -83,6 +88,7 @@ def test_csv_row_with_extra_fields_names_file_and_line(tmp_path):
 # 2. data.eval_path: its own key --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_missing_eval_path_names_eval_path(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -96,6 +102,7 @@ def test_missing_eval_path_names_eval_path(tmp_path):
 # 3. the mining corpus: corpus.path, not data.path ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_missing_or_empty_mining_corpus_names_corpus_path(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -110,6 +117,7 @@ def test_missing_or_empty_mining_corpus_names_corpus_path(tmp_path):
 # 4./5. text roles whose column is not text ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_int_column_in_parquet_fails_before_the_tokenizer(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -120,6 +128,7 @@ def test_int_column_in_parquet_fails_before_the_tokenizer(tmp_path):
         "data.columns.text=<column name>", "['body']"))
 
 
+@pytest.mark.slow
 def test_augment_on_a_renamed_non_text_column(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -129,6 +138,7 @@ def test_augment_on_a_renamed_non_text_column(tmp_path):
     assert "empty" not in message
 
 
+@pytest.mark.slow
 def test_list_column_in_mining_corpus(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -138,6 +148,7 @@ def test_list_column_in_mining_corpus(tmp_path):
             needles=("corpus.path", "column 'doc' (role 'text') holds lists", "no column holds text"))
 
 
+@pytest.mark.slow
 def test_mixed_types_and_all_null_columns(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -152,6 +163,7 @@ def test_mixed_types_and_all_null_columns(tmp_path):
             needles=("column 'sentence' (role 'text') holds no values (null in every row)", "['other']"))
 
 
+@pytest.mark.slow
 def test_null_texts_count_as_empty_in_augment_and_mine(tmp_path):
     """A null in a text column is an empty text: augment and mine skip and count it, as they do blank text."""
     data = tmp_path / "data"
@@ -176,6 +188,7 @@ def test_null_texts_count_as_empty_in_augment_and_mine(tmp_path):
     assert tree_hashes(data) == before
 
 
+@pytest.mark.slow
 def test_null_texts_train_a_language_model(tmp_path):
     """Nulls once reached the tokenizer trainer (TypeError); now they read as empty texts, with a warning."""
     data = tmp_path / "data"

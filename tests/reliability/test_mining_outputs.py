@@ -3,6 +3,8 @@ command did not write; an earlier output of their own is replaced only with over
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from clirun import assert_clear_error, mmssl, tree_hashes
@@ -22,6 +24,7 @@ def pairs_file(tmp_path):
     return data
 
 
+@pytest.mark.slow
 def test_mine_into_an_existing_folder_deletes_nothing(tmp_path):
     data = pairs_file(tmp_path)
     before = tree_hashes(data)
@@ -31,6 +34,7 @@ def test_mine_into_an_existing_folder_deletes_nothing(tmp_path):
     assert tree_hashes(data) == before
 
 
+@pytest.mark.slow
 def test_mine_never_writes_over_its_inputs(tmp_path):
     data = pairs_file(tmp_path)
     before = tree_hashes(data)
@@ -49,6 +53,7 @@ def test_mine_never_writes_over_its_inputs(tmp_path):
     assert tree_hashes(data) == before and (other / "keep.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_mine_replaces_only_its_own_earlier_output_and_only_with_overwrite(tmp_path):
     for output in (tmp_path / "mined.jsonl", tmp_path / "mined-folder"):
         done = mmssl("mine", MINE, f"output={output}", SMALL)
@@ -71,6 +76,7 @@ def test_mine_replaces_only_its_own_earlier_output_and_only_with_overwrite(tmp_p
     assert user_file.read_text() == '{"a": 1}\n'
 
 
+@pytest.mark.slow
 def test_augment_refuses_inputs_and_files_it_did_not_write(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -94,6 +100,7 @@ def test_augment_refuses_inputs_and_files_it_did_not_write(tmp_path):
     assert mmssl("augment", AUGMENT, f"output.path={out}", *source, "output.overwrite=true").returncode == 0
 
 
+@pytest.mark.slow
 def test_mine_output_matching_an_input_glob_is_refused(tmp_path):
     data = pairs_file(tmp_path)
     done = mmssl("mine", MINE, "output=mined.jsonl", "data.source=files", "data.path=*.jsonl", cwd=data)
@@ -101,6 +108,7 @@ def test_mine_output_matching_an_input_glob_is_refused(tmp_path):
     assert not (data / "mined.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_mine_keeps_a_stats_file_it_did_not_write(tmp_path):
     stats = tmp_path / "mined.jsonl.stats.json"
     stats.write_text('{"mine": "the user\'s"}')
@@ -108,6 +116,7 @@ def test_mine_keeps_a_stats_file_it_did_not_write(tmp_path):
     assert stats.read_text() == '{"mine": "the user\'s"}' and not (tmp_path / "mined.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_replace_gets_the_earlier_output_back(tmp_path):
     out = tmp_path / "mined-folder"
     assert mmssl("mine", MINE, f"output={out}", SMALL).returncode == 0

@@ -4,6 +4,8 @@ CLI process records every connect and address lookup)."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 from clirun import cli_env, mmssl, write_recipe
@@ -18,6 +20,7 @@ def isolated(tmp_path, name: str, *args: str):
     return done, json.loads((out / "hub.json").read_text())["network"]
 
 
+@pytest.mark.slow
 def test_train_eval_mine_and_augment_open_no_socket(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", lm_recipe(tmp_path / "run", "mlm", max_steps=2))
     steps = [

@@ -77,6 +77,7 @@ def assert_only_the_endpoint(done, record: dict) -> None:
     assert all(host == "127.0.0.1" for host, _ in lookups), record["network"]
 
 
+@pytest.mark.slow
 def test_dataset_push_sends_every_request_to_the_chosen_endpoint(mined, tmp_path):
     before = tree_hashes(mined.parent)
     done, record, repos = isolated_push(mined, "org/mined", tmp_path)
@@ -94,6 +95,7 @@ def test_dataset_push_sends_every_request_to_the_chosen_endpoint(mined, tmp_path
     assert tree_hashes(mined.parent) == before
 
 
+@pytest.mark.slow
 def test_model_push_sends_every_request_to_the_chosen_endpoint(run_dir, tmp_path):
     before = tree_hashes(run_dir)
     done, record, repos = isolated_push(run_dir, "org/mlm", tmp_path)
@@ -105,6 +107,7 @@ def test_model_push_sends_every_request_to_the_chosen_endpoint(run_dir, tmp_path
     assert tree_hashes(run_dir) == before
 
 
+@pytest.mark.slow
 def test_push_model_uploads_the_card_from_memory_and_never_touches_the_folder(run_dir, tmp_path):
     before = tree_hashes(run_dir)
     with HubServer() as hub:
@@ -128,6 +131,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["model", "dataset"])
 def test_unreachable_endpoint_is_retried_then_one_clear_message(what, run_dir, mined, tmp_path):
     path = run_dir if what == "model" else mined
@@ -139,6 +143,7 @@ def test_unreachable_endpoint_is_retried_then_one_clear_message(what, run_dir, m
     assert tree_hashes(path) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["model", "dataset"])
 def test_offline_mode_refuses_before_any_request(what, run_dir, mined, tmp_path):
     path = run_dir if what == "model" else mined
@@ -152,6 +157,7 @@ def test_offline_mode_refuses_before_any_request(what, run_dir, mined, tmp_path)
     assert tree_hashes(path) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("repo_id, rule", [
     ("org/x..y", "Cannot have -- or .."),
     ("org/x--y", "Cannot have -- or .."),
@@ -168,6 +174,7 @@ def test_invalid_repo_id_is_refused_before_any_request(repo_id, rule, run_dir, t
     assert tree_hashes(run_dir) == before
 
 
+@pytest.mark.slow
 def test_token_echoed_by_a_failing_server_is_never_printed(mined, tmp_path):
     with HubServer() as hub:
         hub.state.echo_auth = True  # its error texts repeat the Authorization header

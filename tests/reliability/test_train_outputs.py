@@ -33,6 +33,7 @@ def base_run(tmp_path_factory) -> Path:
     return finished_run(tmp_path_factory.mktemp("base") / "run", save_every=2)
 
 
+@pytest.mark.slow
 def test_output_dir_that_is_the_starting_model_or_tokenizer_is_refused(tmp_path, base_run):
     model = tmp_path / "model"
     shutil.copytree(base_run, model)
@@ -48,6 +49,7 @@ def test_output_dir_that_is_the_starting_model_or_tokenizer_is_refused(tmp_path,
     assert tree_hashes(model) == before
 
 
+@pytest.mark.slow
 def test_a_folder_that_is_not_an_mmssl_run_is_refused_even_with_overwrite(tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -60,6 +62,7 @@ def test_a_folder_that_is_not_an_mmssl_run_is_refused_even_with_overwrite(tmp_pa
     assert tree_hashes(folder) == before
 
 
+@pytest.mark.slow
 def test_resuming_another_runs_checkpoint_into_a_finished_run_is_refused(tmp_path, base_run):
     other = finished_run(tmp_path / "other")
     before = tree_hashes(other)
@@ -76,6 +79,7 @@ def test_resuming_another_runs_checkpoint_into_a_finished_run_is_refused(tmp_pat
     assert tree_hashes(base_run) == source
 
 
+@pytest.mark.slow
 def test_overwrite_removes_exactly_what_the_earlier_run_wrote(tmp_path):
     out = finished_run(tmp_path / "run", max_steps=8, save_every=2)  # checkpoints 6 and 8
     (out / "my-notes.md").write_text("kept")  # the user's own file in the run folder
@@ -96,6 +100,7 @@ def test_overwrite_removes_exactly_what_the_earlier_run_wrote(tmp_path):
     assert_clear_error(done, "train.overwrite=true deletes the run that train.resume_from=latest would continue")
 
 
+@pytest.mark.slow
 def test_a_run_that_failed_before_saving_anything_can_simply_be_rerun(tmp_path):
     out = tmp_path / "run"
     recipe = recipe_file(tmp_path)
@@ -105,6 +110,7 @@ def test_a_run_that_failed_before_saving_anything_can_simply_be_rerun(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_output_dir_that_is_a_file_or_below_a_file(tmp_path):
     path = tmp_path / "a-file"
     path.write_text("data")
@@ -114,6 +120,7 @@ def test_output_dir_that_is_a_file_or_below_a_file(tmp_path):
     assert path.read_text() == "data"
 
 
+@pytest.mark.slow
 def test_read_only_output_folder(tmp_path):
     mount = tmp_path / "ro"
     mount.mkdir()
@@ -122,6 +129,7 @@ def test_read_only_output_folder(tmp_path):
     assert_clear_error(done, f"output_dir {str(mount / 'run')!r} cannot be written", "Read-only file system")
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, base_run):
     """A file system 1.5 checkpoints large: the first checkpoint fits, the second does not."""
     mount, copy = tmp_path / "small", tmp_path / "after"
@@ -142,6 +150,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, base_run
                                          for p in checkpoints[-1].rglob("*") if p.is_file() and p.name != "trainer_state.json")
 
 
+@pytest.mark.slow
 def test_full_disk_during_the_final_export_names_the_checkpoint_to_resume(tmp_path, base_run):
     """Room for the two checkpoints but not for the exported model as well."""
     mount = tmp_path / "small"
@@ -155,6 +164,7 @@ def test_full_disk_during_the_final_export_names_the_checkpoint_to_resume(tmp_pa
                        "train.resume_from=latest")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, message", [
     ("train.warmup_ratio=5", "train.warmup_ratio: 5.0 is out of range; it must be >= 0 and < 1"),
     ("train.save_every=-1", "train.save_every: -1 is out of range; it must be >= 0"),
@@ -169,6 +179,7 @@ def test_nonsense_settings_are_refused_naming_the_key(tmp_path, override, messag
     assert not (out / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path):
     """A run that has saved nothing yet may be redone without overwrite, but not while it is running."""
     import fcntl
@@ -188,6 +199,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path):
     assert tree_hashes(out) == before
 
 
+@pytest.mark.slow
 def test_a_home_relative_output_dir_is_checked_where_it_is_written(tmp_path):
     home = tmp_path / "home"
     (home / "x").mkdir(parents=True)
@@ -200,6 +212,7 @@ def test_a_home_relative_output_dir_is_checked_where_it_is_written(tmp_path):
     assert not (tmp_path / "~").exists() and (home / "x" / "mine.txt").read_text() == "the user's"
 
 
+@pytest.mark.slow
 def test_resuming_an_earlier_checkpoint_replaces_the_later_ones(tmp_path):
     out = finished_run(tmp_path / "run", max_steps=8, save_every=2, keep_checkpoints=4)  # 2, 4, 6, 8
     done = mmssl("train", str(recipe_file(tmp_path, max_steps=6, save_every=3, keep_checkpoints=4)),

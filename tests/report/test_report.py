@@ -59,6 +59,7 @@ def embedded_pngs(page: str) -> list[Image.Image]:
     return [Image.open(io.BytesIO(base64.b64decode(data))) for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, expected", [
     ("mlm", {"loss", "learning_rate", "eval"}),
     ("simcse", {"loss", "eval", "alignment_uniformity", "similarities", "spectrum"}),
@@ -79,6 +80,7 @@ def test_the_report_renders_every_figure_of_each_kind_as_a_real_png(runs, tmp_pa
         assert max(ImageStat.Stat(image.convert("L")).stddev) > 5  # not blank: lines, bars, text
 
 
+@pytest.mark.slow
 def test_several_runs_overlay_and_a_foreign_folder_is_refused_untouched(runs, tmp_path):
     page = write_report([runs / "mlm", runs / "combined"], tmp_path / "both").read_text()
     assert "<td>mlm</td>" in page and "<td>combined</td>" in page and "mlm+simcse" in page

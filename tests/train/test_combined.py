@@ -121,6 +121,7 @@ def test_alternating_visits_each_stream_in_its_share_and_every_row_once_per_pass
     assert sample.order(3) == StreamSchedule(streams, "sample", 4, 1, 0).order(3)  # seeded: the same after a resume
 
 
+@pytest.mark.slow
 def test_a_killed_two_stream_run_resumes_bit_identical(tmp_path):
     """MLM on the world's captions and SimCSE on another world's, sampled per step: the streams' positions,
     passes and draws come back exactly after a kill."""
@@ -149,6 +150,7 @@ def test_a_killed_two_stream_run_resumes_bit_identical(tmp_path):
     assert starts == [0, killed_at]
 
 
+@pytest.mark.slow
 def test_outputs_load_natively_and_share_the_encoder(tmp_path):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModelForMaskedLM
@@ -183,6 +185,8 @@ def test_outputs_load_natively_and_share_the_encoder(tmp_path):
     assert recipe_to_dict(saved) == recipe_to_dict(parse_recipe(text_recipe(out, max_steps=4)))
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_processes_alternate_objectives_in_sync(tmp_path):
     """Two real processes, one objective per step (the other's head gets no gradient in that step)."""
     out = tmp_path / "run"
@@ -197,6 +201,7 @@ def test_two_processes_alternate_objectives_in_sync(tmp_path):
     assert sum("rotnet/loss" in e for e in train_logs) > sum("simclr/loss" in e for e in train_logs) > 0
 
 
+@pytest.mark.slow
 def test_an_objective_listed_twice_without_distinct_labels_is_one_clear_error(tmp_path):
     raw = {**text_recipe(tmp_path / "run", max_steps=2), "objectives": [{"name": "mlm"}, {"name": "mlm"}]}
     assert_clear_error(mmssl("train", str(write_recipe(tmp_path / "r.yaml", raw))),
@@ -263,6 +268,7 @@ def coca_recipe(output_dir, objectives: list[dict], **train) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_clip_and_captioning_train_one_coca_model_that_open_clip_loads_and_that_captions(tmp_path):
     import open_clip
     from safetensors.torch import load_file
@@ -304,6 +310,7 @@ def test_clip_and_captioning_train_one_coca_model_that_open_clip_loads_and_that_
     assert "cartoon emoji" in json.loads((out / "clip/metrics.json").read_text())["bias"]["caveats"]
 
 
+@pytest.mark.slow
 def test_captioning_needs_a_coca_model(tmp_path):
     raw = coca_recipe(tmp_path / "run", [{"name": "captioning"}])
     raw["model"] = {"arch": "mmssl-vit-tiny", "config": {k: v for k, v in TINY_COCA.items() if k != "multimodal_cfg"}}
@@ -326,6 +333,8 @@ def test_overrides_name_an_objective_by_label_or_index(tmp_path):
         apply_overrides(raw, ["objectives.weight=2"])
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_captioning_alone_trains_on_two_processes(tmp_path):
     """The caption loss leaves CoCa's contrastive projections without gradient: DDP is told to look for them."""
     out = tmp_path / "run"
@@ -341,6 +350,7 @@ def test_captioning_alone_trains_on_two_processes(tmp_path):
     assert metrics["processes"] == 2 and metrics["parameters_in_sync"] and metrics["steps"] == 3
 
 
+@pytest.mark.slow
 def test_a_combined_recipe_trains_on_streamed_data(tmp_path):
     """MLM + SimCSE alternating over the built-in world read as a stream (one loader worker): every step runs
     one objective, both learn, the shares are kept, and both folders export."""

@@ -32,6 +32,7 @@ def weights(directory: Path) -> dict:
     return load_file(str(directory / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tmp_path, cli_env):
     # 300 scenes -> about 58 batches per epoch: the kill lands mid-epoch and the resumed run crosses an epoch.
     raw = lm_recipe(tmp_path / "unused", "mlm", max_steps=80, save_every=5, log_every=5)
@@ -69,6 +70,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, cli_env):
     assert [e["step"] for e in log if e["event"] == "start"] == [0, killed_at]
 
 
+@pytest.mark.slow
 def test_interrupted_save_is_ignored_and_cleaned(tmp_path, cli_env):
     out = tmp_path / "run"
     recipe = write_recipe(tmp_path / "r.yaml", lm_recipe(out, "clm", max_steps=4, save_every=2))
@@ -84,6 +86,8 @@ def test_interrupted_save_is_ignored_and_cleaned(tmp_path, cli_env):
     assert [p.name for p in list_checkpoints(out)] == ["step-00000004", "step-00000006"]
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_processes_train_in_sync(tmp_path, cli_env, launcher):
     out = tmp_path / launcher

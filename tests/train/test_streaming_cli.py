@@ -46,6 +46,7 @@ def image_recipe(output_dir, shards, **train) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_a_killed_image_stream_resumes_to_the_same_weights(tmp_path, world_shards):
     """Two loader workers decode the shards; a run SIGKILLed after a checkpoint and resumed continues at each
     worker's position, so its weights equal an unbroken run's."""
@@ -65,6 +66,8 @@ def test_a_killed_image_stream_resumes_to_the_same_weights(tmp_path, world_shard
         train(parse_recipe(raw))
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_nodes_stream_shards_that_do_not_divide_between_them(tmp_path, world_shards):
     """Two `torchrun --nnodes 2` launches (a static rendezvous on 127.0.0.1), one process each, over 3 shards:
     node 0 reads 2 shards, node 1 the third; both take the same number of steps (the stream is endless), so
@@ -88,6 +91,7 @@ def test_two_nodes_stream_shards_that_do_not_divide_between_them(tmp_path, world
     assert metrics["examples_seen_per_process"] == 12 * 16
 
 
+@pytest.mark.slow
 def test_the_streamed_and_whole_data_paths_learn_alike(tmp_path):
     """The same MLM recipe on the same text, read whole and streamed (shard order, no buffer): the same
     tokenizer and block packing, so the eval loss after training agrees closely."""
@@ -101,6 +105,7 @@ def test_the_streamed_and_whole_data_paths_learn_alike(tmp_path):
     assert abs(losses[True] - losses[False]) < 0.15, losses
 
 
+@pytest.mark.slow
 def test_streamed_data_of_unknown_size_needs_a_step_count(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("a red circle\n" * 50)
@@ -111,6 +116,7 @@ def test_streamed_data_of_unknown_size_needs_a_step_count(tmp_path):
         train(parse_recipe(raw))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, objective", [("instdisc", {"num_negatives": 16}),
                                                ("simclr", {"bank_negatives": 16})])
 def test_a_method_that_needs_every_image_refuses_a_stream(tmp_path, world_shards, method, objective):
@@ -120,6 +126,7 @@ def test_a_method_that_needs_every_image_refuses_a_stream(tmp_path, world_shards
         train(parse_recipe(raw))
 
 
+@pytest.mark.slow
 def test_simcse_streams_pairs_and_counts_the_rows_it_cannot_use(tmp_path):
     """Supervised SimCSE on a JSON Lines stream, tokenised in a loader worker; a row without a positive is
     skipped and counted, not a crash."""

@@ -23,6 +23,7 @@ def train_losses(output_dir) -> list[float]:
     return [e["loss"] for e in events if e["event"] == "train"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["mlm", "clm"])
 def test_training_lowers_loss_and_writes_a_loadable_model(tmp_path, objective):
     out = tmp_path / objective
@@ -44,6 +45,7 @@ def test_training_lowers_loss_and_writes_a_loadable_model(tmp_path, objective):
         assert text.startswith("a red")
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_a_large_batch(tmp_path):
     """2 micro-batches of 8 with accumulation give the same update as one batch of 16 (no dropout)."""
     tiny = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -60,6 +62,7 @@ def test_gradient_accumulation_matches_a_large_batch(tmp_path):
     assert ma["parameter_checksums"][0] == pytest.approx(mb["parameter_checksums"][0], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "run"
     run(lm_recipe(out, "mlm", max_steps=4, save_every=2))
@@ -87,6 +90,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     assert resumed["steps"] == 8 and starts[-1]["step"] == 4
 
 
+@pytest.mark.slow
 def test_resume_errors(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(CheckpointError, match="no checkpoint in"):
@@ -102,6 +106,7 @@ def test_resume_errors(tmp_path):
         run(other)
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_clear_errors(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
@@ -123,6 +128,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         run(raw)
 
 
+@pytest.mark.slow
 def test_unpacked_long_texts_are_truncated_and_reported(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(["a red circle above a blue square " * 20] * 30 + ["a green star"] * 30))
@@ -133,12 +139,14 @@ def test_unpacked_long_texts_are_truncated_and_reported(tmp_path):
     assert metrics["truncated_texts"] > 0
 
 
+@pytest.mark.slow
 def test_tensorboard_tracker_writes_events(tmp_path):
     out = tmp_path / "tb"
     run(lm_recipe(out, "clm", max_steps=4, log_every=2, trackers=["tensorboard"]))
     assert list((out / "tracking").rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_eval_cli_matches_training_eval(tmp_path, capsys):
     from mmssl.commands import main
 
@@ -151,6 +159,7 @@ def test_eval_cli_matches_training_eval(tmp_path, capsys):
     assert "not an mmssl output folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_continue_pretraining_from_a_saved_model_and_tokenizer(tmp_path):
     first = tmp_path / "first"
     run(lm_recipe(first, "mlm", max_steps=10))
@@ -163,6 +172,7 @@ def test_continue_pretraining_from_a_saved_model_and_tokenizer(tmp_path):
     assert metrics["eval"]["loss"] < before  # it continued from the trained weights
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_errors_without_traceback(tmp_path):
     import subprocess
 
