@@ -214,104 +214,140 @@ def publish(recipe: Recipe, directory: Path, message: str) -> None:
 def train(recipe: Recipe) -> dict[str, Any]:
     """Run `recipe` to completion and return its final metrics (also written to metrics.json)."""
     try:
-        return _train(recipe)
+        return Run(recipe).run()
     finally:
         release_run_folder(Path(recipe.output_dir))
 
 
-def _train(recipe: Recipe) -> dict[str, Any]:
-    cfg = recipe.train
-    output_dir = Path(recipe.output_dir)
-    accelerator = make_accelerator(recipe)
-    main = accelerator.is_main_process
-    set_seed(recipe.seed)
-    recipe_dict = recipe_to_dict(recipe)
-    signature = {key: recipe_dict.get(key) for key in ckpt.RESUME_KEYS}
+class Run:
+    """One training run of a recipe, step by step: claim the output folder, build the objective, its loaders and
+    optimiser, resume, train (accumulation, clipping, logging, evaluation, checkpoints), then export."""
 
-    if cfg.overwrite and cfg.resume_from == "latest":
-        raise RecipeError("train.overwrite=true deletes the run that train.resume_from=latest would continue; "
-                          "drop one of the two")
-    resume_dir = ckpt.resolve_resume(cfg.resume_from, output_dir)
-    state = ckpt.TrainerState(signature=signature)
-    if resume_dir is not None:
-        state = ckpt.read_state(resume_dir)
-        ckpt.check_signature(state.signature, signature, resume_dir)
-        ckpt.check_files(resume_dir, state)
-        ckpt.check_random_states(resume_dir)
-        state.unsafe = None
-    resumed_step = state.step if resume_dir is not None else -1
-    claim, manifest = claim_output_dir(recipe, resume_dir)
-    if resume_dir is not None and claim is not Claim.RESUME:
-        check_not_input(output_dir, "output_dir", {"train.resume_from": str(resume_dir)})
-    accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
-    if main:
-        manifest = open_manifest(recipe, claim, manifest)
-        ckpt.remove_stale_temporaries(output_dir)
-        if claim is Claim.RESUME:  # later checkpoints of this run belong to the continuation being replaced
-            ckpt.remove_after(output_dir, state.step)
-        save_recipe(recipe, output_dir / "recipe.yaml")
-    accelerator.wait_for_everyone()
+    def __init__(self, recipe: Recipe):
+        self.recipe, self.cfg = recipe, recipe.train
+        self.output_dir = Path(recipe.output_dir)
+        self.accelerator = make_accelerator(recipe)
+        self.main = self.accelerator.is_main_process
+        self.world = self.accelerator.num_processes
+        set_seed(recipe.seed)
+        self.recipe_dict = recipe_to_dict(recipe)
+        self.last_eval: dict[str, float] = {}
+        self.window_size = 1  # micro-batches in the current accumulation window
 
-    context = SetupContext(world_size=accelerator.num_processes, rank=accelerator.process_index,
-                           device=accelerator.device, resume_dir=resume_dir)
-    objective = build_objective(recipe, context)
-    with accelerator.main_process_first():
-        objective.setup()
-    module = objective.module
-    if objective.has_unused_parameters():  # read by accelerate when it wraps the module in DDP (prepare)
-        accelerator.ddp_handler.find_unused_parameters = True
+    def run(self) -> dict[str, Any]:
+        self.claim_output_dir()
+        self.build_objective()
+        self.build_loaders()
+        self.build_optimization()
+        self.resume()
+        self.start_logging()
+        started = time.perf_counter()
+        self.train_steps()
+        return self.finish(time.perf_counter() - started)
 
-    dataset = objective.train_dataset
-    world = accelerator.num_processes
-    stream = objective.train_stream
-    workers = cfg.num_workers if cfg.num_workers is not None else 0
-    if stream is not None:  # read shard by shard in loader workers; the loader's state is the stream's position
-        workers = cfg.num_workers if cfg.num_workers is not None else default_workers(cfg.on_cuda)
-        stream.place(accelerator.process_index, world)
-        sampler = None
-        batched = getattr(stream, "batched", False)  # a stream of whole steps (a combined recipe's)
-        train_loader = make_loader(stream, None if batched else cfg.batch_size, _whole if batched else objective.collate,
-                                   workers, pin_memory=accelerator.device.type == "cuda")
-    elif (batch_sampler := objective.batch_sampler(cfg.batch_size, world)) is not None:
-        # the objective's own order (several data streams): one list per process and step
-        sampler = batch_sampler
-        train_loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=objective.collate,
-                                  num_workers=workers)
-    else:
-        sampler = EpochShuffleSampler(len(dataset), recipe.seed)
-        drop_last = len(dataset) >= cfg.batch_size * world
-        train_loader = DataLoader(
-            dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=objective.collate,
-            num_workers=workers, drop_last=drop_last,
-        )
-    eval_loader = None
-    if objective.eval_dataset is not None:
-        eval_loader = DataLoader(objective.eval_dataset, batch_size=cfg.batch_size, collate_fn=objective.collate)
+    # -- before the first step ---------------------------------------------------------------------
+    def claim_output_dir(self) -> None:
+        """Check the resume point and the output folder, then (main process) claim it and write recipe.yaml."""
+        recipe, cfg, output_dir, accelerator = self.recipe, self.cfg, self.output_dir, self.accelerator
+        signature = {key: self.recipe_dict.get(key) for key in ckpt.RESUME_KEYS}
+        if cfg.overwrite and cfg.resume_from == "latest":
+            raise RecipeError("train.overwrite=true deletes the run that train.resume_from=latest would continue; "
+                              "drop one of the two")
+        self.resume_dir = resume_dir = ckpt.resolve_resume(cfg.resume_from, output_dir)
+        self.state = ckpt.TrainerState(signature=signature)
+        if resume_dir is not None:
+            self.state = ckpt.read_state(resume_dir)
+            ckpt.check_signature(self.state.signature, signature, resume_dir)
+            ckpt.check_files(resume_dir, self.state)
+            ckpt.check_random_states(resume_dir)
+            self.state.unsafe = None
+        self.resumed_step = self.state.step if resume_dir is not None else -1
+        claim, self.manifest = claim_output_dir(recipe, resume_dir)
+        if resume_dir is not None and claim is not Claim.RESUME:
+            check_not_input(output_dir, "output_dir", {"train.resume_from": str(resume_dir)})
+        accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
+        if self.main:
+            self.manifest = open_manifest(recipe, claim, self.manifest)
+            ckpt.remove_stale_temporaries(output_dir)
+            if claim is Claim.RESUME:  # later checkpoints of this run belong to the continuation being replaced
+                ckpt.remove_after(output_dir, self.state.step)
+            save_recipe(recipe, output_dir / "recipe.yaml")
+        accelerator.wait_for_everyone()
 
-    optimizer = build_optimizer(module, objective.param_groups(module), cfg)
-    recipe_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    if stream is not None:  # accelerate's loader wrapper would make every process read every sample
-        module, optimizer = accelerator.prepare(module, optimizer)
-    else:
-        module, optimizer, train_loader = accelerator.prepare(module, optimizer, train_loader)
-    objective.attach_optimizer(optimizer)
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
-    batches_per_epoch = len(train_loader) if stream is None else stream_batches_per_epoch(recipe, stream, world)
-    if batches_per_epoch == 0:
-        raise DataError(f"no training batches: {len(dataset)} examples for batch size {cfg.batch_size} x {world}")
-    ga = cfg.gradient_accumulation_steps
-    steps_per_epoch = math.ceil(batches_per_epoch / ga)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
-    if warmup >= total_steps:
-        raise RecipeError(f"train.warmup_steps={warmup} is not below the run's {total_steps} steps, so the learning "
-                          "rate would never reach train.learning_rate; lower train.warmup_steps or train.warmup_ratio")
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    if resume_dir is not None:
+    def build_objective(self) -> None:
+        accelerator = self.accelerator
+        context = SetupContext(world_size=self.world, rank=accelerator.process_index, device=accelerator.device,
+                               resume_dir=self.resume_dir)
+        self.objective = build_objective(self.recipe, context)
+        with accelerator.main_process_first():
+            self.objective.setup()
+        if self.objective.has_unused_parameters():  # read by accelerate when it wraps the module in DDP (prepare)
+            accelerator.ddp_handler.find_unused_parameters = True
+
+    def build_loaders(self) -> None:
+        """The training loader: a stream read in loader workers, the objective's own batch order, or a permutation
+        of `train_dataset` per epoch; and the eval loader."""
+        cfg, objective, world = self.cfg, self.objective, self.world
+        self.dataset, self.stream = objective.train_dataset, objective.train_stream
+        self.sampler = None
+        self.workers = cfg.num_workers if cfg.num_workers is not None else 0
+        if self.stream is not None:  # read shard by shard in loader workers; the loader's state is the stream's position
+            stream = self.stream
+            self.workers = cfg.num_workers if cfg.num_workers is not None else default_workers(cfg.on_cuda)
+            stream.place(self.accelerator.process_index, world)
+            batched = getattr(stream, "batched", False)  # a stream of whole steps (a combined recipe's)
+            self.train_loader = make_loader(stream, None if batched else cfg.batch_size,
+                                            _whole if batched else objective.collate, self.workers,
+                                            pin_memory=self.accelerator.device.type == "cuda")
+        elif (batch_sampler := objective.batch_sampler(cfg.batch_size, world)) is not None:
+            # the objective's own order (several data streams): one list per process and step
+            self.sampler = batch_sampler
+            self.train_loader = DataLoader(self.dataset, batch_sampler=batch_sampler, collate_fn=objective.collate,
+                                           num_workers=self.workers)
+        else:
+            self.sampler = EpochShuffleSampler(len(self.dataset), self.recipe.seed)
+            self.train_loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler,
+                                           collate_fn=objective.collate, num_workers=self.workers,
+                                           drop_last=len(self.dataset) >= cfg.batch_size * world)
+        self.eval_loader = None
+        if objective.eval_dataset is not None:
+            self.eval_loader = DataLoader(objective.eval_dataset, batch_size=cfg.batch_size, collate_fn=objective.collate)
+
+    def build_optimization(self) -> None:
+        """Optimiser and schedule over the run's steps; the module and loaders prepared by Accelerate."""
+        cfg, objective, accelerator = self.cfg, self.objective, self.accelerator
+        module = objective.module
+        optimizer = build_optimizer(module, objective.param_groups(module), cfg)
+        self.recipe_groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        if self.stream is not None:  # accelerate's loader wrapper would make every process read every sample
+            self.module, self.optimizer = accelerator.prepare(module, optimizer)
+        else:
+            self.module, self.optimizer, self.train_loader = accelerator.prepare(module, optimizer, self.train_loader)
+        objective.attach_optimizer(self.optimizer)
+        if self.eval_loader is not None:
+            self.eval_loader = accelerator.prepare(self.eval_loader)
+        self.batches_per_epoch = (len(self.train_loader) if self.stream is None
+                                  else stream_batches_per_epoch(self.recipe, self.stream, self.world))
+        if self.batches_per_epoch == 0:
+            raise DataError(f"no training batches: {len(self.dataset)} examples for batch size {cfg.batch_size} x "
+                            f"{self.world}")
+        steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.gradient_accumulation_steps)
+        self.total_steps = total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total)
+        if warmup >= total:
+            raise RecipeError(f"train.warmup_steps={warmup} is not below the run's {total} steps, so the learning "
+                              "rate would never reach train.learning_rate; lower train.warmup_steps or "
+                              "train.warmup_ratio")
+        self.scheduler = get_scheduler(cfg.scheduler, self.optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+    def resume(self) -> None:
+        """Model, optimiser, schedule, random and stream states of the checkpoint being resumed, if any."""
+        resume_dir = self.resume_dir
+        if resume_dir is None:
+            return
         try:  # accelerate reads model (safetensors), optimiser and RNG states with torch.load(weights_only=True)
-            accelerator.load_state(str(resume_dir))
-            _resume_schedule(optimizer, scheduler, state.scheduler, recipe_groups)
+            self.accelerator.load_state(str(resume_dir))
+            _resume_schedule(self.optimizer, self.scheduler, self.state.scheduler, self.recipe_groups)
         except pickle.UnpicklingError as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ckpt.CheckpointError(
@@ -322,46 +358,189 @@ def _train(recipe: Recipe) -> dict[str, Any]:
             raise ckpt.CheckpointError(
                 f"checkpoint {str(resume_dir)!r} does not match this recipe's model or optimiser ({exc})"
             ) from None
-        if stream is not None:
-            train_loader.load_state_dict(ckpt.read_stream_state(resume_dir, accelerator.process_index, world, workers))
+        if self.stream is not None:
+            self.train_loader.load_state_dict(ckpt.read_stream_state(resume_dir, self.accelerator.process_index,
+                                                                     self.world, self.workers))
 
-    metrics_log = MetricsLog(output_dir / "log.jsonl", accelerator, enabled=main)
-    if cfg.trackers:
-        accelerator.init_trackers(recipe.name or "mmssl", config=flatten(recipe_dict))
-    description = objective.describe()
-    metrics_log.write(state.step, {"total_steps": total_steps, "processes": world, **description}, event="start")
-    if main:
-        log.info("training %s for %d steps on %d process(es), %s", recipe.objective.name, total_steps, world,
-                 accelerator.device)
+    def start_logging(self) -> None:
+        recipe, accelerator = self.recipe, self.accelerator
+        self.metrics_log = MetricsLog(self.output_dir / "log.jsonl", accelerator, enabled=self.main)
+        if self.cfg.trackers:
+            accelerator.init_trackers(recipe.name or "mmssl", config=flatten(self.recipe_dict))
+        self.description = self.objective.describe()
+        self.metrics_log.write(self.state.step, {"total_steps": self.total_steps, "processes": self.world,
+                                                 **self.description}, event="start")
+        if self.main:
+            log.info("training %s for %d steps on %d process(es), %s", recipe.objective.name, self.total_steps,
+                     self.world, accelerator.device)
 
-    def diverged(message: str) -> TrainingDiverged:
-        if main:
-            manifest.set_status("diverged", message)
-        accelerator.end_training()
+    # -- training ----------------------------------------------------------------------------------
+    def train_steps(self) -> None:
+        """Micro-batches until `total_steps` optimiser steps are done, epoch after epoch (a stream: one endless pass)."""
+        state, stream, accelerator, objective = self.state, self.stream, self.accelerator, self.objective
+        self.progress = tqdm(total=self.total_steps, initial=state.step, disable=not (self.main and self.cfg.progress),
+                             desc="train")
+        self.reset_window()
+        self.module.train()
+        while state.step < self.total_steps:
+            objective.set_epoch(state.epoch)
+            if stream is not None:  # endless: one pass of this loop; the loader resumes from its own state
+                loader = self.train_loader
+            else:
+                self.sampler.set_epoch(state.epoch)
+                self.train_loader.set_epoch(state.epoch)
+                loader = (accelerator.skip_first_batches(self.train_loader, state.batch_in_epoch)
+                          if state.batch_in_epoch else self.train_loader)
+            for batch in loader:
+                if stream is not None:
+                    batch = send_to_device(batch, accelerator.device, non_blocking=True)
+                if self.micro_batch(batch):
+                    self.optimizer_step()
+                    if state.step >= self.total_steps:
+                        break
+            if stream is not None and state.step < self.total_steps:
+                skipped, examples = stream_skips(self.train_loader, accelerator)
+                raise DataError(f"the training stream ran out of usable samples at step {state.step} of "
+                                f"{self.total_steps} (skipped: {skipped or 'none'}"
+                                f"{'; e.g. ' + '; '.join(examples) if examples else ''}); "
+                                "check data.path and data.columns")
+        self.progress.close()
+
+    def micro_batch(self, batch: Any) -> bool:
+        """Forward and backward of one micro-batch; whether it completes an accumulation window (then step)."""
+        state, objective, ga = self.state, self.objective, self.cfg.gradient_accumulation_steps
+        micro = state.batch_in_epoch
+        window_start = micro - micro % ga
+        self.window_size = min(ga, self.batches_per_epoch - window_start)
+        sync = micro + 1 == window_start + self.window_size
+        torch.manual_seed(step_seed(self.recipe.seed, state.epoch, micro, self.accelerator.process_index))
+        batch = objective.prepare_batch(batch)
+        examples, tokens = objective.batch_size_of(batch)
+        with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.module):
+            logged = objective.training_step(self.module, batch, self.backward)
+        for key, value in logged.items():  # a scalar is averaged over the micro-batches that logged it
+            self.sums[key] = self.sums.get(key, 0.0) + value.double()
+            self.counts[key] = self.counts.get(key, 0) + 1
+        self.counted += torch.tensor([examples, tokens], dtype=torch.float64)
+        state.examples += examples
+        state.tokens += tokens
+        state.batch_in_epoch += 1
+        if micro + 1 == self.batches_per_epoch:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if self.stream is not None:
+                objective.set_epoch(state.epoch)
+        return sync
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Check the loss is finite on every process, then backpropagate it scaled for accumulation."""
+        finite = torch.isfinite(loss.detach())
+        if self.world > 1:
+            finite = self.accelerator.reduce(finite.float(), reduction="sum") == self.world
+        if not bool(finite):
+            # the weights of a checkpoint saved at this very step gave this loss: resuming there diverges again
+            # (not the one this run resumed from: it gave finite losses before, so the new settings are to blame)
+            step, output_dir = self.state.step, self.output_dir
+            current = ckpt.final_dir(output_dir, step)
+            unsafe = ""
+            if self.main and current.is_dir() and step != self.resumed_step:
+                ckpt.mark_unsafe(current, f"the loss became {loss.item()} on these weights at step {step + 1}")
+                unsafe = f" ({current.name} gave this loss and is marked unsafe)"
+            safe = ckpt.last_safe(output_dir) if self.main else None
+            where = (f"the last safe checkpoint is {str(safe)!r}{unsafe}; resume from it with "
+                     "train.resume_from=latest" if safe else f"no safe checkpoint was saved{unsafe}")
+            raise self.diverged(f"the loss became {loss.item()} at step {step + 1}; {where}. Lower "
+                                "train.learning_rate, add warmup (train.warmup_steps) or keep train.max_grad_norm set")
+        self.accelerator.backward(loss / self.window_size)
+
+    def optimizer_step(self) -> None:
+        """Clip, step, schedule; the objective's after-step hook; then log, evaluate and save as the recipe says."""
+        cfg, state = self.cfg, self.state
+        if cfg.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.objective.after_optimizer_step(self.module, state.step + 1, self.total_steps)
+        state.step += 1
+        self.progress.update(1)
+        if state.step % cfg.log_every == 0 or state.step == self.total_steps:
+            self.log_window()
+        if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < self.total_steps:
+            self.last_eval = self.evaluate()
+        if cfg.save_every and state.step % cfg.save_every == 0:
+            self.save_checkpoint()
+
+    def reset_window(self) -> None:
+        """Start a logging window: scalars summed since the last log and how often, examples and tokens seen."""
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.counted = torch.zeros(2, dtype=torch.float64)  # examples, tokens (this process)
+        self.window_started = time.perf_counter()
+
+    def log_window(self) -> None:
+        """Log the window's mean scalars (over micro-batches and processes), learning rate, epoch and throughput."""
+        accelerator, state = self.accelerator, self.state
+        keys = sorted(self.sums)
+        means = accelerator.reduce(torch.stack([self.sums[k] / self.counts[k] for k in keys]).to(accelerator.device),
+                                   reduction="mean").tolist()
+        scalars = dict(zip(keys, means))
+        totals = accelerator.reduce(self.counted.to(accelerator.device), reduction="sum").tolist()
+        elapsed = time.perf_counter() - self.window_started
+        values = {
+            **scalars,
+            "lr": self.scheduler.get_last_lr()[0],
+            "epoch": state.epoch + state.batch_in_epoch / self.batches_per_epoch,
+            "examples_per_s": totals[0] / elapsed,
+            "tokens_per_s": totals[1] / elapsed,
+        }
+        if self.stream is not None:
+            values["skipped"] = sum(stream_skips(self.train_loader, accelerator)[0].values())
+        self.metrics_log.write(state.step, values)
+        unit = "tokens_per_s" if self.objective.throughput_unit == "tokens" else "examples_per_s"
+        self.progress.set_postfix(loss=f"{scalars['loss']:.4f}", **{unit.split("_")[0] + "/s": f"{values[unit]:.0f}"})
+        self.reset_window()
+
+    def evaluate(self) -> dict[str, float]:
+        if not self.objective.has_evaluation():
+            return {}
+        result = self.objective.evaluate(self.module, self.eval_loader, self.accelerator)
+        self.metrics_log.write(self.state.step, result, event="eval")
+        return result
+
+    def diverged(self, message: str) -> TrainingDiverged:
+        if self.main:
+            self.manifest.set_status("diverged", message)
+        self.accelerator.end_training()
         return TrainingDiverged(message)
 
-    def save_checkpoint() -> None:
-        if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+    # -- checkpoints -------------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint of this step atomically (a temporary folder renamed when complete), prune old ones,
+        and push a snapshot if the recipe asks for one at every checkpoint."""
+        accelerator, state, output_dir, main = self.accelerator, self.state, self.output_dir, self.main
+        if not all(bool(torch.isfinite(p).all()) for p in self.module.parameters()):
             safe = ckpt.last_safe(output_dir)
             where = f"the last safe checkpoint is {str(safe)!r}" if safe else "no safe checkpoint was saved"
-            raise diverged(f"the weights became non-finite at step {state.step} (not saved); {where}. Lower "
-                           "train.learning_rate, add warmup (train.warmup_steps) or keep train.max_grad_norm set")
+            raise self.diverged(f"the weights became non-finite at step {state.step} (not saved); {where}. Lower "
+                                "train.learning_rate, add warmup (train.warmup_steps) or keep train.max_grad_norm set")
         tmp = ckpt.temporary_dir(output_dir, state.step)
-        state.scheduler = scheduler.state_dict()
+        state.scheduler = self.scheduler.state_dict()
         try:
             if main:
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
             accelerator.wait_for_everyone()
             accelerator.save_state(str(tmp))
-            if stream is not None:
-                ckpt.write_stream_state(tmp, train_loader.state_dict(), accelerator.process_index, world, workers)
+            if self.stream is not None:
+                ckpt.write_stream_state(tmp, self.train_loader.state_dict(), accelerator.process_index, self.world,
+                                        self.workers)
             accelerator.wait_for_everyone()
             if main:
-                objective.save_artifacts(tmp)
+                self.objective.save_artifacts(tmp)
                 ckpt.write_state(tmp, state)
                 ckpt.commit(tmp, ckpt.final_dir(output_dir, state.step))
-                ckpt.prune(output_dir, cfg.keep_checkpoints)
+                ckpt.prune(output_dir, self.cfg.keep_checkpoints)
         except Exception as exc:
             reason = _partial_write_failed(exc, tmp, output_dir)
             safe = ckpt.last_safe(output_dir)
@@ -370,169 +549,62 @@ def _train(recipe: Recipe) -> dict[str, Any]:
             raise MmsslError(f"writing the checkpoint of step {state.step} in {str(output_dir)!r} failed ({reason}); "
                              f"the partial checkpoint was removed and {kept}. {fix.capitalize()}, then resume with "
                              "train.resume_from=latest") from None
-        if main:
-            if recipe.push_to_hub and recipe.push_to_hub.every_checkpoint:
-                snapshot = output_dir / ".tmp-push"
-                shutil.rmtree(snapshot, ignore_errors=True)
-                snapshot.mkdir()
-                objective.export(accelerator.unwrap_model(module), snapshot)
-                shutil.copy(output_dir / "recipe.yaml", snapshot / "recipe.yaml")
-                (snapshot / "metrics.json").write_text(json.dumps({"steps": state.step, "eval": last_eval,
-                                                                   "processes": world, **description}))
-                publish(recipe, snapshot, f"Checkpoint at step {state.step} (mmssl)")
-                shutil.rmtree(snapshot, ignore_errors=True)
+        if main and self.recipe.push_to_hub and self.recipe.push_to_hub.every_checkpoint:
+            self.push_snapshot()
         accelerator.wait_for_everyone()
 
-    def run_eval() -> dict[str, float]:
-        if not objective.has_evaluation():
-            return {}
-        result = objective.evaluate(module, eval_loader, accelerator)
-        metrics_log.write(state.step, result, event="eval")
-        return result
+    def push_snapshot(self) -> None:
+        """Export the current model to a temporary folder and push it as the recipe's `push_to_hub` says."""
+        snapshot = self.output_dir / ".tmp-push"
+        shutil.rmtree(snapshot, ignore_errors=True)
+        snapshot.mkdir()
+        self.objective.export(self.accelerator.unwrap_model(self.module), snapshot)
+        shutil.copy(self.output_dir / "recipe.yaml", snapshot / "recipe.yaml")
+        (snapshot / "metrics.json").write_text(json.dumps({"steps": self.state.step, "eval": self.last_eval,
+                                                           "processes": self.world, **self.description}))
+        publish(self.recipe, snapshot, f"Checkpoint at step {self.state.step} (mmssl)")
+        shutil.rmtree(snapshot, ignore_errors=True)
 
-    progress = tqdm(total=total_steps, initial=state.step, disable=not (main and cfg.progress), desc="train")
-    window: dict[str, Any] = {"sums": {}, "counts": {}}  # logged scalars summed since the last log, and how often
-    counted = torch.zeros(2, dtype=torch.float64)  # examples, tokens since last log (this process)
-    last_log_time = time.perf_counter()
-    started = time.perf_counter()
-    last_eval: dict[str, float] = {}
-    window_size = 1  # micro-batches in the current accumulation window
-
-    def backward(loss: torch.Tensor) -> None:
-        """Check the loss is finite on every process, then backpropagate it scaled for accumulation."""
-        finite = torch.isfinite(loss.detach())
-        if world > 1:
-            finite = accelerator.reduce(finite.float(), reduction="sum") == world
-        if not bool(finite):
-            # the weights of a checkpoint saved at this very step gave this loss: resuming there diverges again
-            # (not the one this run resumed from: it gave finite losses before, so the new settings are to blame)
-            current = ckpt.final_dir(output_dir, state.step)
-            unsafe = ""
-            if main and current.is_dir() and state.step != resumed_step:
-                ckpt.mark_unsafe(current, f"the loss became {loss.item()} on these weights at step {state.step + 1}")
-                unsafe = f" ({current.name} gave this loss and is marked unsafe)"
-            safe = ckpt.last_safe(output_dir) if main else None
-            where = (f"the last safe checkpoint is {str(safe)!r}{unsafe}; resume from it with "
-                     "train.resume_from=latest" if safe else f"no safe checkpoint was saved{unsafe}")
-            raise diverged(f"the loss became {loss.item()} at step {state.step + 1}; {where}. "
-                           "Lower train.learning_rate, add warmup (train.warmup_steps) or keep train.max_grad_norm set")
-        accelerator.backward(loss / window_size)
-
-    module.train()
-    while state.step < total_steps:
-        objective.set_epoch(state.epoch)
-        if stream is not None:  # endless: one pass of this loop; the loader resumes from its own state
-            loader = train_loader
-        else:
-            sampler.set_epoch(state.epoch)
-            train_loader.set_epoch(state.epoch)
-            loader = accelerator.skip_first_batches(train_loader, state.batch_in_epoch) if state.batch_in_epoch else train_loader
-        for batch in loader:
-            if stream is not None:
-                batch = send_to_device(batch, accelerator.device, non_blocking=True)
-            micro = state.batch_in_epoch
-            window_start = micro - micro % ga
-            window_size = min(ga, batches_per_epoch - window_start)
-            sync = micro + 1 == window_start + window_size
-            torch.manual_seed(step_seed(recipe.seed, state.epoch, micro, accelerator.process_index))
-            batch = objective.prepare_batch(batch)
-            examples, tokens = objective.batch_size_of(batch)
-            with contextlib.nullcontext() if sync else accelerator.no_sync(module):
-                logged = objective.training_step(module, batch, backward)
-            for key, value in logged.items():  # a scalar is averaged over the micro-batches that logged it
-                window["sums"][key] = window["sums"].get(key, 0.0) + value.double()
-                window["counts"][key] = window["counts"].get(key, 0) + 1
-            counted += torch.tensor([examples, tokens], dtype=torch.float64)
-            state.examples += examples
-            state.tokens += tokens
-            state.batch_in_epoch += 1
-            if micro + 1 == batches_per_epoch:
-                state.epoch += 1
-                state.batch_in_epoch = 0
-                if stream is not None:
-                    objective.set_epoch(state.epoch)
-            if not sync:
-                continue
-            if cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            objective.after_optimizer_step(module, state.step + 1, total_steps)
-            state.step += 1
-            progress.update(1)
-            if state.step % cfg.log_every == 0 or state.step == total_steps:
-                keys = sorted(window["sums"])
-                means = accelerator.reduce(
-                    torch.stack([window["sums"][k] / window["counts"][k] for k in keys]).to(accelerator.device),
-                    reduction="mean",
-                ).tolist()
-                scalars = dict(zip(keys, means))
-                mean_loss = scalars["loss"]
-                totals = accelerator.reduce(counted.to(accelerator.device), reduction="sum").tolist()
-                elapsed = time.perf_counter() - last_log_time
-                values = {
-                    **scalars,
-                    "lr": scheduler.get_last_lr()[0],
-                    "epoch": state.epoch + state.batch_in_epoch / batches_per_epoch,
-                    "examples_per_s": totals[0] / elapsed,
-                    "tokens_per_s": totals[1] / elapsed,
-                }
-                if stream is not None:
-                    values["skipped"] = sum(stream_skips(train_loader, accelerator)[0].values())
-                metrics_log.write(state.step, values)
-                unit = "tokens_per_s" if objective.throughput_unit == "tokens" else "examples_per_s"
-                progress.set_postfix(loss=f"{mean_loss:.4f}", **{unit.split("_")[0] + "/s": f"{values[unit]:.0f}"})
-                window = {"sums": {}, "counts": {}}
-                counted.zero_()
-                last_log_time = time.perf_counter()
-            if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
-                last_eval = run_eval()
-            if cfg.save_every and state.step % cfg.save_every == 0:
-                save_checkpoint()
-            if state.step >= total_steps:
-                break
-        if stream is not None and state.step < total_steps:
-            skipped, examples = stream_skips(train_loader, accelerator)
-            raise DataError(f"the training stream ran out of usable samples at step {state.step} of {total_steps} "
-                            f"(skipped: {skipped or 'none'}{'; e.g. ' + '; '.join(examples) if examples else ''}); "
-                            "check data.path and data.columns")
-    progress.close()
-    train_seconds = time.perf_counter() - started
-    last_eval = run_eval()
-    if cfg.save_every and not ckpt.final_dir(output_dir, state.step).exists():
-        save_checkpoint()
-    accelerator.wait_for_everyone()
-    checksums = accelerator.gather(_parameter_checksum(module).to(accelerator.device)).view(world, 2).tolist()
-    metrics = {
-        "objective": recipe.objective.name,
-        "steps": state.step,
-        "processes": world,
-        "train_seconds": round(train_seconds, 3),
-        "hardware": _hardware(accelerator),
-        "parameter_checksums": checksums,
-        "parameters_in_sync": all(c == checksums[0] for c in checksums),
-        "examples_seen_per_process": state.examples,
-        "tokens_seen_per_process": state.tokens,
-        "eval": last_eval,
-        **description,
-    }
-    if stream is not None:
-        metrics["stream_shards_per_process"] = gather_object([stream.local_shards()]) if world > 1 else [stream.local_shards()]
-        metrics["skipped_samples"], metrics["skipped_examples"] = stream_skips(train_loader, accelerator)
-        if metrics["skipped_samples"] and main:
-            log.warning("the stream skipped %d record(s): %s; e.g. %s", sum(metrics["skipped_samples"].values()),
-                        metrics["skipped_samples"], "; ".join(metrics["skipped_examples"][:3]))
-    diagnostics = objective.diagnostics()
-    if diagnostics:  # arrays for `mmssl report`
-        metrics["diagnostics"] = diagnostics
-    if main:
-        export(objective, accelerator.unwrap_model(module), output_dir, manifest)
-        manifest.add(["metrics.json"])
-        _atomic_write(output_dir / "metrics.json", json.dumps(metrics, indent=2))
-        manifest.set_status("finished")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if main and recipe.push_to_hub:
-        publish(recipe, output_dir, f"Upload model trained with mmssl ({recipe.objective.name}, {state.step} steps)")
-    return metrics
+    # -- after the last step -----------------------------------------------------------------------
+    def finish(self, train_seconds: float) -> dict[str, Any]:
+        """Final evaluation and checkpoint, metrics.json and the export (main process), then the push."""
+        recipe, accelerator, state, world, main = self.recipe, self.accelerator, self.state, self.world, self.main
+        self.last_eval = self.evaluate()
+        if self.cfg.save_every and not ckpt.final_dir(self.output_dir, state.step).exists():
+            self.save_checkpoint()
+        accelerator.wait_for_everyone()
+        checksums = accelerator.gather(_parameter_checksum(self.module).to(accelerator.device)).view(world, 2).tolist()
+        metrics = {
+            "objective": recipe.objective.name,
+            "steps": state.step,
+            "processes": world,
+            "train_seconds": round(train_seconds, 3),
+            "hardware": _hardware(accelerator),
+            "parameter_checksums": checksums,
+            "parameters_in_sync": all(c == checksums[0] for c in checksums),
+            "examples_seen_per_process": state.examples,
+            "tokens_seen_per_process": state.tokens,
+            "eval": self.last_eval,
+            **self.description,
+        }
+        if self.stream is not None:
+            shards = [self.stream.local_shards()]
+            metrics["stream_shards_per_process"] = gather_object(shards) if world > 1 else shards
+            metrics["skipped_samples"], metrics["skipped_examples"] = stream_skips(self.train_loader, accelerator)
+            if metrics["skipped_samples"] and main:
+                log.warning("the stream skipped %d record(s): %s; e.g. %s", sum(metrics["skipped_samples"].values()),
+                            metrics["skipped_samples"], "; ".join(metrics["skipped_examples"][:3]))
+        diagnostics = self.objective.diagnostics()
+        if diagnostics:  # arrays for `mmssl report`
+            metrics["diagnostics"] = diagnostics
+        if main:
+            export(self.objective, accelerator.unwrap_model(self.module), self.output_dir, self.manifest)
+            self.manifest.add(["metrics.json"])
+            _atomic_write(self.output_dir / "metrics.json", json.dumps(metrics, indent=2))
+            self.manifest.set_status("finished")
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        if main and recipe.push_to_hub:
+            publish(recipe, self.output_dir,
+                    f"Upload model trained with mmssl ({recipe.objective.name}, {state.step} steps)")
+        return metrics
