@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mmssl.data.shards import Problem, Record
@@ -104,22 +103,22 @@ class StreamPosition:
 class SampleStream(IterableDataset):
     """One process's endless, resumable stream of samples; see the module docstring."""
 
-    def __init__(self, sources: list[Source], transform: Transform, seed: int, rank: int = 0, world: int = 1,
+    def __init__(self, sources: list[Source], transform: Transform, seed: int, rank: int = 0, world_size: int = 1,
                  shuffle_buffer: int = 0, resampled: bool = False):
         if not sources:
             raise ValueError("a stream needs at least one source")
         self.sources, self.transform, self.seed = sources, transform, seed
-        self.rank, self.world, self.shuffle_buffer, self.resampled = rank, world, shuffle_buffer, resampled
+        self.rank, self.world_size, self.shuffle_buffer, self.resampled = rank, world_size, shuffle_buffer, resampled
         self.position = StreamPosition()
         self._live = None  # the `datasets` stream of the current pass (in the iterating process)
 
-    def place(self, rank: int, world: int) -> None:
+    def place(self, rank: int, world_size: int) -> None:
         """Which process this stream feeds (set by the trainer before loader workers start)."""
-        self.rank, self.world = rank, world
+        self.rank, self.world_size = rank, world_size
 
     def local_shards(self) -> int:
         """Shards this process reads (all of a source's, split by example, when it has fewer than processes)."""
-        return sum(len(s.shards) if len(s.shards) < self.world else len(s.shards[self.rank :: self.world])
+        return sum(len(s.shards) if len(s.shards) < self.world_size else len(s.shards[self.rank :: self.world_size])
                    for s in self.sources)
 
     @property
@@ -136,19 +135,19 @@ class SampleStream(IterableDataset):
         if source.hub is not None:
             path, split, name = source.hub
             ds = datasets.load_dataset(path, name, split=split, streaming=True)
-            if self.world > 1:
-                ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world)
+            if self.world_size > 1:
+                ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
             return ds
         shards = list(source.shards)
-        by_example = len(shards) < self.world  # too few shards to give every process its own
+        by_example = len(shards) < self.world_size  # too few shards to give every process its own
         if not by_example:
-            shards = shards[self.rank :: self.world]
+            shards = shards[self.rank :: self.world_size]
         rng = np.random.default_rng([self.seed, passes, index, 17])
         order = rng.integers(len(shards), size=len(shards)) if self.resampled else rng.permutation(len(shards))
         shards = [shards[i] for i in order]
         ds = datasets.IterableDataset.from_generator(_generate, gen_kwargs={"shards": shards, "reader": source.reader})
-        if by_example and self.world > 1:
-            ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world)
+        if by_example and self.world_size > 1:
+            ds = split_dataset_by_node(ds, rank=self.rank, world_size=self.world_size)
         return ds
 
     def _pass_dataset(self, passes: int):
@@ -289,13 +288,13 @@ def skipped_counts(loader_state: dict[str, Any]) -> tuple[dict[str, int], list[s
     return counts, examples[:5]
 
 
-def check_stream_shape(saved: dict[str, Any], world: int, workers: int, where: str) -> None:
+def check_stream_shape(saved: dict[str, Any], world_size: int, workers: int, where: str) -> None:
     """Refuse a resume on another number of processes or loader workers: the saved positions are per
     (process, worker) and their shards would be assigned differently."""
-    if saved.get("world") != world or saved.get("workers") != workers:
+    if saved.get("world") != world_size or saved.get("workers") != workers:
         raise DataError(
             f"{where} was written by {saved.get('world')} process(es) with train.num_workers={saved.get('workers')}; "
-            f"this run has {world} process(es) and train.num_workers={workers}. A stream's position is kept per "
+            f"this run has {world_size} process(es) and train.num_workers={workers}. A stream's position is kept per "
             "process and loader worker: resume with the same numbers (or start a new run from the checkpoint's "
             "weights with model.pretrained)"
         )

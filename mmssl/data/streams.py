@@ -55,14 +55,14 @@ def interleave(shares: list[float], steps: int) -> list[int]:
 class StreamSchedule:
     """Which streams each step of an epoch uses, and each stream's round count at that step."""
 
-    def __init__(self, streams: list[Stream], strategy: Strategy, batch_size: int, world: int, seed: int):
-        self.streams, self.strategy, self.batch_size, self.world, self.seed = streams, strategy, batch_size, world, seed
+    def __init__(self, streams: list[Stream], strategy: Strategy, batch_size: int, world_size: int, seed: int):
+        self.streams, self.strategy, self.batch_size, self.world_size, self.seed = streams, strategy, batch_size, world_size, seed
         self.rounds = []  # rounds in one pass over each stream
         for stream in streams:
-            per_pass = stream.rows // (batch_size * world)
+            per_pass = stream.rows // (batch_size * world_size)
             if per_pass == 0:
                 raise DataError(f"objective {stream.label!r}: {stream.rows} training examples do not fill one step of "
-                                f"train.batch_size={batch_size} x {world} process(es); add data or lower the batch size")
+                                f"train.batch_size={batch_size} x {world_size} process(es); add data or lower the batch size")
             self.rounds.append(per_pass)
         self.steps_per_epoch = max(self.rounds) if strategy == "sum" else sum(self.rounds)
         self._orders: dict[int, list[int]] = {}
@@ -133,17 +133,17 @@ class StreamBatchSampler(Sampler[list[tuple[int, int, int]]]):
         s = self.schedule
         b = s.batch_size
         for step in s.epoch_steps(self.epoch):
-            lists: list[list[tuple[int, int, int]]] = [[] for _ in range(s.world)]
+            lists: list[list[tuple[int, int, int]]] = [[] for _ in range(s.world_size)]
             for stream, count in step:
                 pass_, round_ = divmod(count, s.rounds[stream])
                 perm = self._perm(stream, pass_)
-                for process in range(s.world):
-                    start = (round_ * s.world + process) * b
+                for process in range(s.world_size):
+                    start = (round_ * s.world_size + process) * b
                     lists[process].extend((stream, pass_, row) for row in perm[start : start + b].tolist())
             yield from lists
 
     def __len__(self) -> int:
-        return self.schedule.steps_per_epoch * self.schedule.world
+        return self.schedule.steps_per_epoch * self.schedule.world_size
 
 
 class StreamsDataset(Dataset):
@@ -179,9 +179,9 @@ class MixedStream(IterableDataset):
         self.step: int | None = None  # the next step this worker makes (None: its worker id, at the start)
         self.credits, self.credited = [0.0] * len(shares), 0  # round-robin credits after `credited` steps
 
-    def place(self, rank: int, world: int) -> None:
+    def place(self, rank: int, world_size: int) -> None:
         for stream in self.streams.values():
-            stream.place(rank, world)
+            stream.place(rank, world_size)
 
     @property
     def num_samples(self) -> int | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import math
 from pathlib import Path
 from typing import Any
 

@@ -25,11 +25,11 @@ from mmssl.distributed import gather_no_grad, rank, world_size
 class MemoryBank(nn.Module):
     def __init__(self, size: int, dim: int, momentum: float = 0.5, seed: int = 0, sharded: bool = False):
         super().__init__()
-        self.world, self.rank = world_size(), rank()
-        if size < max(2, self.world):
+        self.world_size, self.rank = world_size(), rank()
+        if size < max(2, self.world_size):
             raise ValueError(f"a memory bank needs at least max(2, processes) entries, got {size}")
         self.size, self.momentum = size, momentum
-        self.sharded = sharded and self.world > 1
+        self.sharded = sharded and self.world_size > 1
         self.start, self.stop = self.rows_of(self.rank)
         generator = torch.Generator().manual_seed(seed)
         # uniform random unit vectors, as the paper's initialisation (no example has been seen yet); the same
@@ -39,7 +39,7 @@ class MemoryBank(nn.Module):
 
     def rows_of(self, process: int) -> tuple[int, int]:
         """The rows process `process` holds (sharded) or draws its share of shared negatives from (both)."""
-        return process * self.size // self.world, (process + 1) * self.size // self.world
+        return process * self.size // self.world_size, (process + 1) * self.size // self.world_size
 
     def __len__(self) -> int:
         return self.size
@@ -70,7 +70,7 @@ class MemoryBank(nn.Module):
     def sample_shared(self, num: int) -> Tensor:
         """``[num', D]`` negatives for the whole step, num' = ceil(num / W) * W: each process draws its share
         uniformly from its own rows, then all processes gather them (a stratified uniform draw over the bank)."""
-        share = math.ceil(num / self.world)
+        share = math.ceil(num / self.world_size)
         index = torch.randint(self.start, self.stop, (share,), device=self.features.device)
         local = self.features[index - self.start] if self.sharded else self.features[index]
         return gather_no_grad(local)
@@ -110,9 +110,9 @@ class MemoryBank(nn.Module):
         """All rows, gathered from the shards (a collective call)."""
         if not self.sharded:
             return self.features
-        longest = max(stop - start for start, stop in map(self.rows_of, range(self.world)))
+        longest = max(stop - start for start, stop in map(self.rows_of, range(self.world_size)))
         padded = torch.zeros(longest, self.features.shape[1], dtype=self.features.dtype, device=self.features.device)
         padded[: self.rows_held] = self.features
         parts = gather_no_grad(padded).split(longest)
         return torch.cat([part[: stop - start] for part, (start, stop) in
-                          zip(parts, map(self.rows_of, range(self.world)))])
+                          zip(parts, map(self.rows_of, range(self.world_size)))])

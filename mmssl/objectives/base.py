@@ -118,7 +118,7 @@ class Objective:
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def batch_sampler(self, batch_size: int, world: int) -> torch.utils.data.Sampler | None:
+    def batch_sampler(self, batch_size: int, world_size: int) -> torch.utils.data.Sampler | None:
         """The objective's own batch order (a sampler of row lists, with ``set_epoch``; one list per process and
         step), or None for the trainer's: a permutation of `train_dataset` per epoch."""
         return None

@@ -155,10 +155,10 @@ class Combined(Objective):
         subs = list(self.subs.values())
         return self.recipe.mixing.strategy != "sum" or all(sub.has_unused_parameters() for sub in subs)
 
-    def batch_sampler(self, batch_size: int, world: int) -> Sampler | None:
+    def batch_sampler(self, batch_size: int, world_size: int) -> Sampler | None:
         if self.train_stream is not None:  # the mixed stream orders its own steps
             return None
-        schedule = StreamSchedule(self.streams, self.recipe.mixing.strategy, batch_size, world, self.recipe.seed)
+        schedule = StreamSchedule(self.streams, self.recipe.mixing.strategy, batch_size, world_size, self.recipe.seed)
         return StreamBatchSampler(schedule)
 
     # -- per step --------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ class ImageSSL(Objective):
         `loss` unless a method needs more than the views (a memory bank needs the rows)."""
         return self.loss(module, batch["view1"], batch.get("view2"))
 
-    def check(self, world: int) -> None:
+    def check(self, world_size: int) -> None:
         """Recipe checks that need the run's shape (e.g. enough images per step for negatives)."""
 
     def stream_refusal(self) -> str | None:
@@ -237,9 +237,9 @@ class ImageSSL(Objective):
         }
 
 
-def check_pairs_per_step(recipe, world: int, method: str) -> None:
+def check_pairs_per_step(recipe, world_size: int, method: str) -> None:
     """Contrastive methods need another image in the (global) batch to contrast with."""
-    if recipe.train.batch_size * world < 2:
+    if recipe.train.batch_size * world_size < 2:
         raise RecipeError(f"train.batch_size={recipe.train.batch_size}: {method} contrasts each image with the other "
                           "images of the batch, so it needs at least 2 images per step; raise train.batch_size")
 

@@ -100,7 +100,7 @@ class Jigsaw(ImageSSL):
     Params = JigsawParams
     num_views = 1
 
-    def check(self, world: int) -> None:
+    def check(self, world_size: int) -> None:
         p = self.params
         if p.image_size // GRID - p.gap < 4:
             raise RecipeError(f"objective.image_size={p.image_size} with gap {p.gap} leaves tiles under 4 px; "

@@ -57,9 +57,9 @@ class MoCoModule(nn.Module):
 class MoCo(ImageSSL):
     Params = MoCoParams
 
-    def check(self, world: int) -> None:
+    def check(self, world_size: int) -> None:
         if self.params.variant == "v3":
-            check_pairs_per_step(self.recipe, world if self.params.gather else 1, "MoCo v3")
+            check_pairs_per_step(self.recipe, world_size if self.params.gather else 1, "MoCo v3")
 
     def build_module(self, backbone: Backbone) -> nn.Module:
         p = self.params

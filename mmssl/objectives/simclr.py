@@ -49,8 +49,8 @@ class SimCLRModule(nn.Module):
 class SimCLR(ImageSSL):
     Params = SimCLRParams
 
-    def check(self, world: int) -> None:
-        check_pairs_per_step(self.recipe, world if self.params.gather else 1, "SimCLR")
+    def check(self, world_size: int) -> None:
+        check_pairs_per_step(self.recipe, world_size if self.params.gather else 1, "SimCLR")
 
     def stream_refusal(self) -> str | None:
         if self.params.bank_negatives:

@@ -92,11 +92,11 @@ class SimCSE(TextObjective):
         return ContrastiveModule(encoder, temperature, p.queue_size if p.negatives == "queue" else None)
 
     def validate(self) -> None:
-        p, cfg, world = self.params, self.recipe.train, self.context.world_size
-        if p.cached_chunk_size is not None and p.learnable_temperature and world > 1:
+        p, cfg, world_size = self.params, self.recipe.train, self.context.world_size
+        if p.cached_chunk_size is not None and p.learnable_temperature and world_size > 1:
             raise RecipeError("objective.cached_chunk_size with objective.learnable_temperature is not supported on "
                               "several processes; fix the temperature or turn GradCache off")
-        in_batch = cfg.batch_size * (world if p.gather else 1)
+        in_batch = cfg.batch_size * (world_size if p.gather else 1)
         if in_batch >= 2:
             return
         if p.loss in ("margin", "triplet") and self.negative_columns:

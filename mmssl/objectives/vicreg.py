@@ -43,8 +43,8 @@ class VICRegModule(nn.Module):
 class VICReg(ImageSSL):
     Params = VICRegParams
 
-    def check(self, world: int) -> None:
-        if self.recipe.train.batch_size * (world if self.params.gather else 1) < 2:
+    def check(self, world_size: int) -> None:
+        if self.recipe.train.batch_size * (world_size if self.params.gather else 1) < 2:
             raise RecipeError(f"train.batch_size={self.recipe.train.batch_size}: VICReg's variance and covariance "
                               "are batch statistics, so it needs at least 2 images per step; raise train.batch_size")
 

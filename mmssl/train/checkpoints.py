@@ -217,17 +217,17 @@ STREAM_SHAPE_FILE = "stream.json"
 STREAM_STATE_FILE = "stream_state_rank{rank}.pt"
 
 
-def write_stream_state(directory: Path, loader_state: dict, rank: int, world: int, workers: int) -> None:
+def write_stream_state(directory: Path, loader_state: dict, rank: int, world_size: int, workers: int) -> None:
     """A process's stream position (its stateful loader's state: plain numbers, strings and tensors), and,
     from the main process, the shape it is valid for (processes, loader workers)."""
     import torch
 
     torch.save(loader_state, directory / STREAM_STATE_FILE.format(rank=rank))
     if rank == 0:
-        (directory / STREAM_SHAPE_FILE).write_text(json.dumps({"world": world, "workers": workers}), encoding="utf-8")
+        (directory / STREAM_SHAPE_FILE).write_text(json.dumps({"world": world_size, "workers": workers}), encoding="utf-8")
 
 
-def read_stream_state(directory: Path, rank: int, world: int, workers: int) -> dict:
+def read_stream_state(directory: Path, rank: int, world_size: int, workers: int) -> dict:
     """This process's saved stream position; refused when the checkpoint has none or another shape."""
     import pickle
 
@@ -239,7 +239,7 @@ def read_stream_state(directory: Path, rank: int, world: int, workers: int) -> d
     if not shape_file.is_file():
         raise CheckpointError(f"checkpoint {str(directory)!r} has no stream position (it was trained on data read "
                               "whole): resume it with data.streaming=false")
-    check_stream_shape(json.loads(shape_file.read_text(encoding="utf-8")), world, workers, f"checkpoint {str(directory)!r}")
+    check_stream_shape(json.loads(shape_file.read_text(encoding="utf-8")), world_size, workers, f"checkpoint {str(directory)!r}")
     try:  # weights_only: plain containers, numbers, strings and tensors; never code
         return torch.load(directory / STREAM_STATE_FILE.format(rank=rank), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:

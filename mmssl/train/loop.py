@@ -60,7 +60,7 @@ def _whole(batch: Any) -> Any:
     return batch
 
 
-def stream_batches_per_epoch(recipe: Recipe, stream: SampleStream | MixedStream, world: int) -> int:
+def stream_batches_per_epoch(recipe: Recipe, stream: SampleStream | MixedStream, world_size: int) -> int:
     """Batches per process in one epoch of a stream: ``data.num_samples`` (or the shards' sizes.json) over the
     global batch; a stream of unknown size needs ``train.max_steps``, and its epoch is then the whole run."""
     cfg = recipe.train
@@ -70,7 +70,7 @@ def stream_batches_per_epoch(recipe: Recipe, stream: SampleStream | MixedStream,
             raise RecipeError("the training data is streamed and its size is unknown: set train.max_steps (or "
                               "data.num_samples, or write the shards with `mmssl prepare`, whose sizes.json tells it)")
         return cfg.max_steps * cfg.gradient_accumulation_steps
-    return max(1, samples // (cfg.batch_size * world))
+    return max(1, samples // (cfg.batch_size * world_size))
 
 
 def stream_skips(loader, accelerator: Accelerator) -> tuple[dict[str, int], list[str]]:
@@ -228,7 +228,7 @@ class Run:
         self.output_dir = Path(recipe.output_dir)
         self.accelerator = make_accelerator(recipe)
         self.main = self.accelerator.is_main_process
-        self.world = self.accelerator.num_processes
+        self.world_size = self.accelerator.num_processes
         set_seed(recipe.seed)
         self.recipe_dict = recipe_to_dict(recipe)
         self.last_eval: dict[str, float] = {}
@@ -276,7 +276,7 @@ class Run:
 
     def build_objective(self) -> None:
         accelerator = self.accelerator
-        context = SetupContext(world_size=self.world, rank=accelerator.process_index, device=accelerator.device,
+        context = SetupContext(world_size=self.world_size, rank=accelerator.process_index, device=accelerator.device,
                                resume_dir=self.resume_dir)
         self.objective = build_objective(self.recipe, context)
         with accelerator.main_process_first():
@@ -287,19 +287,19 @@ class Run:
     def build_loaders(self) -> None:
         """The training loader: a stream read in loader workers, the objective's own batch order, or a permutation
         of `train_dataset` per epoch; and the eval loader."""
-        cfg, objective, world = self.cfg, self.objective, self.world
+        cfg, objective, world_size = self.cfg, self.objective, self.world_size
         self.dataset, self.stream = objective.train_dataset, objective.train_stream
         self.sampler = None
         self.workers = cfg.num_workers if cfg.num_workers is not None else 0
         if self.stream is not None:  # read shard by shard in loader workers; the loader's state is the stream's position
             stream = self.stream
             self.workers = cfg.num_workers if cfg.num_workers is not None else default_workers(cfg.on_cuda)
-            stream.place(self.accelerator.process_index, world)
+            stream.place(self.accelerator.process_index, world_size)
             batched = getattr(stream, "batched", False)  # a stream of whole steps (a combined recipe's)
             self.train_loader = make_loader(stream, None if batched else cfg.batch_size,
                                             _whole if batched else objective.collate, self.workers,
                                             pin_memory=self.accelerator.device.type == "cuda")
-        elif (batch_sampler := objective.batch_sampler(cfg.batch_size, world)) is not None:
+        elif (batch_sampler := objective.batch_sampler(cfg.batch_size, world_size)) is not None:
             # the objective's own order (several data streams): one list per process and step
             self.sampler = batch_sampler
             self.train_loader = DataLoader(self.dataset, batch_sampler=batch_sampler, collate_fn=objective.collate,
@@ -308,7 +308,7 @@ class Run:
             self.sampler = EpochShuffleSampler(len(self.dataset), self.recipe.seed)
             self.train_loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler,
                                            collate_fn=objective.collate, num_workers=self.workers,
-                                           drop_last=len(self.dataset) >= cfg.batch_size * world)
+                                           drop_last=len(self.dataset) >= cfg.batch_size * world_size)
         self.eval_loader = None
         if objective.eval_dataset is not None:
             self.eval_loader = DataLoader(objective.eval_dataset, batch_size=cfg.batch_size, collate_fn=objective.collate)
@@ -327,10 +327,10 @@ class Run:
         if self.eval_loader is not None:
             self.eval_loader = accelerator.prepare(self.eval_loader)
         self.batches_per_epoch = (len(self.train_loader) if self.stream is None
-                                  else stream_batches_per_epoch(self.recipe, self.stream, self.world))
+                                  else stream_batches_per_epoch(self.recipe, self.stream, self.world_size))
         if self.batches_per_epoch == 0:
             raise DataError(f"no training batches: {len(self.dataset)} examples for batch size {cfg.batch_size} x "
-                            f"{self.world}")
+                            f"{self.world_size}")
         steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.gradient_accumulation_steps)
         self.total_steps = total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total)
@@ -360,7 +360,7 @@ class Run:
             ) from None
         if self.stream is not None:
             self.train_loader.load_state_dict(ckpt.read_stream_state(resume_dir, self.accelerator.process_index,
-                                                                     self.world, self.workers))
+                                                                     self.world_size, self.workers))
 
     def start_logging(self) -> None:
         recipe, accelerator = self.recipe, self.accelerator
@@ -368,11 +368,11 @@ class Run:
         if self.cfg.trackers:
             accelerator.init_trackers(recipe.name or "mmssl", config=flatten(self.recipe_dict))
         self.description = self.objective.describe()
-        self.metrics_log.write(self.state.step, {"total_steps": self.total_steps, "processes": self.world,
+        self.metrics_log.write(self.state.step, {"total_steps": self.total_steps, "processes": self.world_size,
                                                  **self.description}, event="start")
         if self.main:
             log.info("training %s for %d steps on %d process(es), %s", recipe.objective.name, self.total_steps,
-                     self.world, accelerator.device)
+                     self.world_size, accelerator.device)
 
     # -- training ----------------------------------------------------------------------------------
     def train_steps(self) -> None:
@@ -435,8 +435,8 @@ class Run:
     def backward(self, loss: torch.Tensor) -> None:
         """Check the loss is finite on every process, then backpropagate it scaled for accumulation."""
         finite = torch.isfinite(loss.detach())
-        if self.world > 1:
-            finite = self.accelerator.reduce(finite.float(), reduction="sum") == self.world
+        if self.world_size > 1:
+            finite = self.accelerator.reduce(finite.float(), reduction="sum") == self.world_size
         if not bool(finite):
             # the weights of a checkpoint saved at this very step gave this loss: resuming there diverges again
             # (not the one this run resumed from: it gave finite losses before, so the new settings are to blame)
@@ -533,7 +533,7 @@ class Run:
             accelerator.wait_for_everyone()
             accelerator.save_state(str(tmp))
             if self.stream is not None:
-                ckpt.write_stream_state(tmp, self.train_loader.state_dict(), accelerator.process_index, self.world,
+                ckpt.write_stream_state(tmp, self.train_loader.state_dict(), accelerator.process_index, self.world_size,
                                         self.workers)
             accelerator.wait_for_everyone()
             if main:
@@ -561,23 +561,23 @@ class Run:
         self.objective.export(self.accelerator.unwrap_model(self.module), snapshot)
         shutil.copy(self.output_dir / "recipe.yaml", snapshot / "recipe.yaml")
         (snapshot / "metrics.json").write_text(json.dumps({"steps": self.state.step, "eval": self.last_eval,
-                                                           "processes": self.world, **self.description}))
+                                                           "processes": self.world_size, **self.description}))
         publish(self.recipe, snapshot, f"Checkpoint at step {self.state.step} (mmssl)")
         shutil.rmtree(snapshot, ignore_errors=True)
 
     # -- after the last step -----------------------------------------------------------------------
     def finish(self, train_seconds: float) -> dict[str, Any]:
         """Final evaluation and checkpoint, metrics.json and the export (main process), then the push."""
-        recipe, accelerator, state, world, main = self.recipe, self.accelerator, self.state, self.world, self.main
+        recipe, accelerator, state, world_size, main = self.recipe, self.accelerator, self.state, self.world_size, self.main
         self.last_eval = self.evaluate()
         if self.cfg.save_every and not ckpt.final_dir(self.output_dir, state.step).exists():
             self.save_checkpoint()
         accelerator.wait_for_everyone()
-        checksums = accelerator.gather(_parameter_checksum(self.module).to(accelerator.device)).view(world, 2).tolist()
+        checksums = accelerator.gather(_parameter_checksum(self.module).to(accelerator.device)).view(world_size, 2).tolist()
         metrics = {
             "objective": recipe.objective.name,
             "steps": state.step,
-            "processes": world,
+            "processes": world_size,
             "train_seconds": round(train_seconds, 3),
             "hardware": _hardware(accelerator),
             "parameter_checksums": checksums,
@@ -589,7 +589,7 @@ class Run:
         }
         if self.stream is not None:
             shards = [self.stream.local_shards()]
-            metrics["stream_shards_per_process"] = gather_object(shards) if world > 1 else shards
+            metrics["stream_shards_per_process"] = gather_object(shards) if world_size > 1 else shards
             metrics["skipped_samples"], metrics["skipped_examples"] = stream_skips(self.train_loader, accelerator)
             if metrics["skipped_samples"] and main:
                 log.warning("the stream skipped %d record(s): %s; e.g. %s", sum(metrics["skipped_samples"].values()),

@@ -96,7 +96,7 @@ def test_alternating_visits_each_stream_in_its_share_and_every_row_once_per_pass
     for prefix in range(1, 41):  # spread evenly: every prefix is within one visit of 3:1
         assert abs(order[:prefix].count(1) - prefix / 4) <= 1
     streams = [Stream("a", 96, 3.0), Stream("b", 40, 1.0)]
-    schedule = StreamSchedule(streams, "alternate", batch_size=4, world=2, seed=0)
+    schedule = StreamSchedule(streams, "alternate", batch_size=4, world_size=2, seed=0)
     sampler = StreamBatchSampler(schedule)
     lists = [batch for epoch in range(3) for batch in (sampler.set_epoch(epoch), list(sampler))[1]]
     assert len(lists) == 3 * schedule.steps_per_epoch * 2
@@ -111,11 +111,11 @@ def test_alternating_visits_each_stream_in_its_share_and_every_row_once_per_pass
     assert sorted(first_pass) == list(range(40))
     # objectives reading the same data into the same rows see the same examples in every step of a sum
     same = StreamSchedule([Stream("a", 40, 1.0, "world"), Stream("b", 40, 1.0, "world"), Stream("c", 40, 1.0, "other")],
-                          "sum", batch_size=4, world=1, seed=0)
+                          "sum", batch_size=4, world_size=1, seed=0)
     for step in StreamBatchSampler(same):
         rows = {s: [r for t, _, r in step if t == s] for s in range(3)}
         assert rows[0] == rows[1] and rows[0] != rows[2]
-    sample = StreamSchedule(streams, "sample", batch_size=4, world=1, seed=0)
+    sample = StreamSchedule(streams, "sample", batch_size=4, world_size=1, seed=0)
     draws = Counter(j for epoch in range(40) for j in sample.order(epoch))
     assert abs(draws[0] / sum(draws.values()) - 0.75) < 0.02
     assert sample.order(3) == StreamSchedule(streams, "sample", 4, 1, 0).order(3)  # seeded: the same after a resume
