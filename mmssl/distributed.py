@@ -46,7 +46,7 @@ def gather_with_grad(x: Tensor, group=None) -> Tensor:
     The backward pass sums, for the local rows, the gradients of every process's loss
     (``torch.distributed.nn.functional.all_gather``). With DDP-style gradient averaging and a
     per-process mean loss over the local queries, this reproduces the gradient of the full-batch
-    loss exactly (see ``tests/losses/test_negatives.py``). Every process must pass the same shape.
+    loss exactly (see ``tests/test_distributed.py``). Every process must pass the same shape.
     Returns ``x`` itself when not distributed (or world size 1).
     """
     if not is_distributed(group):

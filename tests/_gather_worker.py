@@ -1,4 +1,4 @@
-"""Two-process helper for tests/losses/test_negatives.py (not a test module).
+"""Two-process helper for tests/test_distributed.py (not a test module).
 
 Run as ``python -m torch.distributed.run --standalone --nproc_per_node 2 _gather_worker.py OUTFILE``.
 Each scenario computes a loss on this rank's slice of one global batch; rank 0 saves the world size,

@@ -146,7 +146,6 @@ COMMANDS = documented_commands()
 
 
 # -- the tests ------------------------------------------------------------------------------------------------------
-@pytest.mark.slow
 def test_the_site_builds_strictly(tmp_path):
     """No broken link, anchor, image or snippet, no page left out of the nav (mkdocs.yml's `validation`)."""
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--config-file",
@@ -180,8 +179,6 @@ def test_the_docs_show_commands_to_check():
     assert {"train", "check", "eval", "push", "mine", "augment", "report", "sweep", "prepare"} <= kinds, kinds
 
 
-@pytest.mark.slow
-@pytest.mark.multiprocess
 @pytest.mark.parametrize("bad", [
     "mmssl train configs/mlm_world.yaml train.batchsize=8",  # an unknown key
     "mmssl train configs/mlm_world.yaml train.warmup_ratio=5",  # out of range

@@ -1,5 +1,5 @@
-"""Losses, one family per file, shared by the objectives (gathering from other processes: :mod:`mmssl.distributed`). Momentum encoders and feature
-queues are model state: :mod:`mmssl.models.momentum`."""
+"""Losses, one family per file, shared by the objectives (gathering from other processes:
+:mod:`mmssl.distributed`). Momentum encoders and feature queues are model state: :mod:`mmssl.models.momentum`."""
 
 from mmssl.losses.negative_cosine import negative_cosine, symmetric_negative_cosine
 from mmssl.losses.cached import RandState, cached_contrastive_backward, split_batch

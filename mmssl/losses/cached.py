@@ -101,7 +101,7 @@ def cached_contrastive_backward(
     Args:
         loss_fn: ``loss_fn(emb_0, emb_1, ...) -> scalar`` on the full-batch embeddings of each tower, in
             the order of ``towers``; e.g. ``lambda q, p, n: info_nce(q, p, extra_negatives=n)``. It may
-            gather across processes (:func:`mmssl.losses.gather_with_grad`): the gathered gradient flows
+            gather across processes (:func:`mmssl.distributed.gather_with_grad`): the gathered gradient flows
             back to the local embeddings in step 2.
         towers: one ``(encode_fn, chunks)`` per tower (query, positive, negatives, image, text...).
             ``encode_fn(chunk) -> [n, D]``; ``chunks`` are the mini-batches (see :func:`split_batch`).

@@ -222,7 +222,7 @@ def info_nce(
     Args:
         queries: [B, D] local queries (anchors / images).
         keys: [M, D] keys; ``keys[label_offset + i]`` is the positive of ``queries[i]``. ``keys`` may be
-            the keys gathered from all processes (:func:`mmssl.losses.gather_with_grad`) with
+            the keys gathered from all processes (:func:`mmssl.distributed.gather_with_grad`) with
             ``label_offset = rank * B``; every other row is an in-batch negative.
         temperature: softmax temperature ``T > 0`` (float or tensor). Ignored if ``logit_scale`` is given.
         logit_scale: multiply the similarities by this instead of ``1/temperature`` (the output of

@@ -28,12 +28,15 @@ def vicreg_loss(z1: Tensor, z2: Tensor, *, invariance_weight: float = 25.0, vari
     With ``gather`` the variance and covariance use the rows of every process (the batch statistics of the
     global batch, as the paper's code), with gradient. Computed in float32.
     """
-    if z1.shape != z2.shape or z1.dim() != 2 or z1.shape[0] < 2:
-        raise ValueError(f"z1 and z2 must be [N, D] with equal shapes and N >= 2, got {list(z1.shape)}, {list(z2.shape)}")
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"z1 and z2 must be [N, D] with equal shapes, got {list(z1.shape)}, {list(z2.shape)}")
     z1, z2 = z1.float(), z2.float()
     invariance = F.mse_loss(z1, z2)
     if gather:
         z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
+    if z1.shape[0] < 2:
+        raise ValueError("the variance and covariance are batch statistics: they need at least 2 rows (over every "
+                         f"process with gather), got {z1.shape[0]}")
     variance = (_variance(z1, gamma, eps) + _variance(z2, gamma, eps)) / 2
     covariance = _covariance(z1) + _covariance(z2)
     loss = invariance_weight * invariance + variance_weight * variance + covariance_weight * covariance

@@ -74,6 +74,7 @@ class Objective:
         self.recipe = recipe
         self.params = recipe.objective
         self.context = context or SetupContext()
+        self.tau: float | None = None  # the EMA rate of the last update of the `momentum_pairs`
         self.module: nn.Module
         self.train_dataset: datasets.Dataset | None = None
         self.eval_dataset: datasets.Dataset | None = None
@@ -152,7 +153,7 @@ class Objective:
         (BYOL's target network, MoCo's key encoder). Targets get no gradient (`models.momentum.make_momentum_copy`)."""
         return []
 
-    def momentum(self, step: int, total_steps: int) -> float:
+    def momentum_rate(self, step: int, total_steps: int) -> float:
         """The EMA rate after `step` of `total_steps`: ``objective.momentum``, constant, or on a cosine up to
         ``objective.momentum_final`` when ``objective.momentum_schedule`` is "cosine" (BYOL)."""
         from mmssl.models.momentum import cosine_momentum
@@ -167,7 +168,7 @@ class Objective:
         and the run's total. The base class moves the `momentum_pairs`; an override calls ``super()`` first."""
         pairs = self.momentum_pairs(self.core(module))
         if pairs:
-            self.tau = self.momentum(step, total_steps)
+            self.tau = self.momentum_rate(step, total_steps)
             with torch.no_grad():
                 for online, target in pairs:
                     momentum_update(online, target, self.tau)

@@ -220,6 +220,7 @@ class Combined(Objective):
         return {"loss": total, **logs}
 
     def after_optimizer_step(self, module: nn.Module, step: int, total_steps: int) -> None:
+        super().after_optimizer_step(module, step, total_steps)  # (no pairs of its own: each objective moves its own)
         inner = self.core(module)
         for label, sub in self.subs.items():
             sub.after_optimizer_step(inner.objectives[label], step, total_steps)

@@ -244,7 +244,6 @@ def check_pairs_per_step(recipe, world_size: int, method: str) -> None:
                           "images of the batch, so it needs at least 2 images per step; raise train.batch_size")
 
 
-
 def lr_scaled_groups(module: nn.Module, scaled: dict[str, float]) -> list[dict[str, Any]]:
     """Parameter groups: no weight decay (and no LARS adaptation) on biases and normalisation weights, and the
     submodules named in `scaled` (e.g. a predictor) at their own multiple of the learning rate."""
@@ -274,8 +273,9 @@ class MultiCropParams:
     """Multi-crop (Caron et al. 2020): `small_crops` low-resolution crops per image besides the large views,
     made in the step like them and passed to the method as ``batch["small"]`` ([small_crops * B, C, S, S])."""
 
-    small_crops: NonNegativeInt = 6
-    small_crop_size: Annotated[int, Range(8, 1024)] = 96
+    small_crops: NonNegativeInt = 6  # low-resolution crops per image besides the large views
+    small_crop_size: Annotated[int, Range(8, 1024)] = 96  # their side in pixels
+    # their area as a fraction of the image, [min, max] (RandomResizedCrop's scale)
     small_crop_scale: list[Annotated[float, Range(0, 1, open_low=True)]] = field(default_factory=lambda: [0.05, 0.14])
 
     def __post_init__(self) -> None:

@@ -69,7 +69,6 @@ class ImageTextParams(ObjectiveParams):
             check_classes(self.class_names, "objective.class_names")
 
 
-
 class ImageTextObjective(Objective):
     """See the module docstring. After `setup`: ``model_cfg``, ``tokenizer``, ``image_size``, ``mean``, ``std``,
     ``train`` and ``train_captions`` (None when streamed), ``eval`` (None without eval data), ``class_names``,

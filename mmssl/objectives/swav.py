@@ -23,7 +23,7 @@ from mmssl.schema import NonNegativeInt, PositiveFloat, PositiveInt
 
 
 @dataclass
-class SwAVParams(ImageSSLParams, MultiCropParams):
+class SwAVParams(MultiCropParams, ImageSSLParams):  # this order lists the multi-crop keys after the image keys
     num_prototypes: PositiveInt = 3000
     temperature: PositiveFloat = 0.1
     epsilon: PositiveFloat = 0.05  # Sinkhorn's entropy weight

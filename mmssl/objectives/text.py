@@ -25,7 +25,8 @@ new module of `mmssl/objectives/`::
 
 Optional hooks: `build_module` (a `TextEmbeddingModule` with what the loss learns or keeps), `validate` (refuse
 settings the loss cannot train with), `momentum_keys` (views after the first embedded by a momentum
-``key_encoder``), `after_step`, `eval_temperature`. `mmssl.objectives.simcse` is the full example.
+``key_encoder``: `build_module` then makes it with `make_momentum_copy`, the base moves it towards the encoder
+after each optimiser step, and `Params` has a ``momentum`` rate), `after_step`, `eval_temperature`. `mmssl.objectives.simcse` is the full example.
 """
 
 from __future__ import annotations

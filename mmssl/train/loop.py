@@ -235,7 +235,8 @@ class Run:
         self.window_size = 1  # micro-batches in the current accumulation window
 
     def run(self) -> dict[str, Any]:
-        self.claim_output_dir()
+        self.find_resume_point()
+        self.claim_folder()
         self.build_objective()
         self.build_loaders()
         self.build_optimization()
@@ -246,14 +247,15 @@ class Run:
         return self.finish(time.perf_counter() - started)
 
     # -- before the first step ---------------------------------------------------------------------
-    def claim_output_dir(self) -> None:
-        """Check the resume point and the output folder, then (main process) claim it and write recipe.yaml."""
-        recipe, cfg, output_dir, accelerator = self.recipe, self.cfg, self.output_dir, self.accelerator
+    def find_resume_point(self) -> None:
+        """The checkpoint to resume (``train.resume_from``), checked against this recipe, and the trainer state
+        it holds; a fresh state when starting."""
+        cfg = self.cfg
         signature = {key: self.recipe_dict.get(key) for key in ckpt.RESUME_KEYS}
         if cfg.overwrite and cfg.resume_from == "latest":
             raise RecipeError("train.overwrite=true deletes the run that train.resume_from=latest would continue; "
                               "drop one of the two")
-        self.resume_dir = resume_dir = ckpt.resolve_resume(cfg.resume_from, output_dir)
+        self.resume_dir = resume_dir = ckpt.resolve_resume(cfg.resume_from, self.output_dir)
         self.state = ckpt.TrainerState(signature=signature)
         if resume_dir is not None:
             self.state = ckpt.read_state(resume_dir)
@@ -262,6 +264,10 @@ class Run:
             ckpt.check_random_states(resume_dir)
             self.state.unsafe = None
         self.resumed_step = self.state.step if resume_dir is not None else -1
+
+    def claim_folder(self) -> None:
+        """Check the output folder is this run's to write, then (main process) claim it and write recipe.yaml."""
+        recipe, output_dir, accelerator, resume_dir = self.recipe, self.output_dir, self.accelerator, self.resume_dir
         claim, self.manifest = claim_output_dir(recipe, resume_dir)
         if resume_dir is not None and claim is not Claim.RESUME:
             check_not_input(output_dir, "output_dir", {"train.resume_from": str(resume_dir)})

@@ -39,9 +39,9 @@ assert len(sources) == 1, sources
 hub = list(sources[0].hub)
 
 
-def read(batches, rank=0, world=1, state=None, batch_size=4, cfg=cfg):
+def read(batches, rank=0, world_size=1, state=None, batch_size=4, cfg=cfg):
     stream = SampleStream(data_sources(cfg, "text"), Texts(), seed=0)
-    stream.place(rank, world)
+    stream.place(rank, world_size)
     loader = make_loader(stream, batch_size, list, 0)
     if state is not None:
         loader.load_state_dict(state)
@@ -54,9 +54,9 @@ def read(batches, rank=0, world=1, state=None, batch_size=4, cfg=cfg):
 
 
 first, _ = read(total // 4 * 2)                 # two passes over all rows (the stream is endless)
-ranks = [read(total // 2 // 5 * 2, rank=r, world=2, batch_size=5)[0] for r in (0, 1)]  # two passes each
+ranks = [read(total // 2 // 5 * 2, rank=r, world_size=2, batch_size=5)[0] for r in (0, 1)]  # two passes each
 halves_cfg = DataConfig(source="hub", path=other, split="train", streaming=True)
-halves = [read(total // 2 // 5 * 2, rank=r, world=2, batch_size=5, cfg=halves_cfg)[0] for r in (0, 1)]
+halves = [read(total // 2 // 5 * 2, rank=r, world_size=2, batch_size=5, cfg=halves_cfg)[0] for r in (0, 1)]
 unbroken, _ = read(25)                          # across the end of the first pass (15 batches)
 head, state = read(7)
 state = json.loads(json.dumps(state))           # what a checkpoint would store survives JSON

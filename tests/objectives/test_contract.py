@@ -35,7 +35,7 @@ class WithTarget(Objective):
     def momentum_pairs(self, core):
         return [(core["online"], core["target"])]
 
-    def momentum(self, step: int, total_steps: int) -> float:
+    def momentum_rate(self, step: int, total_steps: int) -> float:
         return 0.75
 
 
