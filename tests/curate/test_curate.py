@@ -1,0 +1,206 @@
+"""`mmssl curate` on tiny hand-made data with known faults: exact counts per filter, the input untouched, an
+idempotent re-run, clear config errors, and curated shards that mmssl's own stream reader reads back."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import ROOT
+from mmssl.config import DataConfig
+from mmssl.curate import REPORT, curate, load_curate_config, parse_curate_config
+from mmssl.curate.dedup import Exact
+from mmssl.curate.config import ExactDedup
+from mmssl.curate.filters import boilerplate
+from mmssl.errors import DataError, RecipeError
+
+
+def _png(seed: int | None, size: tuple[int, int] = (48, 48)) -> bytes:
+    if seed is None:  # blank: one grey
+        image = Image.new("RGB", size, (128, 128, 128))
+    else:
+        image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+# (caption, image, the filter that must drop it or None)
+SAMPLES = [
+    ("a red circle next to a blue square", _png(1), None),
+    ("two green triangles on a white table", _png(2), None),
+    ("a yellow star above an orange cross", _png(1), "exact_dedup"),  # the image of sample 0
+    ("the purple ball rolls under the wooden chair", _png(3), None),
+    ("un perro marrón duerme junto a la puerta roja de la casa", _png(4), "language"),
+    ("a grey cat sleeping on a soft blanket", _png(None), "image"),  # blank
+    ("IMG_0001.jpg", _png(5), "caption"),
+    ("Two Green Triangles, on a white table!", _png(6), "near_dedup"),  # sample 1's caption, case/punctuation
+    ("a small boat sails across the calm blue lake", _png(1), "exact_dedup"),  # the image of sample 0 again
+    ("a tall lighthouse stands on the rocky coast", _png(7), None),
+    ("stock photo", _png(8), "caption"),
+    ("a brown horse runs through the green field", _png(9, (10, 10)), "image"),  # too small
+    ("a broken picture of a garden", b"not an image", "unusable"),
+]
+EXPECTED = {"unusable": 1, "caption": 2, "image": 2, "language": 1, "exact_dedup": 2, "near_dedup": 1}
+
+
+def _write_shards(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    for part, rows in enumerate((SAMPLES[:7], SAMPLES[7:])):
+        with tarfile.open(folder / f"raw-{part}.tar", "w") as tar:
+            for i, (caption, image, _) in enumerate(rows):
+                for name, data in ((f"s{part}{i:02d}.png", image), (f"s{part}{i:02d}.txt", caption.encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+
+
+def _config(inp: Path, out: Path, **filters) -> dict:
+    return {"input": {"source": "files", "path": str(inp)}, "output_dir": str(out), "kind": "image_text",
+            "shard_size": 3, "filters": {"language": {"keep": ["en"], "expected": ["en", "es", "fr", "de"]},
+                                         **filters}}
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("curate")
+    _write_shards(root / "raw")
+    before = _hashes(root / "raw")
+    summary = curate(parse_curate_config(_config(root / "raw", root / "out")))
+    return root, before, summary
+
+
+def test_each_filter_drops_exactly_its_faulty_samples(curated):
+    root, _, summary = curated
+    assert summary["dropped"] == EXPECTED
+    assert summary["read"] == len(SAMPLES) and summary["kept"] == len(SAMPLES) - sum(EXPECTED.values()) == 4
+    report = json.loads((root / "out" / REPORT).read_text())
+    examples = report["examples"]
+    assert set(examples) == set(EXPECTED) and all(len(examples[k]) == n for k, n in EXPECTED.items())
+    assert examples["language"][0]["reason"].startswith("language es")
+    assert "file name" in examples["caption"][0]["reason"] and "boilerplate" in examples["caption"][1]["reason"]
+    assert {e["reason"].split(" (")[0] for e in examples["image"]} == {"blank image", "image too small"}
+    assert [e["reason"] for e in examples["exact_dedup"]] == ["same image as raw-0.tar/s000"] * 2
+    assert examples["near_dedup"][0]["reason"].startswith("near-duplicate of raw-0.tar/s001")
+
+
+def test_curated_shards_stream_back_through_mmssl_readers(curated):
+    from mmssl.data.stream_sources import data_sources, record_captions
+
+    root, _, summary = curated
+    (source,) = data_sources(DataConfig(source="files", path=str(root / "out"), streaming=True), "image_text")
+    assert source.num_samples == 4  # from sizes.json
+    records = [r for shard in source.shards for r in source.reader(shard)]
+    assert len(source.shards) == summary["shards"] == 2  # shard_size 3
+    assert [record_captions(r, {})[0] for r in records] == [c for c, _, why in SAMPLES if why is None]
+    assert [json.loads(r["json"])["key"] for r in records] == ["raw-0.tar/s000", "raw-0.tar/s001",
+                                                                "raw-0.tar/s003", "raw-1.tar/s102"]
+    assert records[0]["png"] == SAMPLES[0][1]  # the original bytes
+
+
+def test_input_untouched_rerun_idempotent_and_wrong_outputs_refused(curated, tmp_path):
+    root, before, summary = curated
+    assert _hashes(root / "raw") == before
+    written = _hashes(root / "out")
+    again = curate(parse_curate_config(_config(root / "raw", root / "out")))
+    assert again["unchanged"] and again["kept"] == summary["kept"]
+    assert _hashes(root / "out") == written
+    with pytest.raises(DataError, match="curated from other input or settings"):
+        curate(parse_curate_config(_config(root / "raw", root / "out", near_dedup=None)))
+    with pytest.raises(RecipeError, match="mmssl never writes over its own inputs"):
+        curate(parse_curate_config(_config(root / "raw", root / "raw" / "curated")))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not written by mmssl curate"):
+        curate(parse_curate_config(_config(root / "raw", tmp_path / "mine")))
+    assert _hashes(root / "raw") == before
+
+
+def test_bad_config_keys_and_values_name_the_dotted_key(tmp_path):
+    with pytest.raises(RecipeError, match=r"filters\.near_dedup\.treshold: unknown key \(did you mean 'threshold'\?\)"):
+        parse_curate_config(_config(tmp_path, tmp_path / "o", near_dedup={"treshold": 0.5}))
+    with pytest.raises(RecipeError, match=r"filters\.image\.max_aspect_ratio: 0\.5 is out of range; it must be >= 1"):
+        parse_curate_config(_config(tmp_path, tmp_path / "o", image={"max_aspect_ratio": 0.5}))
+    with pytest.raises(RecipeError, match=r"filters\.exact_dedup\.by: 'images' is not allowed.*did you mean 'image'"):
+        parse_curate_config(_config(tmp_path, tmp_path / "o", exact_dedup={"by": "images"}))
+    with pytest.raises(RecipeError, match=r"output_dir: required key is missing"):
+        parse_curate_config({"input": {"source": "world"}})
+
+
+def test_text_data_quality_language_and_duplicates(tmp_path):
+    texts = [
+        ("the committee approved the new budget for the city library", None),
+        ("ok thanks", "text"),  # too short
+        ("$$$ 1234 5678 ### 99.99 %%% !!!", "text"),  # mostly not letters
+        ("el comité aprobó el nuevo presupuesto para la biblioteca de la ciudad", "language"),
+        ("The committee approved the new budget for the city library.", "exact_dedup"),  # normalised: the same
+        ("the committee approved the new budget for the city library today", "near_dedup"),
+        ("heavy rain is expected across the northern valleys this weekend", None),
+    ]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t, _ in texts))
+    cfg = _config(tmp_path / "in", tmp_path / "out")
+    cfg["kind"] = "text"
+    summary = curate(parse_curate_config(cfg))
+    assert summary["dropped"] == {"text": 2, "language": 1, "exact_dedup": 1, "near_dedup": 1}
+    assert summary["filters"] == ["text", "language", "exact_dedup", "near_dedup"]
+    lines = [json.loads(line) for line in (tmp_path / "out" / "curated-0000.jsonl").read_text().splitlines()]
+    assert [line["text"] for line in lines] == [t for t, why in texts if why is None]
+
+
+def test_exact_dedup_by_caption_either_and_pair():
+    def dropped(by: str) -> list[bool]:
+        exact = Exact(ExactDedup(by=by), "image_text")
+        out = []
+        for key, (image, caption) in enumerate([(b"a", "x"), (b"a", "y"), (b"b", "x"), (b"a", "x")]):
+            reason = exact.check(image, caption)
+            out.append(reason is not None)
+            if reason is None:
+                exact.add(str(key), image, caption)
+        return out
+
+    assert dropped("image") == [False, True, False, True]
+    assert dropped("caption") == [False, False, True, True]
+    assert dropped("either") == [False, True, True, True]
+    assert dropped("pair") == [False, False, False, True]
+
+
+@pytest.mark.parametrize("caption", ["image", "Untitled", "IMG_1234.jpg", "DSC_0042", "photo-001.png",
+                                     "Stock Photo - happy family", "click here to enlarge",
+                                     "see https://example.com/x", "www.shop.net", "12345 !!", "N/A"])
+def test_boilerplate_alt_text_is_recognised(caption):
+    assert boilerplate(caption) is not None
+
+
+@pytest.mark.parametrize("caption", ["a dog on the beach", "an image of a red car", "two people holding photos"])
+def test_real_captions_are_not_boilerplate(caption):
+    assert boilerplate(caption) is None
+
+
+def test_command_and_shipped_world_config(curated, capsys, tmp_path):
+    from mmssl.commands import main
+
+    cfg = load_curate_config(ROOT / "configs" / "curate_world.yaml", ["output_dir=elsewhere"])
+    assert cfg.output_dir == "elsewhere" and cfg.filters.language.expected == ["en", "es", "fr", "de"]
+    root, _, _ = curated
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps(_config(root / "raw", tmp_path / "out")))
+    assert main(["curate", str(config), "filters.near_dedup=null"]) == 0
+    printed = capsys.readouterr().out
+    assert "kept 5 of 13" in printed and '"near_dedup"' not in printed.split("filters")[0]
+    assert main(["curate", str(config), "filters.near_dedup=null"]) == 0
+    assert "already done" in capsys.readouterr().out
+    assert main(["curate", str(config), "filters.nope=1"]) == 2
+    assert "filters.nope: unknown key" in capsys.readouterr().err
