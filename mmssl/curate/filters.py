@@ -72,10 +72,12 @@ def check_caption(caption: str, cfg: CaptionFilter) -> str | None:
 
 
 def image_stats(image: Any) -> tuple[int, int, float]:
-    """(width, height, pixel standard deviation on 0..255) of a PIL image (the std on a thumbnail)."""
+    """(width, height, pixel standard deviation on 0..255) of a PIL image: each channel's std over the pixels
+    of a thumbnail, averaged over the channels (a one-colour image has 0 whatever its colour)."""
     thumb = image.copy()
     thumb.thumbnail((128, 128))
-    return image.width, image.height, float(np.asarray(thumb, dtype=np.float32).std())
+    pixels = np.asarray(thumb, dtype=np.float32).reshape(-1, len(thumb.getbands()))
+    return image.width, image.height, float(pixels.std(axis=0).mean())
 
 
 def check_image(image: Any, cfg: ImageFilter) -> str | None:

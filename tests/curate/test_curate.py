@@ -23,8 +23,8 @@ from mmssl.errors import DataError, RecipeError
 
 
 def _png(seed: int | None, size: tuple[int, int] = (48, 48)) -> bytes:
-    if seed is None:  # blank: one grey
-        image = Image.new("RGB", size, (128, 128, 128))
+    if seed is None:  # blank: one colour
+        image = Image.new("RGB", size, (200, 30, 90))
     else:
         image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     out = io.BytesIO()
@@ -204,3 +204,20 @@ def test_command_and_shipped_world_config(curated, capsys, tmp_path):
     assert "already done" in capsys.readouterr().out
     assert main(["curate", str(config), "filters.nope=1"]) == 2
     assert "filters.nope: unknown key" in capsys.readouterr().err
+
+
+def test_images_kind_from_an_image_folder_keeps_labels(tmp_path):
+    from mmssl.data.stream_sources import data_sources
+    from mmssl.data.shards import json_member
+
+    for label, name, data in (("cat", "a.png", _png(11)), ("cat", "b.png", _png(11)), ("dog", "c.png", _png(None)),
+                              ("dog", "d.png", _png(12))):
+        (tmp_path / "photos" / label).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / label / name).write_bytes(data)
+    cfg = {"input": {"source": "files", "path": str(tmp_path / "photos")}, "output_dir": str(tmp_path / "out"),
+           "kind": "images"}
+    summary = curate(parse_curate_config(cfg))
+    assert summary["dropped"] == {"image": 1, "exact_dedup": 1} and summary["kept"] == 2
+    assert summary["filters"] == ["image", "exact_dedup"]
+    (source,) = data_sources(DataConfig(source="files", path=str(tmp_path / "out"), streaming=True), "images")
+    assert [json_member(r)["label"] for shard in source.shards for r in source.reader(shard)] == ["cat", "dog"]
