@@ -27,6 +27,7 @@ from mmssl.schema import to_dict
 log = logging.getLogger(__name__)
 
 REPORT = "curate_report.json"
+RUNNING = ".curate-running"  # written first, removed last: a folder holding it is an interrupted curate run
 # the order filters are tried in; a sample is counted under the first that drops it
 FILTERS = ("unusable", "caption", "image", "text", "language", "exact_dedup", "near_dedup")
 _APPLIES = {"caption": {"image_text"}, "image": {"image_text", "images"}, "text": {"text"},
@@ -54,6 +55,11 @@ def _fingerprint(cfg: CurateConfig) -> dict[str, Any]:
     return json.loads(json.dumps(input_fingerprint(cfg.input, settings), default=str))
 
 
+def _ours(path: Path) -> bool:
+    """A file an interrupted curate run may have left: its marker, shards, sizes.json, temporary files."""
+    return path.is_file() and (path.name in (RUNNING, SIZE_FILE) or path.name.startswith((".tmp-", "curated-")))
+
+
 def _already_done(out_dir: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
     report = out_dir / REPORT
     if report.is_file():
@@ -63,6 +69,12 @@ def _already_done(out_dir: Path, fingerprint: dict[str, Any]) -> dict[str, Any] 
         raise DataError(f"{str(out_dir)!r} holds data curated from other input or settings; curate into a new "
                         "output_dir (mmssl never overwrites what it wrote for another input)")
     if out_dir.exists() and any(out_dir.iterdir()):
+        leftovers = list(out_dir.iterdir())
+        if (out_dir / RUNNING).is_file() and all(_ours(p) for p in leftovers):
+            log.warning("%s holds an interrupted mmssl curate run: starting it over", out_dir)
+            for path in leftovers:
+                path.unlink()
+            return None
         raise DataError(f"output_dir {str(out_dir)!r} is not empty and was not written by mmssl curate; choose a "
                         "new folder")
     return None
@@ -89,6 +101,7 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
     near = Near(filters.near_dedup) if "near_dedup" in active else None
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / RUNNING).write_text(json.dumps({"started": "mmssl curate"}), encoding="utf-8")
     writer = _ShardWriter(out_dir, "curated", ".jsonl" if kind == "text" else ".tar", cfg.shard_size)
     tally = _Tally(cfg.report_examples)
     columns = dict(data.columns)
@@ -169,7 +182,8 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
                 kept += 1
     writer.close()
     dropped = {name: tally.counts[name] for name in FILTERS if name in tally.counts}
-    assert read == kept + sum(dropped.values())
+    if read != kept + sum(dropped.values()):  # every sample is kept or counted under one filter
+        raise RuntimeError(f"mmssl curate lost count: read {read}, kept {kept}, dropped {dropped}")
     if not kept:
         log.warning("mmssl curate kept no sample of %d (dropped: %s)", read, dropped)
     (out_dir / SIZE_FILE).write_text(json.dumps(dict(sorted(writer.written.items())), indent=1), encoding="utf-8")
@@ -180,4 +194,5 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
     tmp = out_dir / f".tmp-{REPORT}"
     tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, out_dir / REPORT)
+    (out_dir / RUNNING).unlink()
     return summary

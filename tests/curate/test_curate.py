@@ -128,6 +128,25 @@ def test_input_untouched_rerun_idempotent_and_wrong_outputs_refused(curated, tmp
     assert _hashes(root / "raw") == before
 
 
+def test_an_interrupted_run_starts_over_but_foreign_files_are_kept(curated, tmp_path):
+    from mmssl.curate.run import RUNNING
+
+    root, _, summary = curated
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in (RUNNING, "curated-0000.tar", ".tmp-curated-0001.tar"):
+        (out / name).write_bytes(b"half written")
+    again = curate(parse_curate_config(_config(root / "raw", out)))
+    assert again["kept"] == summary["kept"] and not (out / RUNNING).exists()
+    assert sorted(p.name for p in out.iterdir()) == [REPORT, "curated-0000.tar", "curated-0001.tar", "sizes.json"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / RUNNING).write_text("{}")
+    (tmp_path / "other" / "thesis.tex").write_text("mine")
+    with pytest.raises(DataError, match="not written by mmssl curate"):
+        curate(parse_curate_config(_config(root / "raw", tmp_path / "other")))
+    assert (tmp_path / "other" / "thesis.tex").read_text() == "mine"
+
+
 def test_bad_config_keys_and_values_name_the_dotted_key(tmp_path):
     with pytest.raises(RecipeError, match=r"filters\.near_dedup\.treshold: unknown key \(did you mean 'threshold'\?\)"):
         parse_curate_config(_config(tmp_path, tmp_path / "o", near_dedup={"treshold": 0.5}))
@@ -156,7 +175,10 @@ def test_text_data_quality_language_and_duplicates(tmp_path):
     summary = curate(parse_curate_config(cfg))
     assert summary["dropped"] == {"text": 2, "language": 1, "exact_dedup": 1, "near_dedup": 1}
     assert summary["filters"] == ["text", "language", "exact_dedup", "near_dedup"]
-    lines = [json.loads(line) for line in (tmp_path / "out" / "curated-0000.jsonl").read_text().splitlines()]
+    from mmssl.data.stream_sources import data_sources
+
+    (source,) = data_sources(DataConfig(source="files", path=str(tmp_path / "out" / "*.jsonl"), streaming=True), "text")
+    lines = [r for shard in source.shards for r in source.reader(shard)]
     assert [line["text"] for line in lines] == [t for t, why in texts if why is None]
 
 
