@@ -100,6 +100,10 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
     exact = Exact(filters.exact_dedup, kind) if "exact_dedup" in active else None
     near = Near(filters.near_dedup) if "near_dedup" in active else None
 
+    try:  # before anything is written: a wrong input path leaves no folder behind
+        sources = data_sources(dataclasses.replace(data, streaming=True), kind, world_span=cfg.shard_size)
+    except DataError as exc:
+        raise DataError(str(exc).replace("data.path", "input.path")) from None
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RUNNING).write_text(json.dumps({"started": "mmssl curate"}), encoding="utf-8")
     writer = _ShardWriter(out_dir, "curated", ".jsonl" if kind == "text" else ".tar", cfg.shard_size)
@@ -108,7 +112,6 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
     root = data.path if data.source == "files" and Path(data.path or "").expanduser().is_dir() else None
     root = str(Path(root).expanduser()) if root else None
     read = kept = 0
-    sources = data_sources(dataclasses.replace(data, streaming=True), kind, world_span=cfg.shard_size)
     for source in sources:
         for shard in source.shards:
             for record in source.reader(shard):  # type: ignore[misc]

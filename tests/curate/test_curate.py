@@ -121,6 +121,9 @@ def test_input_untouched_rerun_idempotent_and_wrong_outputs_refused(curated, tmp
         curate(parse_curate_config(_config(root / "raw", root / "out", near_dedup=None)))
     with pytest.raises(RecipeError, match="mmssl never writes over its own inputs"):
         curate(parse_curate_config(_config(root / "raw", root / "raw" / "curated")))
+    with pytest.raises(DataError, match=r"input\.path '.*nothing': no such file"):
+        curate(parse_curate_config(_config(tmp_path / "nothing", tmp_path / "never")))
+    assert not (tmp_path / "never").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match="not written by mmssl curate"):
