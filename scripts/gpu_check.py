@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_TRAINING = ("augment_", "mine_")  # configs of `mmssl augment` / `mmssl mine`: CPU data jobs
+NOT_TRAINING = ("augment_", "mine_", "curate_")  # configs of `mmssl augment` / `mine` / `curate`: CPU data jobs
 EVAL_KEYS = ("zero_shot_top1", "knn_top1", "linear_probe_top1", "spearman", "retrieval_recall@1", "recall@1",
              "mrr@10", "perplexity", "masked_accuracy", "accuracy")
 

@@ -7,7 +7,7 @@ from mmssl.errors import RecipeError
 from mmssl.recipes import apply_overrides, load_recipe, parse_recipe, save_recipe, recipe_to_dict
 
 ALL_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-CONFIGS = [p for p in ALL_CONFIGS if not p.name.startswith(("mine_", "augment_"))]
+CONFIGS = [p for p in ALL_CONFIGS if not p.name.startswith(("mine_", "augment_", "curate_"))]
 MINING = [p for p in ALL_CONFIGS if p.name.startswith("mine_")]
 
 

@@ -180,7 +180,7 @@ def test_text_data_quality_language_and_duplicates(tmp_path):
     assert summary["filters"] == ["text", "language", "exact_dedup", "near_dedup"]
     from mmssl.data.stream_sources import data_sources
 
-    (source,) = data_sources(DataConfig(source="files", path=str(tmp_path / "out" / "*.jsonl"), streaming=True), "text")
+    (source,) = data_sources(DataConfig(source="files", path=str(tmp_path / "out"), streaming=True), "text")
     lines = [r for shard in source.shards for r in source.reader(shard)]
     assert [line["text"] for line in lines] == [t for t, why in texts if why is None]
 
