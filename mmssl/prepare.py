@@ -13,17 +13,15 @@ into a folder that mmssl did not write, or into (or over) its input, is refused.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import io
 import json
 import logging
 import os
-import tarfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
 from mmssl.config import DataConfig
+from mmssl.data.shard_writer import ShardWriter, image_payload, input_fingerprint, sample_label
 from mmssl.data.shards import SIZE_FILE, Problem
 from mmssl.errors import DataError, RecipeError
 from mmssl.outputs import check_not_input
@@ -46,89 +44,6 @@ class Job:
     root: str | None  # an image folder: class subfolder names are labels
 
 
-def _image_payload(source: Any, image_size: int | None) -> tuple[bytes, str]:
-    """Encoded image bytes and extension: the original bytes when no resize is asked and they decode, else
-    a re-encoded JPEG (PNG for images with transparency). Raises BadImage."""
-    from PIL import Image
-
-    from mmssl.data.images import BadImage, open_image
-
-    raw = None
-    if isinstance(source, (bytes, bytearray)):
-        raw = bytes(source)
-    elif isinstance(source, (str, os.PathLike)) and Path(source).is_file():
-        raw = Path(source).read_bytes()
-    image = open_image(raw if raw is not None else source)  # verifies it decodes (RGB, alpha over white)
-    if image_size is None and raw is not None:
-        fmt = (Image.open(io.BytesIO(raw)).format or "JPEG").lower()
-        return raw, {"jpeg": "jpg"}.get(fmt, fmt)
-    lossless = image_size is None  # an in-memory image (the world's) is kept exactly
-    if image_size is not None and min(image.size) != image_size:
-        scale = image_size / min(image.size)
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.BICUBIC)
-    out = io.BytesIO()
-    try:
-        image.save(out, format="PNG" if lossless else "JPEG", **({} if lossless else {"quality": 92}))
-    except OSError as exc:
-        raise BadImage(f"cannot encode ({exc})") from None
-    return out.getvalue(), "png" if lossless else "jpg"
-
-
-def _label(record: dict, root: str | None, columns: dict[str, str]) -> Any:
-    """An image folder's class subfolder, a mapped label column, or the record's own label."""
-    from mmssl.data.shards import record_label
-
-    if root is not None and "__path__" in record:
-        parent = Path(record["__path__"]).parent
-        return None if parent == Path(root) else parent.relative_to(root).as_posix().replace("_", " ")
-    if "label" in columns:
-        return record.get(columns["label"])
-    return record_label(record)
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-class _ShardWriter:
-    """Writes numbered shards of at most `size` samples, each under a temporary name until complete."""
-
-    def __init__(self, out: Path, stem: str, ext: str, size: int):
-        self.out, self.stem, self.ext, self.size = out, stem, ext, size
-        self.written: dict[str, int] = {}
-        self._handle: Any = None
-        self._count = 0
-
-    def _open(self) -> None:
-        self._name = f"{self.stem}-{len(self.written):04d}{self.ext}"
-        self._tmp = self.out / f".tmp-{self._name}"
-        self._handle = tarfile.open(self._tmp, "w") if self.ext == ".tar" else open(self._tmp, "w", encoding="utf-8")
-        self._count = 0
-
-    def write(self, members: list[tuple[str, bytes]] | str) -> None:
-        if self._handle is None:
-            self._open()
-        if isinstance(members, str):
-            self._handle.write(members + "\n")
-        else:
-            for name, data in members:
-                _add(self._handle, name, data)
-        self._count += 1
-        if self._count == self.size:
-            self.close()
-
-    def close(self) -> None:
-        if self._handle is None:
-            return
-        self._handle.close()
-        os.replace(self._tmp, self.out / self._name)
-        self.written[self._name] = self._count
-        self._handle = None
-
-
 def _convert(job: Job) -> tuple[dict[str, int], dict[str, int]]:
     """One input shard -> output shards; returns (samples per output shard, skipped records by reason)."""
     from mmssl.data.images import BadImage
@@ -137,7 +52,7 @@ def _convert(job: Job) -> tuple[dict[str, int], dict[str, int]]:
     reader = _JOB_READER
     columns = dict(job.columns)
     skipped: dict[str, int] = {}
-    writer = _ShardWriter(Path(job.out), f"shard-{job.index:05d}", ".jsonl" if job.kind == "text" else ".tar",
+    writer = ShardWriter(Path(job.out), f"shard-{job.index:05d}", ".jsonl" if job.kind == "text" else ".tar",
                           job.shard_size)
     number = 0
     for record in reader(job.shard):
@@ -158,7 +73,7 @@ def _convert(job: Job) -> tuple[dict[str, int], dict[str, int]]:
             skipped["no caption"] = skipped.get("no caption", 0) + 1
             continue
         try:
-            data, ext = _image_payload(record_image(record, columns), job.image_size)
+            data, ext = image_payload(record_image(record, columns), job.image_size)
         except BadImage as exc:
             reason = str(exc).split(" (")[0]
             skipped[reason] = skipped.get(reason, 0) + 1
@@ -166,7 +81,7 @@ def _convert(job: Job) -> tuple[dict[str, int], dict[str, int]]:
         key = f"{job.index:05d}{number:07d}"
         number += 1
         meta: dict[str, Any] = {"key": str(record.get("__key__", key))}
-        label = _label(record, job.root, columns)
+        label = sample_label(record, job.root, columns)
         if label is not None:
             meta["label"] = label
         members = [(f"{key}.{ext}", data)]
@@ -187,27 +102,6 @@ def _init_worker(reader: Any) -> None:
     _JOB_READER = reader
 
 
-def _fingerprint(data: DataConfig, settings: dict[str, Any]) -> dict[str, Any]:
-    """What the output was made from: the settings and every input file's size and modification time."""
-    from mmssl.data.shards import expand_braces
-
-    files: dict[str, list[float]] = {}
-    if data.source == "files":
-        for spec in (data.path or "").split("::"):
-            for pattern in expand_braces(os.path.expanduser(spec)):
-                base = Path(pattern)
-                if base.is_file():
-                    found = [base]
-                elif base.is_dir():
-                    found = sorted(p for p in base.rglob("*") if p.is_file())
-                else:
-                    found = [Path(p) for p in sorted(glob.glob(pattern))]
-                for f in found:
-                    stat = f.stat()
-                    files[str(f)] = [stat.st_size, stat.st_mtime]
-    return {"settings": settings, "inputs": files}
-
-
 def prepare(data: DataConfig, out: str, kind: Kind, shard_size: int = 1000, image_size: int | None = None,
             workers: int = 1) -> dict[str, Any]:
     """Write `data` as shards into `out`; returns a summary (shards, samples, skipped records by reason)."""
@@ -219,7 +113,7 @@ def prepare(data: DataConfig, out: str, kind: Kind, shard_size: int = 1000, imag
     out_dir = Path(out).expanduser()
     check_not_input(out_dir, "the output folder", {"the input": data.path if data.source == "files" else None})
     settings = {"data": dataclasses.asdict(data), "kind": kind, "shard_size": shard_size, "image_size": image_size}
-    fingerprint = _fingerprint(data, settings)
+    fingerprint = input_fingerprint(data, settings)
     manifest = out_dir / MANIFEST
     if manifest.is_file():
         done = json.loads(manifest.read_text(encoding="utf-8"))

@@ -19,6 +19,7 @@ from typing import Any
 from mmssl.curate.config import CurateConfig
 from mmssl.curate.dedup import Exact, Near
 from mmssl.curate.filters import Language, check_caption, check_image, check_text, normalise
+from mmssl.data.shard_writer import ShardWriter, image_payload, input_fingerprint, sample_label
 from mmssl.data.shards import SIZE_FILE, Problem
 from mmssl.errors import DataError
 from mmssl.outputs import check_not_input
@@ -49,7 +50,6 @@ class _Tally:
 
 
 def _fingerprint(cfg: CurateConfig) -> dict[str, Any]:
-    from mmssl.prepare import _fingerprint as input_fingerprint  # the input files' sizes and times
 
     settings = {k: v for k, v in to_dict(cfg).items() if k != "output_dir"}
     return json.loads(json.dumps(input_fingerprint(cfg.input, settings), default=str))
@@ -84,7 +84,6 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
     """Curate `cfg.input` into `cfg.output_dir`; returns the summary (read, kept, dropped per filter, shards)."""
     from mmssl.data.images import BadImage, open_image
     from mmssl.data.stream_sources import data_sources, record_captions, record_image
-    from mmssl.prepare import _image_payload, _label, _ShardWriter
 
     data, kind, filters = cfg.input, cfg.kind, cfg.filters
     out_dir = Path(cfg.output_dir).expanduser()
@@ -106,7 +105,7 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
         raise DataError(str(exc).replace("data.path", "input.path")) from None
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RUNNING).write_text(json.dumps({"started": "mmssl curate"}), encoding="utf-8")
-    writer = _ShardWriter(out_dir, "curated", ".jsonl" if kind == "text" else ".tar", cfg.shard_size)
+    writer = ShardWriter(out_dir, "curated", ".jsonl" if kind == "text" else ".tar", cfg.shard_size)
     tally = _Tally(cfg.report_examples)
     columns = dict(data.columns)
     root = data.path if data.source == "files" and Path(data.path or "").expanduser().is_dir() else None
@@ -137,7 +136,7 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
                         tally.drop("unusable", key, "no caption")
                         continue
                     try:
-                        image_data, ext = _image_payload(record_image(record, columns), None)
+                        image_data, ext = image_payload(record_image(record, columns), None)
                         if "image" in active:
                             image = open_image(image_data)
                     except BadImage as exc:
@@ -173,7 +172,7 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
                 else:
                     name = f"{kept:09d}"
                     meta: dict[str, Any] = {"key": key}
-                    label = _label(record, root, columns)
+                    label = sample_label(record, root, columns)
                     if label is not None:
                         meta["label"] = label
                     members = [(f"{name}.{ext}", image_data)]
