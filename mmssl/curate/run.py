@@ -50,7 +50,6 @@ class _Tally:
 
 
 def _fingerprint(cfg: CurateConfig) -> dict[str, Any]:
-
     settings = {k: v for k, v in to_dict(cfg).items() if k != "output_dir"}
     return json.loads(json.dumps(input_fingerprint(cfg.input, settings), default=str))
 
@@ -80,12 +79,103 @@ def _already_done(out_dir: Path, fingerprint: dict[str, Any]) -> dict[str, Any] 
     return None
 
 
+@dataclasses.dataclass
+class _Sample:
+    """One readable input record: its key, captions (or its text), and for images the encoded bytes."""
+
+    key: str
+    captions: list[str]
+    image_data: bytes | None = None
+    ext: str = ""
+    image: Any = None  # the decoded image, when the image filter looks at it
+
+    @property
+    def text(self) -> str | None:
+        return self.captions[0] if self.captions else None
+
+
+class _Filters:
+    """The active filters, tried in `FILTERS` order; the deduplicators remember only kept samples."""
+
+    def __init__(self, cfg: CurateConfig):
+        filters, kind = cfg.filters, cfg.kind
+        self.cfg, self.kind = filters, kind
+        self.active = [name for name in FILTERS[1:] if getattr(filters, name) is not None and kind in _APPLIES[name]]
+        self.language = Language(filters.language) if "language" in self.active else None
+        self.exact = Exact(filters.exact_dedup, kind) if "exact_dedup" in self.active else None
+        self.near = Near(filters.near_dedup) if "near_dedup" in self.active else None
+
+    def verdict(self, sample: _Sample) -> tuple[str, str] | None:
+        """(filter, reason) of the first filter that drops `sample`; None keeps it (and remembers it)."""
+        text = sample.text or ""
+        norm = normalise(sample.text) if sample.text is not None and self.kind != "images" else None
+        sketch = None
+        for name in self.active:
+            if name == "caption":
+                reason = check_caption(text, self.cfg.caption)
+            elif name == "image":
+                reason = check_image(sample.image, self.cfg.image)
+            elif name == "text":
+                reason = check_text(text, self.cfg.text)
+            elif name == "language":
+                reason = self.language.check(text)  # type: ignore[union-attr]
+            elif name == "exact_dedup":
+                reason = self.exact.check(sample.image_data, norm)  # type: ignore[union-attr]
+            else:  # near_dedup
+                reason, sketch = self.near.check(norm or "")  # type: ignore[union-attr]
+            if reason:
+                return name, reason
+        if self.exact is not None:
+            self.exact.add(sample.key, sample.image_data, norm)
+        if self.near is not None and sketch is not None:
+            self.near.add(sample.key, sketch)
+        return None
+
+
+def _read_sample(record: dict[str, Any], number: int, kind: str, columns: dict[str, str],
+                 decode: bool) -> _Sample | str:
+    """The sample a record holds, or why it is unusable (no text, no caption, an image that does not decode)."""
+    from mmssl.data.images import BadImage, open_image
+    from mmssl.data.stream_sources import record_captions, record_image
+
+    key = str(record.get("__key__", f"#{number}"))
+    if kind == "text":
+        text = record.get(columns.get("text", "text"))
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        return _Sample(key, [text]) if isinstance(text, str) and text.strip() else "no text"
+    captions = record_captions(record, columns)
+    if kind == "image_text" and not captions:
+        return "no caption"
+    try:
+        data, ext = image_payload(record_image(record, columns), None)
+        return _Sample(key, captions, data, ext, open_image(data) if decode else None)
+    except BadImage as exc:
+        return str(exc)
+
+
+def _write_sample(writer: ShardWriter, sample: _Sample, number: int, label: Any, kind: str) -> None:
+    """A kept sample as `mmssl prepare` writes one: a JSON line, or an image with ``.txt`` and ``.json`` members."""
+    if kind == "text":
+        writer.write(json.dumps({"text": sample.text, "key": sample.key}, ensure_ascii=False))
+        return
+    name = f"{number:09d}"
+    meta: dict[str, Any] = {"key": sample.key}
+    if label is not None:
+        meta["label"] = label
+    members = [(f"{name}.{sample.ext}", sample.image_data)]
+    if sample.captions:
+        meta["captions"] = sample.captions
+        members.append((f"{name}.txt", sample.captions[0].encode("utf-8")))
+    members.append((f"{name}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8")))
+    writer.write(members)  # type: ignore[arg-type]
+
+
 def curate(cfg: CurateConfig) -> dict[str, Any]:
     """Curate `cfg.input` into `cfg.output_dir`; returns the summary (read, kept, dropped per filter, shards)."""
-    from mmssl.data.images import BadImage, open_image
-    from mmssl.data.stream_sources import data_sources, record_captions, record_image
+    from mmssl.data.stream_sources import data_sources
 
-    data, kind, filters = cfg.input, cfg.kind, cfg.filters
+    data, kind = cfg.input, cfg.kind
     out_dir = Path(cfg.output_dir).expanduser()
     check_not_input(out_dir, "output_dir", {"input.path": data.path if data.source == "files" else None})
     fingerprint = _fingerprint(cfg)
@@ -93,12 +183,7 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
     if done is not None:
         log.info("%s already holds this curated data (same input and config): nothing to do", out_dir)
         return {**done, "unchanged": True}
-
-    active = [name for name in FILTERS[1:] if getattr(filters, name) is not None and kind in _APPLIES[name]]
-    language = Language(filters.language) if "language" in active else None
-    exact = Exact(filters.exact_dedup, kind) if "exact_dedup" in active else None
-    near = Near(filters.near_dedup) if "near_dedup" in active else None
-
+    filters = _Filters(cfg)
     try:  # before anything is written: a wrong input path leaves no folder behind
         sources = data_sources(dataclasses.replace(data, streaming=True), kind, world_span=cfg.shard_size)
     except DataError as exc:
@@ -118,78 +203,31 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
                 if isinstance(record, Problem):
                     tally.drop("unusable", record.where, record.reason)
                     continue
-                key = str(record.get("__key__", f"#{read}"))
-                image_data: bytes | None = None
-                ext = ""
-                image = None
-                if kind == "text":
-                    text = record.get(columns.get("text", "text"))
-                    if isinstance(text, bytes):
-                        text = text.decode("utf-8", errors="replace")
-                    if not isinstance(text, str) or not text.strip():
-                        tally.drop("unusable", key, "no text")
-                        continue
-                    captions = [text]
-                else:
-                    captions = record_captions(record, columns)
-                    if kind == "image_text" and not captions:
-                        tally.drop("unusable", key, "no caption")
-                        continue
-                    try:
-                        image_data, ext = image_payload(record_image(record, columns), None)
-                        if "image" in active:
-                            image = open_image(image_data)
-                    except BadImage as exc:
-                        tally.drop("unusable", key, str(exc))
-                        continue
-                text = captions[0] if captions else None
-                norm = normalise(text) if text is not None and kind != "images" else None
-                reason = sketch = None
-                for name in active:
-                    if name == "caption":
-                        reason = check_caption(text or "", filters.caption)
-                    elif name == "image":
-                        reason = check_image(image, filters.image)
-                    elif name == "text":
-                        reason = check_text(text or "", filters.text)
-                    elif name == "language" and language is not None:
-                        reason = language.check(text or "")
-                    elif name == "exact_dedup" and exact is not None:
-                        reason = exact.check(image_data, norm)
-                    elif name == "near_dedup" and near is not None:
-                        reason, sketch = near.check(norm or "")
-                    if reason:
-                        tally.drop(name, key, reason)
-                        break
-                if reason:
+                sample = _read_sample(record, read, kind, columns, decode="image" in filters.active)
+                if isinstance(sample, str):
+                    tally.drop("unusable", str(record.get("__key__", f"#{read}")), sample)
                     continue
-                if exact is not None:
-                    exact.add(key, image_data, norm)
-                if near is not None and sketch is not None:
-                    near.add(key, sketch)
-                if kind == "text":
-                    writer.write(json.dumps({"text": text, "key": key}, ensure_ascii=False))
-                else:
-                    name = f"{kept:09d}"
-                    meta: dict[str, Any] = {"key": key}
-                    label = sample_label(record, root, columns)
-                    if label is not None:
-                        meta["label"] = label
-                    members = [(f"{name}.{ext}", image_data)]
-                    if captions:
-                        meta["captions"] = captions
-                        members.append((f"{name}.txt", captions[0].encode("utf-8")))
-                    members.append((f"{name}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8")))
-                    writer.write(members)  # type: ignore[arg-type]
+                dropped_by = filters.verdict(sample)
+                if dropped_by:
+                    tally.drop(dropped_by[0], sample.key, dropped_by[1])
+                    continue
+                label = sample_label(record, root, columns) if kind != "text" else None
+                _write_sample(writer, sample, kept, label, kind)
                 kept += 1
     writer.close()
+    return _finish(out_dir, cfg, writer, tally, read, kept, filters.active, fingerprint)
+
+
+def _finish(out_dir: Path, cfg: CurateConfig, writer: ShardWriter, tally: _Tally, read: int, kept: int,
+            active: list[str], fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """sizes.json and the report (last, atomically: it marks the folder as done), then drop the running marker."""
     dropped = {name: tally.counts[name] for name in FILTERS if name in tally.counts}
     if read != kept + sum(dropped.values()):  # every sample is kept or counted under one filter
         raise RuntimeError(f"mmssl curate lost count: read {read}, kept {kept}, dropped {dropped}")
     if not kept:
         log.warning("mmssl curate kept no sample of %d (dropped: %s)", read, dropped)
     (out_dir / SIZE_FILE).write_text(json.dumps(dict(sorted(writer.written.items())), indent=1), encoding="utf-8")
-    summary = {"output": str(out_dir), "kind": kind, "read": read, "kept": kept, "dropped": dropped,
+    summary = {"output": str(out_dir), "kind": cfg.kind, "read": read, "kept": kept, "dropped": dropped,
                "shards": len(writer.written), "filters": active}
     report = {"summary": summary, "examples": {name: tally.shown[name] for name in dropped},
               "fingerprint": fingerprint}
