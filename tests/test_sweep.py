@@ -7,7 +7,7 @@ import csv
 import json
 
 import pytest
-from clirun import assert_clear_error, mmssl, write_recipe
+from clirun import assert_clear_error, mmssl, mmssl_here, write_recipe
 from helpers import lm_recipe
 
 from mmssl.errors import RecipeError
@@ -33,7 +33,7 @@ def test_a_sweep_runs_each_setting_in_its_own_process_and_tabulates_it(tmp_path)
     recipe = write_recipe(tmp_path / "r.yaml", lm_recipe(tmp_path / "unused", "mlm", max_steps=4, log_every=2))
     out = tmp_path / "sweep"
     grid = ["objective.mask_probability=0.1,0.3", "train.learning_rate=0.003"]
-    dry = mmssl("sweep", str(recipe), *grid, "--out", str(out), "--dry-run")
+    dry = mmssl_here("sweep", str(recipe), *grid, "--out", str(out), "--dry-run")
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert len(dry.stdout.splitlines()) == 2 and "objective.mask_probability=0.3" in dry.stdout and not out.exists()
     done = mmssl("sweep", str(recipe), *grid, "--out", str(out))
@@ -46,10 +46,10 @@ def test_a_sweep_runs_each_setting_in_its_own_process_and_tabulates_it(tmp_path)
     starts = list((out / rows[0]["run"] / "log.jsonl").open())
     figures = {p.name for p in (out / "report").glob("*.png")}
     assert "sweep_objective_mask_probability.png" in figures and "loss.png" in figures
-    again = mmssl("sweep", str(recipe), *grid, "--out", str(out))  # finished runs are kept, not trained again
+    again = mmssl_here("sweep", str(recipe), *grid, "--out", str(out))  # finished runs are kept, not trained again
     assert again.returncode == 0 and again.stderr.count("is finished; kept") == 2
     assert list((out / rows[0]["run"] / "log.jsonl").open()) == starts
-    changed = mmssl("sweep", str(recipe), "objective.mask_probability=0.1,0.3", "train.learning_rate=0.001", "--out",
+    changed = mmssl_here("sweep", str(recipe), "objective.mask_probability=0.1,0.3", "train.learning_rate=0.001", "--out",
                     str(out))  # a kept run must be the run the sweep asks for
     assert_clear_error(changed, "was trained with a different recipe (train differ)", "new --out")
 

@@ -7,7 +7,7 @@ import pytest
 
 import json
 
-from clirun import assert_clear_error, mmssl, tree_hashes
+from clirun import assert_clear_error, mmssl, mmssl_here, tree_hashes
 from helpers import ROOT
 
 MINE = str(ROOT / "configs/mine_world_bm25.yaml")
@@ -41,14 +41,14 @@ def test_mine_never_writes_over_its_inputs(tmp_path):
     source = ["data.source=files", f"data.path={data / 'pairs.jsonl'}"]
     done = mmssl("mine", MINE, f"output={data / 'pairs.jsonl'}", *source, "overwrite=true")
     assert_clear_error(done, "is also the input data.path")
-    done = mmssl("mine", MINE, f"output={data / 'mined.jsonl'}", "data.source=files", f"data.path={data}")
+    done = mmssl_here("mine", MINE, f"output={data / 'mined.jsonl'}", "data.source=files", f"data.path={data}")
     assert_clear_error(done, "lies inside the input data.path")
-    done = mmssl("mine", MINE, f"output={tmp_path / 'm.jsonl'}", *source, f"bm25.index_dir={data}")
+    done = mmssl_here("mine", MINE, f"output={tmp_path / 'm.jsonl'}", *source, f"bm25.index_dir={data}")
     assert_clear_error(done, f"bm25.index_dir {str(data)!r} contains the input data.path")
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    done = mmssl("mine", MINE, f"output={tmp_path / 'm.jsonl'}", *source, f"bm25.index_dir={other}")
+    done = mmssl_here("mine", MINE, f"output={tmp_path / 'm.jsonl'}", *source, f"bm25.index_dir={other}")
     assert_clear_error(done, "is not empty and holds no BM25 index")
     assert tree_hashes(data) == before and (other / "keep.txt").read_text() == "mine"
 
@@ -59,7 +59,7 @@ def test_mine_replaces_only_its_own_earlier_output_and_only_with_overwrite(tmp_p
         done = mmssl("mine", MINE, f"output={output}", SMALL)
         assert done.returncode == 0, done.stderr[-2000:]
         first = tree_hashes(output)
-        assert_clear_error(mmssl("mine", MINE, f"output={output}", SMALL), "already exists (an earlier output)",
+        assert_clear_error(mmssl_here("mine", MINE, f"output={output}", SMALL), "already exists (an earlier output)",
                            "overwrite=true")
         assert tree_hashes(output) == first
         done = mmssl("mine", MINE, f"output={output}", "data.world.num_scenes=80", "overwrite=true")
@@ -71,7 +71,7 @@ def test_mine_replaces_only_its_own_earlier_output_and_only_with_overwrite(tmp_p
         "mined-folder", "mined-folder.stats.json", "mined.jsonl", "mined.jsonl.stats.json"]  # no temporaries left
     user_file = tmp_path / "theirs.jsonl"
     user_file.write_text('{"a": 1}\n')
-    done = mmssl("mine", MINE, f"output={user_file}", SMALL, "overwrite=true")
+    done = mmssl_here("mine", MINE, f"output={user_file}", SMALL, "overwrite=true")
     assert_clear_error(done, "was not written by this mmssl command")
     assert user_file.read_text() == '{"a": 1}\n'
 
@@ -84,19 +84,19 @@ def test_augment_refuses_inputs_and_files_it_did_not_write(tmp_path):
     texts.write_text("".join(json.dumps({"text": f"a red circle above square {i}"}) + "\n" for i in range(10)))
     before = tree_hashes(data)
     source = ["data.source=files", f"data.path={texts}"]
-    assert_clear_error(mmssl("augment", AUGMENT, f"output.path={texts}", *source, "output.overwrite=true"),
+    assert_clear_error(mmssl_here("augment", AUGMENT, f"output.path={texts}", *source, "output.overwrite=true"),
                        "is also the input data.path")
-    assert_clear_error(mmssl("augment", AUGMENT, f"output.path={data}", "output.format=disk", *source,
+    assert_clear_error(mmssl_here("augment", AUGMENT, f"output.path={data}", "output.format=disk", *source,
                              "output.overwrite=true"), "contains the input data.path")
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "keep.txt").write_text("mine")
-    assert_clear_error(mmssl("augment", AUGMENT, f"output.path={folder}", "output.format=disk", *source,
+    assert_clear_error(mmssl_here("augment", AUGMENT, f"output.path={folder}", "output.format=disk", *source,
                              "output.overwrite=true"), "already exists and was not written by this mmssl command")
     assert tree_hashes(data) == before and (folder / "keep.txt").read_text() == "mine"
     out = tmp_path / "pairs.jsonl"
     assert mmssl("augment", AUGMENT, f"output.path={out}", *source).returncode == 0
-    assert_clear_error(mmssl("augment", AUGMENT, f"output.path={out}", *source), "output.overwrite=true")
+    assert_clear_error(mmssl_here("augment", AUGMENT, f"output.path={out}", *source), "output.overwrite=true")
     assert mmssl("augment", AUGMENT, f"output.path={out}", *source, "output.overwrite=true").returncode == 0
 
 

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from clirun import assert_clear_error, in_mount_namespace, mmssl, tree_hashes, write_recipe
+from clirun import assert_clear_error, in_mount_namespace, mmssl, mmssl_here, tree_hashes, write_recipe
 from helpers import lm_recipe
 
 from mmssl.recipes import parse_recipe
@@ -42,7 +42,7 @@ def test_output_dir_that_is_the_starting_model_or_tokenizer_is_refused(tmp_path,
     for args in ([f"model.pretrained={model}", f"tokenizer.path={model}"], [f"tokenizer.path={model}"],
                  [f"model.pretrained={model}", "train.overwrite=true"]):
         key = "model.pretrained" if "model.pretrained" in args[0] else "tokenizer.path"
-        done = mmssl("train", str(recipe), f"output_dir={model}", *args)
+        done = mmssl_here("train", str(recipe), f"output_dir={model}", *args)
         assert_clear_error(done, f"output_dir {str(model)!r} is also the input {key}")
     done = mmssl("train", str(recipe), f"output_dir={model / 'inside'}", f"data.source=files", f"data.path={model}")
     assert_clear_error(done, "lies inside the input data.path")
