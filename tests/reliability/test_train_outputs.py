@@ -68,7 +68,7 @@ def test_resuming_another_runs_checkpoint_into_a_finished_run_is_refused(tmp_pat
     before = tree_hashes(other)
     checkpoint = list_checkpoints(base_run)[0]
     recipe = recipe_file(tmp_path, max_steps=6, save_every=2)
-    done = mmssl("train", str(recipe), f"output_dir={other}", f"train.resume_from={checkpoint}")
+    done = mmssl_here("train", str(recipe), f"output_dir={other}", f"train.resume_from={checkpoint}")
     assert_clear_error(done, "is a checkpoint of another run", "train.overwrite=true")
     assert tree_hashes(other) == before
     # into a new folder it resumes, and the run it came from is untouched
@@ -95,8 +95,8 @@ def test_overwrite_removes_exactly_what_the_earlier_run_wrote(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     starts = [e for e in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if e["event"] == "start"]
     assert [e["step"] for e in starts] == [0, 4]
-    done = mmssl("train", str(recipe_file(tmp_path)), f"output_dir={out}", "train.overwrite=true",
-                 "train.resume_from=latest")
+    done = mmssl_here("train", str(recipe_file(tmp_path)), f"output_dir={out}", "train.overwrite=true",
+                      "train.resume_from=latest")
     assert_clear_error(done, "train.overwrite=true deletes the run that train.resume_from=latest would continue")
 
 
@@ -188,7 +188,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path):
 
     out = tmp_path / "run"
     recipe = recipe_file(tmp_path)
-    assert_clear_error(mmssl("train", str(recipe), f"output_dir={out}", "model.config.hidden_size=-1"),
+    assert_clear_error(mmssl_here("train", str(recipe), f"output_dir={out}", "model.config.hidden_size=-1"),
                        "model.config")  # leaves a run folder with nothing saved
     assert (out / "recipe.yaml").is_file() and not (out / LOCK).exists()  # a run that ended leaves no lock file
     with open(out / LOCK, "a") as held:  # what the first run's main process holds while it trains
