@@ -1,6 +1,7 @@
 """The typed schema of a recipe: what a training run is made of (data, tokenizer, model, objective, training,
 publishing). Plain dataclasses validated by `mmssl.schema`; reading YAML and resolving the objective's own
-parameters is `mmssl.recipes`' job, so this module depends on nothing else in mmssl but the schema."""
+parameters is `mmssl.recipes`' job, so this module depends on nothing else in mmssl but the schema and the
+stream filters' settings."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+from mmssl.curate.filter_config import StreamFilters
 from mmssl.schema import (NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Range,
                           Seed)
 
@@ -46,6 +48,9 @@ class DataConfig:
     num_samples: PositiveInt | None = None  # samples in one epoch of a stream (default: from sizes.json)
     weights: list[PositiveFloat] | None = None  # one per source of a `::`-joined data.path
     resampled: bool = False  # each pass draws its shards with replacement (open_clip's --dataset-resampled)
+    # per-sample filters (caption, image, text, language) run on the stream as it is read: see
+    # `mmssl.curate.filter_config.StreamFilters`; a recipe with them streams its data
+    curate: StreamFilters | None = None
 
     def __post_init__(self) -> None:
         if self.source in ("files", "hub") and not self.path:

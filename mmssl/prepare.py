@@ -47,7 +47,7 @@ class Job:
 def _convert(job: Job) -> tuple[dict[str, int], dict[str, int]]:
     """One input shard -> output shards; returns (samples per output shard, skipped records by reason)."""
     from mmssl.data.images import BadImage
-    from mmssl.data.stream_sources import record_captions, record_image
+    from mmssl.data.records import record_captions, record_image
 
     reader = _JOB_READER
     columns = dict(job.columns)

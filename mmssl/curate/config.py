@@ -8,51 +8,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from mmssl.config import DataConfig
+from mmssl.curate.filter_config import CaptionFilter, ImageFilter, LanguageFilter, TextFilter
+
+__all__ = ["CaptionFilter", "ClipScore", "CurateConfig", "ExactDedup", "Filters", "ImageFilter", "LanguageFilter",
+           "NearDedup", "SemanticDedup", "TextFilter", "load_curate_config", "parse_curate_config"]
 from mmssl.errors import RecipeError
-from mmssl.schema import NonNegativeFloat, NonNegativeInt, PositiveInt, Probability, Range, Seed, from_dict
+from mmssl.schema import NonNegativeInt, PositiveInt, Range, Seed, from_dict
 
 Kind = Literal["image_text", "images", "text"]
-
-
-@dataclass
-class CaptionFilter:
-    """Captions of image-text samples (the first caption, the one written as ``KEY.txt``)."""
-
-    min_words: NonNegativeInt = 2
-    max_words: PositiveInt = 100
-    min_chars: NonNegativeInt = 5
-    max_chars: PositiveInt = 1000
-    boilerplate: bool = True  # alt-text like "image", "untitled", "IMG_1234.jpg", "stock photo", URLs
-    extra_boilerplate: list[str] = field(default_factory=list)  # more whole captions to drop (compared normalised)
-
-
-@dataclass
-class ImageFilter:
-    """Image size, aspect ratio and blank (near-uniform) images."""
-
-    min_side: PositiveInt = 32  # pixels of the shorter side
-    max_aspect_ratio: Annotated[float, Range(1)] = 3.0  # longer side / shorter side
-    min_pixel_std: NonNegativeFloat = 2.0  # standard deviation of the pixel values (0..255); below: blank
-
-
-@dataclass
-class TextFilter:
-    """Quality rules for text data."""
-
-    min_words: NonNegativeInt = 5
-    max_non_alpha_fraction: Probability = 0.3  # of the non-space characters
-
-
-@dataclass
-class LanguageFilter:
-    """py3langid on the caption (image-text) or the text: keep the listed languages."""
-
-    keep: list[str] = field(default_factory=lambda: ["en"])
-    # the languages the data may hold (ISO 639-1); the identifier then chooses among these only (much more
-    # accurate on short captions). null: all 97 languages of the model
-    expected: list[str] | None = None
-    # a sample is dropped when its language is not kept and identified with at least this probability
-    min_confidence: Probability = 0.5
 
 
 @dataclass
@@ -75,6 +38,43 @@ class NearDedup:
 
 
 @dataclass
+class ClipScore:
+    """Image-caption agreement (DataComp's CLIP score): the cosine of a CLIP model's image and first-caption
+    embeddings. Keep samples scoring at least `threshold`, or the best `top_fraction` of those the other
+    filters kept (one of the two)."""
+
+    # an mmssl CLIP output folder, any open_clip ``local-dir`` folder, or an open_clip architecture name
+    model: str
+    pretrained: str | None = None  # with an architecture name: its open_clip pretrained tag or a weights file
+    threshold: Annotated[float, Range(-1, 1)] | None = None
+    top_fraction: Annotated[float, Range(0, 1, open_low=True)] | None = None
+    batch_size: PositiveInt = 256
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+
+    def __post_init__(self) -> None:
+        if (self.threshold is None) == (self.top_fraction is None):
+            raise ValueError("set exactly one of threshold (keep samples scoring at least it) and top_fraction "
+                             "(keep that best fraction, e.g. 0.3 as DataComp's baseline)")
+
+
+@dataclass
+class SemanticDedup:
+    """SemDeDup: embed, cluster with faiss k-means, and drop a sample whose cosine similarity to an earlier
+    kept sample of its cluster reaches `threshold`."""
+
+    # the encoder: an open_clip / mmssl CLIP folder or name (images and texts) or a sentence-transformers
+    # folder (texts); null: filters.clip_score.model
+    model: str | None = None
+    pretrained: str | None = None
+    by: Literal["image", "text"] = "image"  # image-text data: which embedding; images and text use their own
+    threshold: Annotated[float, Range(0, 1, open_low=True)] = 0.95
+    cluster_size: Annotated[int, Range(2, 1_000_000)] = 1000  # about this many samples per k-means cluster
+    batch_size: PositiveInt = 256
+    device: str = "auto"
+    seed: Seed = 0
+
+
+@dataclass
 class Filters:
     caption: CaptionFilter | None = field(default_factory=CaptionFilter)
     image: ImageFilter | None = field(default_factory=ImageFilter)
@@ -82,6 +82,8 @@ class Filters:
     language: LanguageFilter | None = None
     exact_dedup: ExactDedup | None = field(default_factory=ExactDedup)
     near_dedup: NearDedup | None = field(default_factory=NearDedup)
+    clip_score: ClipScore | None = None
+    semantic_dedup: SemanticDedup | None = None
 
 
 @dataclass
@@ -94,9 +96,15 @@ class CurateConfig:
     report_examples: NonNegativeInt = 20  # dropped samples shown per filter in curate_report.json
 
     def __post_init__(self) -> None:
-        if self.input.source == "hub":
-            raise ValueError("input.source: mmssl curate reads local data and the built-in world (prepare a Hub "
-                             "dataset's files first)")
+        semantic, clip = self.filters.semantic_dedup, self.filters.clip_score
+        if semantic is not None and semantic.model is None:
+            if clip is None:
+                raise ValueError("filters.semantic_dedup.model: give the encoder (an open_clip / mmssl CLIP folder, "
+                                 "or a sentence-transformers folder for text), or set filters.clip_score")
+            semantic.model, semantic.pretrained = clip.model, clip.pretrained
+        if clip is not None and self.kind != "image_text":
+            raise ValueError(f"filters.clip_score scores image-caption pairs; kind {self.kind!r} has none "
+                             "(set filters.clip_score to null)")
 
 
 def parse_curate_config(raw: object) -> CurateConfig:

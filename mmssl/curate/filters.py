@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mmssl.curate.config import CaptionFilter, ImageFilter, LanguageFilter, TextFilter
+from mmssl.curate.filter_config import CaptionFilter, ImageFilter, LanguageFilter, TextFilter
 
 _PUNCT = re.compile(r"[^\w\s]+")
 _SPACE = re.compile(r"\s+")

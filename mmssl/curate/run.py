@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 
 REPORT = "curate_report.json"
 RUNNING = ".curate-running"  # written first, removed last: a folder holding it is an interrupted curate run
+WORK_FILE = ".tmp-embeddings.f16"  # the semantic dedup embeddings between the two passes
 # the order filters are tried in; a sample is counted under the first that drops it
-FILTERS = ("unusable", "caption", "image", "text", "language", "exact_dedup", "near_dedup")
+FILTERS = ("unusable", "caption", "image", "text", "language", "exact_dedup", "near_dedup", "clip_score",
+           "semantic_dedup")
 _APPLIES = {"caption": {"image_text"}, "image": {"image_text", "images"}, "text": {"text"},
             "language": {"image_text", "text"}, "exact_dedup": {"image_text", "images", "text"},
             "near_dedup": {"image_text", "text"}}
@@ -100,7 +102,7 @@ class _Filters:
     def __init__(self, cfg: CurateConfig):
         filters, kind = cfg.filters, cfg.kind
         self.cfg, self.kind = filters, kind
-        self.active = [name for name in FILTERS[1:] if getattr(filters, name) is not None and kind in _APPLIES[name]]
+        self.active = [name for name in FILTERS[1:7] if getattr(filters, name) is not None and kind in _APPLIES[name]]
         self.language = Language(filters.language) if "language" in self.active else None
         self.exact = Exact(filters.exact_dedup, kind) if "exact_dedup" in self.active else None
         self.near = Near(filters.near_dedup) if "near_dedup" in self.active else None
@@ -136,7 +138,7 @@ def _read_sample(record: dict[str, Any], number: int, kind: str, columns: dict[s
                  decode: bool) -> _Sample | str:
     """The sample a record holds, or why it is unusable (no text, no caption, an image that does not decode)."""
     from mmssl.data.images import BadImage, open_image
-    from mmssl.data.stream_sources import record_captions, record_image
+    from mmssl.data.records import record_captions, record_image
 
     key = str(record.get("__key__", f"#{number}"))
     if kind == "text":
@@ -171,8 +173,55 @@ def _write_sample(writer: ShardWriter, sample: _Sample, number: int, label: Any,
     writer.write(members)  # type: ignore[arg-type]
 
 
+def _records(sources: list[Any]) -> Any:
+    """Every raw record (or `Problem`) of the sources, in order: shard by shard, or a Hub dataset streamed."""
+    for source in sources:
+        if source.hub is None:
+            for shard in source.shards:
+                yield from source.reader(shard)
+            continue
+        import datasets
+
+        path, split, name = source.hub
+        for number, row in enumerate(datasets.load_dataset(path, name, split=split, streaming=True)):
+            yield {"__key__": f"{path}/{split}/{number}", **row}
+
+
+class _Pass:
+    """What both passes need: the config, the filters, the report's tally, where labels come from."""
+
+    def __init__(self, cfg: CurateConfig, filters: _Filters, tally: _Tally):
+        self.cfg, self.filters, self.tally, self.kind = cfg, filters, tally, cfg.kind
+        data = cfg.input
+        self.columns = dict(data.columns)
+        root = data.path if data.source == "files" and Path(data.path or "").expanduser().is_dir() else None
+        self.root = str(Path(root).expanduser()) if root else None
+
+    def screen(self, record: Any, row: int, decode: bool) -> _Sample | None:
+        """The sample of `record` if the per-sample filters keep it; else None (counted)."""
+        if isinstance(record, Problem):
+            self.tally.drop("unusable", record.where, record.reason)
+            return None
+        sample = _read_sample(record, row, self.kind, self.columns, decode)
+        if isinstance(sample, str):
+            self.tally.drop("unusable", str(record.get("__key__", f"#{row}")), sample)
+            return None
+        dropped_by = self.filters.verdict(sample)
+        if dropped_by:
+            self.tally.drop(dropped_by[0], sample.key, dropped_by[1])
+            return None
+        return sample
+
+    def label(self, record: Any) -> Any:
+        return sample_label(record, self.root, self.columns) if self.kind != "text" else None
+
+
 def curate(cfg: CurateConfig) -> dict[str, Any]:
-    """Curate `cfg.input` into `cfg.output_dir`; returns the summary (read, kept, dropped per filter, shards)."""
+    """Curate `cfg.input` into `cfg.output_dir`; returns the summary (read, kept, dropped per filter, shards).
+
+    Per-sample filters and the hash / MinHash deduplicators decide as records stream by; with an embedding
+    filter (CLIP score, semantic dedup) a first pass scores and embeds what they keep and a second pass over
+    the input writes what all filters keep."""
     from mmssl.data.stream_sources import data_sources
 
     data, kind = cfg.input, cfg.kind
@@ -188,38 +237,74 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
         sources = data_sources(dataclasses.replace(data, streaming=True), kind, world_span=cfg.shard_size)
     except DataError as exc:
         raise DataError(str(exc).replace("data.path", "input.path")) from None
+    embedding = None
+    if cfg.filters.clip_score is not None or cfg.filters.semantic_dedup is not None:
+        from mmssl.curate.embedding_filters import EmbeddingFilters
+
+        embedding = EmbeddingFilters(cfg, out_dir / WORK_FILE)  # loads the models before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RUNNING).write_text(json.dumps({"started": "mmssl curate"}), encoding="utf-8")
     writer = ShardWriter(out_dir, "curated", ".jsonl" if kind == "text" else ".tar", cfg.shard_size)
     tally = _Tally(cfg.report_examples)
-    columns = dict(data.columns)
-    root = data.path if data.source == "files" and Path(data.path or "").expanduser().is_dir() else None
-    root = str(Path(root).expanduser()) if root else None
+    work = _Pass(cfg, filters, tally)
+    decode = "image" in filters.active or (embedding is not None and embedding.needs_images)
+    histograms: dict[str, Any] = {}
     read = kept = 0
-    for source in sources:
-        for shard in source.shards:
-            for record in source.reader(shard):  # type: ignore[misc]
-                read += 1
-                if isinstance(record, Problem):
-                    tally.drop("unusable", record.where, record.reason)
-                    continue
-                sample = _read_sample(record, read, kind, columns, decode="image" in filters.active)
-                if isinstance(sample, str):
-                    tally.drop("unusable", str(record.get("__key__", f"#{read}")), sample)
-                    continue
-                dropped_by = filters.verdict(sample)
-                if dropped_by:
-                    tally.drop(dropped_by[0], sample.key, dropped_by[1])
-                    continue
-                label = sample_label(record, root, columns) if kind != "text" else None
-                _write_sample(writer, sample, kept, label, kind)
+    if embedding is None:
+        for read, record in enumerate(_records(sources), 1):
+            sample = work.screen(record, read, decode)
+            if sample is not None:
+                _write_sample(writer, sample, kept, work.label(record), kind)
                 kept += 1
+    else:
+        passed = bytearray()  # 1 where the per-sample filters kept the row (the second pass skips the others)
+        for read, record in enumerate(_records(sources), 1):
+            sample = work.screen(record, read, decode)
+            passed.append(sample is not None)
+            if sample is not None:
+                embedding.add(read, sample)
+        decisions, histograms = embedding.decide()
+        kept = _write_pass(_records(sources), work, writer, passed, decisions)
     writer.close()
-    return _finish(out_dir, cfg, writer, tally, read, kept, filters.active, fingerprint)
+    return _finish(out_dir, cfg, writer, tally, read, kept, filters.active + _embedding_names(cfg), fingerprint,
+                   histograms)
+
+
+def _embedding_names(cfg: CurateConfig) -> list[str]:
+    return [name for name in ("clip_score", "semantic_dedup") if getattr(cfg.filters, name) is not None]
+
+
+def _write_pass(records: Any, work: _Pass, writer: ShardWriter, passed: bytearray,
+                decisions: dict[int, Any]) -> int:
+    """The second pass: write the rows every filter kept; count the embedding filters' drops (with the key of
+    the kept sample a duplicate points at, seen earlier in this pass)."""
+    wanted = {other for _, _, other in decisions.values() if other is not None}
+    keys: dict[int, str] = {}
+    kept = 0
+    for row, record in enumerate(records, 1):
+        if row > len(passed):
+            raise DataError("the input grew between the two passes of mmssl curate; curate a fixed input")
+        if not passed[row - 1]:
+            continue
+        key = str(record.get("__key__", f"#{row}"))
+        if row in wanted:
+            keys[row] = key
+        decision = decisions.get(row)
+        if decision is not None:
+            name, reason, other = decision
+            work.tally.drop(name, key, reason if other is None else f"near-duplicate of {keys[other]}, {reason}")
+            continue
+        sample = _read_sample(record, row, work.kind, work.columns, decode=False)
+        if isinstance(sample, str):
+            raise DataError(f"{key}: read in the first pass of mmssl curate but not in the second ({sample}); "
+                            "curate a fixed input")
+        _write_sample(writer, sample, kept, work.label(record), work.kind)
+        kept += 1
+    return kept
 
 
 def _finish(out_dir: Path, cfg: CurateConfig, writer: ShardWriter, tally: _Tally, read: int, kept: int,
-            active: list[str], fingerprint: dict[str, Any]) -> dict[str, Any]:
+            active: list[str], fingerprint: dict[str, Any], histograms: dict[str, Any]) -> dict[str, Any]:
     """sizes.json and the report (last, atomically: it marks the folder as done), then drop the running marker."""
     dropped = {name: tally.counts[name] for name in FILTERS if name in tally.counts}
     if read != kept + sum(dropped.values()):  # every sample is kept or counted under one filter
@@ -230,7 +315,7 @@ def _finish(out_dir: Path, cfg: CurateConfig, writer: ShardWriter, tally: _Tally
     summary = {"output": str(out_dir), "kind": cfg.kind, "read": read, "kept": kept, "dropped": dropped,
                "shards": len(writer.written), "filters": active}
     report = {"summary": summary, "examples": {name: tally.shown[name] for name in dropped},
-              "fingerprint": fingerprint}
+              "histograms": histograms, "fingerprint": fingerprint}
     tmp = out_dir / f".tmp-{REPORT}"
     tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, out_dir / REPORT)

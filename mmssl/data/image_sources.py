@@ -227,7 +227,7 @@ def _imagefolder_rows(path: str, mapping: dict[str, str], where: str, captions: 
 
 def _webdataset_rows(path: str, where: str, captions: bool) -> RawRows:
     from mmssl.data.shards import Problem, image_bytes, read_tar, record_label
-    from mmssl.data.stream_sources import record_captions
+    from mmssl.data.records import record_captions
 
     files = _expand(path, {".tar"})
     if not files:

@@ -18,21 +18,25 @@ import torch
 
 from mmssl.config import DataConfig
 from mmssl.data.images import BadImage, decode
-from mmssl.data.shards import (READERS, SHARD_FORMATS, Problem, Record, image_bytes, json_member, list_files,
-                               read_image_files, read_sizes, shard_format)
+from mmssl.data.records import record_captions, record_image
+from mmssl.data.shards import (READERS, SHARD_FORMATS, Problem, Record, list_files, read_image_files, read_sizes,
+                               shard_format)
 from mmssl.data.streaming import STREAM_AUTO_BYTES, SampleStream, Skip, Source, Transform, sample_id
-from mmssl.data.captions import clean_captions
 from mmssl.errors import DataError, RecipeError
 
 log = logging.getLogger(__name__)
 
 IMAGE_FOLDER_SHARD = 256  # images per shard of an image folder
-CAPTION_MEMBERS = ("txt", "text", "caption", "captions")
 
 
 def wants_streaming(cfg: DataConfig) -> bool:
     """Whether the recipe's training data is streamed (see the module docstring)."""
     several = cfg.weights is not None or "::" in (cfg.path or "")
+    if cfg.curate is not None:
+        if cfg.streaming is False:
+            raise RecipeError("data.curate filters the stream as it is read; set data.streaming to true or auto "
+                              "(or curate first with `mmssl curate` and train on its output)")
+        return True
     if cfg.streaming is False and several:
         raise RecipeError("data.path joins several sources with '::' (or sets data.weights), which only a stream "
                           "reads; set data.streaming to true or auto")
@@ -125,44 +129,17 @@ def first_records(sources: list[Source], count: int) -> list[Record]:
 
 def data_stream(cfg: DataConfig, sources: list[Source], transform: Transform, seed: int) -> SampleStream:
     """The training stream of ``data``: its sources through `transform`, with the recipe's shuffle buffer and
-    resampling (the trainer places it on its process)."""
+    resampling (the trainer places it on its process); ``data.curate`` filters each record before `transform`."""
+    if cfg.curate is not None:
+        from mmssl.data.curated_stream import CuratedTransform
+
+        transform = CuratedTransform(transform, cfg.curate, cfg.columns)
     return SampleStream(sources, transform, seed, shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # transforms (run in loader workers)
 # ---------------------------------------------------------------------------------------------------------
-
-
-def record_image(record: Record, mapping: dict[str, str]) -> Any:
-    """A record's image: a named column, a WebDataset image member, or a path relative to its table."""
-    value = record.get(mapping["image"]) if "image" in mapping else image_bytes(record)
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
-    if isinstance(value, str) and not os.path.isabs(value) and "__shard__" in record:
-        value = os.path.join(os.path.dirname(record["__shard__"]), value)
-    return value
-
-
-def record_captions(record: Record, mapping: dict[str, str]) -> list[str]:
-    """A record's non-empty captions: a text member (``.txt``), a ``captions``/``caption``/``text`` column (a
-    string or a list), or the same keys inside a ``.json`` member."""
-    if "captions" in mapping:
-        value = record.get(mapping["captions"])
-    else:
-        meta = json_member(record)
-        value = meta.get("captions")  # every caption (mmssl prepare writes them there)
-        for name in CAPTION_MEMBERS:
-            if value is None and name in record:
-                value = record[name]
-        if value is None and meta:
-            value = meta  # a "caption"/"text" inside the json member
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    try:
-        return clean_captions(value)
-    except DataError:
-        return []
 
 
 class ImageTransform(Transform):

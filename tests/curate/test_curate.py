@@ -4,15 +4,12 @@ idempotent re-run, clear config errors, and curated shards that mmssl's own stre
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from curate_samples import EXPECTED, SAMPLES, curate_config, png, write_shards
 from helpers import ROOT
 from mmssl.config import DataConfig
 from mmssl.curate import REPORT, curate, load_curate_config, parse_curate_config
@@ -20,52 +17,6 @@ from mmssl.curate.dedup import Exact
 from mmssl.curate.config import ExactDedup
 from mmssl.curate.filters import boilerplate
 from mmssl.errors import DataError, RecipeError
-
-
-def _png(seed: int | None, size: tuple[int, int] = (48, 48)) -> bytes:
-    if seed is None:  # blank: one colour
-        image = Image.new("RGB", size, (200, 30, 90))
-    else:
-        image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
-
-
-# (caption, image, the filter that must drop it or None)
-SAMPLES = [
-    ("a red circle next to a blue square", _png(1), None),
-    ("two green triangles on a white table", _png(2), None),
-    ("a yellow star above an orange cross", _png(1), "exact_dedup"),  # the image of sample 0
-    ("the purple ball rolls under the wooden chair", _png(3), None),
-    ("un perro marrón duerme junto a la puerta roja de la casa", _png(4), "language"),
-    ("a grey cat sleeping on a soft blanket", _png(None), "image"),  # blank
-    ("IMG_0001.jpg", _png(5), "caption"),
-    ("Two Green Triangles, on a white table!", _png(6), "near_dedup"),  # sample 1's caption, case/punctuation
-    ("a small boat sails across the calm blue lake", _png(1), "exact_dedup"),  # the image of sample 0 again
-    ("a tall lighthouse stands on the rocky coast", _png(7), None),
-    ("stock photo", _png(8), "caption"),
-    ("a brown horse runs through the green field", _png(9, (10, 10)), "image"),  # too small
-    ("a broken picture of a garden", b"not an image", "unusable"),
-]
-EXPECTED = {"unusable": 1, "caption": 2, "image": 2, "language": 1, "exact_dedup": 2, "near_dedup": 1}
-
-
-def _write_shards(folder: Path) -> None:
-    folder.mkdir(parents=True)
-    for part, rows in enumerate((SAMPLES[:7], SAMPLES[7:])):
-        with tarfile.open(folder / f"raw-{part}.tar", "w") as tar:
-            for i, (caption, image, _) in enumerate(rows):
-                for name, data in ((f"s{part}{i:02d}.png", image), (f"s{part}{i:02d}.txt", caption.encode())):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-
-
-def _config(inp: Path, out: Path, **filters) -> dict:
-    return {"input": {"source": "files", "path": str(inp)}, "output_dir": str(out), "kind": "image_text",
-            "shard_size": 3, "filters": {"language": {"keep": ["en"], "expected": ["en", "es", "fr", "de"]},
-                                         **filters}}
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -76,9 +27,9 @@ def _hashes(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def curated(tmp_path_factory):
     root = tmp_path_factory.mktemp("curate")
-    _write_shards(root / "raw")
+    write_shards(root / "raw")
     before = _hashes(root / "raw")
-    summary = curate(parse_curate_config(_config(root / "raw", root / "out")))
+    summary = curate(parse_curate_config(curate_config(root / "raw", root / "out")))
     return root, before, summary
 
 
@@ -97,7 +48,8 @@ def test_each_filter_drops_exactly_its_faulty_samples(curated):
 
 
 def test_curated_shards_stream_back_through_mmssl_readers(curated):
-    from mmssl.data.stream_sources import data_sources, record_captions
+    from mmssl.data.records import record_captions
+    from mmssl.data.stream_sources import data_sources
 
     root, _, summary = curated
     (source,) = data_sources(DataConfig(source="files", path=str(root / "out"), streaming=True), "image_text")
@@ -114,20 +66,20 @@ def test_input_untouched_rerun_idempotent_and_wrong_outputs_refused(curated, tmp
     root, before, summary = curated
     assert _hashes(root / "raw") == before
     written = _hashes(root / "out")
-    again = curate(parse_curate_config(_config(root / "raw", root / "out")))
+    again = curate(parse_curate_config(curate_config(root / "raw", root / "out")))
     assert again["unchanged"] and again["kept"] == summary["kept"]
     assert _hashes(root / "out") == written
     with pytest.raises(DataError, match="curated from other input or settings"):
-        curate(parse_curate_config(_config(root / "raw", root / "out", near_dedup=None)))
+        curate(parse_curate_config(curate_config(root / "raw", root / "out", near_dedup=None)))
     with pytest.raises(RecipeError, match="mmssl never writes over its own inputs"):
-        curate(parse_curate_config(_config(root / "raw", root / "raw" / "curated")))
+        curate(parse_curate_config(curate_config(root / "raw", root / "raw" / "curated")))
     with pytest.raises(DataError, match=r"input\.path '.*nothing': no such file"):
-        curate(parse_curate_config(_config(tmp_path / "nothing", tmp_path / "never")))
+        curate(parse_curate_config(curate_config(tmp_path / "nothing", tmp_path / "never")))
     assert not (tmp_path / "never").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match="not written by mmssl curate"):
-        curate(parse_curate_config(_config(root / "raw", tmp_path / "mine")))
+        curate(parse_curate_config(curate_config(root / "raw", tmp_path / "mine")))
     assert _hashes(root / "raw") == before
 
 
@@ -139,24 +91,24 @@ def test_an_interrupted_run_starts_over_but_foreign_files_are_kept(curated, tmp_
     out.mkdir()
     for name in (RUNNING, "curated-0000.tar", ".tmp-curated-0001.tar"):
         (out / name).write_bytes(b"half written")
-    again = curate(parse_curate_config(_config(root / "raw", out)))
+    again = curate(parse_curate_config(curate_config(root / "raw", out)))
     assert again["kept"] == summary["kept"] and not (out / RUNNING).exists()
     assert sorted(p.name for p in out.iterdir()) == [REPORT, "curated-0000.tar", "curated-0001.tar", "sizes.json"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / RUNNING).write_text("{}")
     (tmp_path / "other" / "thesis.tex").write_text("mine")
     with pytest.raises(DataError, match="not written by mmssl curate"):
-        curate(parse_curate_config(_config(root / "raw", tmp_path / "other")))
+        curate(parse_curate_config(curate_config(root / "raw", tmp_path / "other")))
     assert (tmp_path / "other" / "thesis.tex").read_text() == "mine"
 
 
 def test_bad_config_keys_and_values_name_the_dotted_key(tmp_path):
     with pytest.raises(RecipeError, match=r"filters\.near_dedup\.treshold: unknown key \(did you mean 'threshold'\?\)"):
-        parse_curate_config(_config(tmp_path, tmp_path / "o", near_dedup={"treshold": 0.5}))
+        parse_curate_config(curate_config(tmp_path, tmp_path / "o", near_dedup={"treshold": 0.5}))
     with pytest.raises(RecipeError, match=r"filters\.image\.max_aspect_ratio: 0\.5 is out of range; it must be >= 1"):
-        parse_curate_config(_config(tmp_path, tmp_path / "o", image={"max_aspect_ratio": 0.5}))
+        parse_curate_config(curate_config(tmp_path, tmp_path / "o", image={"max_aspect_ratio": 0.5}))
     with pytest.raises(RecipeError, match=r"filters\.exact_dedup\.by: 'images' is not allowed.*did you mean 'image'"):
-        parse_curate_config(_config(tmp_path, tmp_path / "o", exact_dedup={"by": "images"}))
+        parse_curate_config(curate_config(tmp_path, tmp_path / "o", exact_dedup={"by": "images"}))
     with pytest.raises(RecipeError, match=r"output_dir: required key is missing"):
         parse_curate_config({"input": {"source": "world"}})
 
@@ -173,7 +125,7 @@ def test_text_data_quality_language_and_duplicates(tmp_path):
     ]
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t, _ in texts))
-    cfg = _config(tmp_path / "in", tmp_path / "out")
+    cfg = curate_config(tmp_path / "in", tmp_path / "out")
     cfg["kind"] = "text"
     summary = curate(parse_curate_config(cfg))
     assert summary["dropped"] == {"text": 2, "language": 1, "exact_dedup": 1, "near_dedup": 1}
@@ -221,7 +173,7 @@ def test_command_and_shipped_world_config(curated, capsys, tmp_path):
     assert cfg.output_dir == "elsewhere" and cfg.filters.language.expected == ["en", "es", "fr", "de"]
     root, _, _ = curated
     config = tmp_path / "c.yaml"
-    config.write_text(json.dumps(_config(root / "raw", tmp_path / "out")))
+    config.write_text(json.dumps(curate_config(root / "raw", tmp_path / "out")))
     assert main(["curate", str(config), "filters.near_dedup=null"]) == 0
     printed = capsys.readouterr().out
     assert "kept 5 of 13" in printed and '"near_dedup"' not in printed.split("filters")[0]
@@ -235,8 +187,8 @@ def test_images_kind_from_an_image_folder_keeps_labels(tmp_path):
     from mmssl.data.stream_sources import data_sources
     from mmssl.data.shards import json_member
 
-    for label, name, data in (("cat", "a.png", _png(11)), ("cat", "b.png", _png(11)), ("dog", "c.png", _png(None)),
-                              ("dog", "d.png", _png(12))):
+    for label, name, data in (("cat", "a.png", png(11)), ("cat", "b.png", png(11)), ("dog", "c.png", png(None)),
+                              ("dog", "d.png", png(12))):
         (tmp_path / "photos" / label).mkdir(parents=True, exist_ok=True)
         (tmp_path / "photos" / label / name).write_bytes(data)
     cfg = {"input": {"source": "files", "path": str(tmp_path / "photos")}, "output_dir": str(tmp_path / "out"),
@@ -246,3 +198,17 @@ def test_images_kind_from_an_image_folder_keeps_labels(tmp_path):
     assert summary["filters"] == ["image", "exact_dedup"]
     (source,) = data_sources(DataConfig(source="files", path=str(tmp_path / "out"), streaming=True), "images")
     assert [json_member(r)["label"] for shard in source.shards for r in source.reader(shard)] == ["cat", "dog"]
+
+
+def test_hub_source_streams_through_datasets(tmp_path):
+    """``input.source: hub`` reads with `datasets.load_dataset(..., streaming=True)` (here a local dataset folder,
+    which `datasets` reads the same way; the Hub's HTTP side is tested in tests/data/test_streaming_hub.py)."""
+    (tmp_path / "in").mkdir()
+    lines = [f"note {i}: the river rose after {i} days of heavy rain in the valley" for i in range(6)] * 2
+    (tmp_path / "in" / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    cfg = {"input": {"source": "hub", "path": str(tmp_path / "in"), "split": "train"},
+           "output_dir": str(tmp_path / "out"), "kind": "text", "filters": {"near_dedup": None}}
+    summary = curate(parse_curate_config(cfg))
+    assert summary["read"] == 12 and summary["kept"] == 6 and summary["dropped"] == {"exact_dedup": 6}
+    written = [json.loads(line) for line in (tmp_path / "out" / "curated-0000.jsonl").read_text().splitlines()]
+    assert [w["text"] for w in written] == lines[:6] and written[0]["key"].endswith("train/0")

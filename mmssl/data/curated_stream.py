@@ -1,0 +1,75 @@
+"""``data.curate``: a recipe's per-sample curate filters (caption, image, text quality, language) run on each
+raw record of its stream, in the loader workers, before the objective's own transform. A dropped record
+becomes a `Skip` counted as ``curate <filter>`` with the stream's other skips, so a run's log says how much
+each filter removed; nothing is written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmssl.curate.filter_config import StreamFilters
+from mmssl.curate.filters import Language, check_caption, check_image, check_text
+from mmssl.data.records import record_captions, record_image
+from mmssl.data.streaming import Skip, Transform
+
+
+class CuratedTransform(Transform):
+    """`inner` applied to the records `filters` keep."""
+
+    def __init__(self, inner: Transform, filters: StreamFilters, columns: dict[str, str]):
+        self.inner, self.filters, self.columns = inner, filters, dict(columns)
+        self._language: Language | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # loader workers build their own language identifier
+        return {**self.__dict__, "_language": None}
+
+    def _text(self, record: dict[str, Any]) -> str | None:
+        value = record.get(self.columns.get("text", "text"))
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        return value if isinstance(value, str) else None
+
+    def verdict(self, record: dict[str, Any]) -> tuple[str, str] | None:
+        """(filter, reason) of the first filter that drops `record`, or None."""
+        f = self.filters
+        captions = record_captions(record, self.columns) if f.caption or f.language else []
+        caption = captions[0] if captions else None
+        if f.caption and caption is not None:
+            reason = check_caption(caption, f.caption)
+            if reason:
+                return "caption", reason
+        if f.image:
+            from mmssl.data.images import BadImage, open_image
+
+            source = record_image(record, self.columns)
+            if source is not None:
+                try:
+                    reason = check_image(open_image(source), f.image)
+                except BadImage:
+                    reason = None  # the objective's transform reports an image that does not decode
+                if reason:
+                    return "image", reason
+        text = self._text(record) if f.text or (f.language and caption is None) else None
+        if f.text and text is not None:
+            reason = check_text(text, f.text)
+            if reason:
+                return "text", reason
+        if f.language and (caption or text):
+            if self._language is None:
+                self._language = Language(f.language)
+            reason = self._language.check(caption or text or "")
+            if reason:
+                return "language", reason
+        return None
+
+    def __call__(self, record: dict[str, Any]) -> list[Any]:
+        dropped = self.verdict(record)
+        if dropped:
+            raise Skip(f"curate {dropped[0]}")
+        return self.inner(record)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
