@@ -28,6 +28,7 @@ from mmssl.schema import to_dict
 log = logging.getLogger(__name__)
 
 REPORT = "curate_report.json"
+REPORT_PAGE = "curate_report.html"  # the same, with histograms, for a browser
 RUNNING = ".curate-running"  # written first, removed last: a folder holding it is an interrupted curate run
 WORK_FILE = ".tmp-embeddings.f16"  # the semantic dedup embeddings between the two passes
 # the order filters are tried in; a sample is counted under the first that drops it
@@ -58,7 +59,8 @@ def _fingerprint(cfg: CurateConfig) -> dict[str, Any]:
 
 def _ours(path: Path) -> bool:
     """A file an interrupted curate run may have left: its marker, shards, sizes.json, temporary files."""
-    return path.is_file() and (path.name in (RUNNING, SIZE_FILE) or path.name.startswith((".tmp-", "curated-")))
+    ours = path.name in (RUNNING, SIZE_FILE, REPORT_PAGE) or path.name.startswith((".tmp-", "curated-"))
+    return path.is_file() and ours
 
 
 def _already_done(out_dir: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
@@ -316,6 +318,11 @@ def _finish(out_dir: Path, cfg: CurateConfig, writer: ShardWriter, tally: _Tally
                "shards": len(writer.written), "filters": active}
     report = {"summary": summary, "examples": {name: tally.shown[name] for name in dropped},
               "histograms": histograms, "fingerprint": fingerprint}
+    from mmssl.curate.report_page import render
+
+    page = out_dir / f".tmp-{REPORT_PAGE}"
+    page.write_text(render(summary, report["examples"], histograms), encoding="utf-8")
+    os.replace(page, out_dir / REPORT_PAGE)
     tmp = out_dir / f".tmp-{REPORT}"
     tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, out_dir / REPORT)

@@ -51,6 +51,12 @@ def duplicates(embeddings: np.ndarray, rows: np.ndarray, threshold: float, clust
     return found
 
 
+def _unit(rows: np.ndarray) -> np.ndarray:
+    """float32 rows of norm 1 (stored float16 embeddings are renormalised: identical rows then score 1.0)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
 def _within(embeddings: np.ndarray, members: np.ndarray, threshold: float) -> dict[int, tuple[int, float]]:
     """Greedy in read order inside one cluster: a row is kept unless a kept earlier row is similar enough."""
     found: dict[int, tuple[int, float]] = {}
@@ -58,7 +64,7 @@ def _within(embeddings: np.ndarray, members: np.ndarray, threshold: float) -> di
     kept = np.empty((0, embeddings.shape[1]), dtype=np.float32)
     for start in range(0, len(members), BLOCK):
         block_rows = members[start : start + BLOCK]
-        block = np.asarray(embeddings[block_rows], dtype=np.float32)
+        block = _unit(embeddings[block_rows])
         to_kept = block @ kept.T  # [b, kept so far]
         inside = block @ block.T  # [b, b]
         kept_here: list[int] = []

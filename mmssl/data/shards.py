@@ -30,8 +30,8 @@ TEXT_FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".json": "json
 SHARD_FORMATS = {**TEXT_FORMATS, ".tar": "webdataset"}
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif")  # a WebDataset sample's image
 SIZE_FILE = "sizes.json"  # written by `mmssl prepare`: samples per shard, so an epoch is known before reading
-METADATA_FILES = {SIZE_FILE, "prepare.json", "curate_report.json", "stats.json", "dataset_info.json", "state.json",
-                  "metadata.jsonl", "metadata.csv"}
+METADATA_FILES = {SIZE_FILE, "prepare.json", "curate_report.json", "curate_report.html", "stats.json",
+                  "dataset_info.json", "state.json", "metadata.jsonl", "metadata.csv"}
 
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _CHOICES = re.compile(r"\{([^{}]*,[^{}]*)\}")

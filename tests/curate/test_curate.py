@@ -93,7 +93,8 @@ def test_an_interrupted_run_starts_over_but_foreign_files_are_kept(curated, tmp_
         (out / name).write_bytes(b"half written")
     again = curate(parse_curate_config(curate_config(root / "raw", out)))
     assert again["kept"] == summary["kept"] and not (out / RUNNING).exists()
-    assert sorted(p.name for p in out.iterdir()) == [REPORT, "curated-0000.tar", "curated-0001.tar", "sizes.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["curate_report.html", REPORT, "curated-0000.tar", "curated-0001.tar",
+                                                 "sizes.json"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / RUNNING).write_text("{}")
     (tmp_path / "other" / "thesis.tex").write_text("mine")
