@@ -6,7 +6,6 @@ import re
 import unicodedata
 from typing import Any
 
-import numpy as np
 
 from mmssl.curate.filter_config import CaptionFilter, ImageFilter, LanguageFilter, TextFilter
 
@@ -74,10 +73,12 @@ def check_caption(caption: str, cfg: CaptionFilter) -> str | None:
 def image_stats(image: Any) -> tuple[int, int, float]:
     """(width, height, pixel standard deviation on 0..255) of a PIL image: each channel's std over the pixels
     of a thumbnail, averaged over the channels (a one-colour image has 0 whatever its colour)."""
+    from PIL import ImageStat
+
     thumb = image.copy()
     thumb.thumbnail((128, 128))
-    pixels = np.asarray(thumb, dtype=np.float32).reshape(-1, len(thumb.getbands()))
-    return image.width, image.height, float(pixels.std(axis=0).mean())
+    stddev = ImageStat.Stat(thumb).stddev
+    return image.width, image.height, float(sum(stddev) / len(stddev))
 
 
 def check_image(image: Any, cfg: ImageFilter) -> str | None:

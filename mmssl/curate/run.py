@@ -10,6 +10,7 @@ fingerprint, so a re-run with the same config and input does nothing. The input 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -139,6 +140,8 @@ class _Filters:
 def _read_sample(record: dict[str, Any], number: int, kind: str, columns: dict[str, str],
                  decode: bool) -> _Sample | str:
     """The sample a record holds, or why it is unusable (no text, no caption, an image that does not decode)."""
+    from PIL import Image
+
     from mmssl.data.images import BadImage, open_image
     from mmssl.data.records import record_captions, record_image
 
@@ -152,7 +155,16 @@ def _read_sample(record: dict[str, Any], number: int, kind: str, columns: dict[s
     if kind == "image_text" and not captions:
         return "no caption"
     try:
-        data, ext = image_payload(record_image(record, columns), None)
+        source = record_image(record, columns)
+        if isinstance(source, dict):
+            source = source.get("bytes") or source.get("path")
+        if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+            source = Path(source).read_bytes()
+        if isinstance(source, (bytes, bytearray)):  # the original bytes, decoded once (it must decode to be kept)
+            image = open_image(source)
+            ext = (Image.open(io.BytesIO(source)).format or "JPEG").lower()  # the header only
+            return _Sample(key, captions, bytes(source), {"jpeg": "jpg"}.get(ext, ext), image if decode else None)
+        data, ext = image_payload(source, None)  # an in-memory image (the world's, a Hub row's): stored as PNG
         return _Sample(key, captions, data, ext, open_image(data) if decode else None)
     except BadImage as exc:
         return str(exc)
