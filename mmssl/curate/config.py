@@ -94,6 +94,9 @@ class CurateConfig:
     filters: Filters = field(default_factory=Filters)
     shard_size: PositiveInt = 1000  # samples per output shard
     report_examples: NonNegativeInt = 20  # dropped samples shown per filter in curate_report.json
+    # processes that read, decode and filter shards (deduplication stays in the main one); 0: the main one only.
+    # The output is the same whatever the number
+    workers: NonNegativeInt = 0
 
     def __post_init__(self) -> None:
         semantic, clip = self.filters.semantic_dedup, self.filters.clip_score

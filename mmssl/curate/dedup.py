@@ -25,29 +25,31 @@ class Exact:
         self.texts: dict[bytes, str] = {}
         self.pairs: dict[bytes, str] = {}
 
-    def _hashes(self, image: bytes | None, text: str | None) -> tuple[bytes | None, bytes | None]:
+    @staticmethod
+    def hashes(image: bytes | None, text: str | None) -> tuple[bytes | None, bytes | None]:
+        """The digests of the raw image bytes and of the (already normalised) text."""
         return (digest(image) if image is not None else None), (digest(text) if text is not None else None)
 
-    def check(self, image: bytes | None, text: str | None) -> str | None:
-        """`text` is already normalised."""
-        h_image, h_text = self._hashes(image, text)
+    def check(self, hashes: tuple[bytes | None, bytes | None]) -> str | None:
+        h_image, h_text = hashes
         if self.by == "pair":
             first = self.pairs.get(digest((h_image or b"") + (h_text or b"")))
             return f"same image and caption as {first}" if first else None
         if self.by in ("image", "either") and h_image is not None and h_image in self.images:
             return f"same image as {self.images[h_image]}"
         if self.by in ("caption", "either") and h_text is not None and h_text in self.texts:
-            what = "caption" if image is not None else "text"
+            what = "caption" if h_image is not None else "text"
             return f"same {what} as {self.texts[h_text]}"
         return None
 
-    def add(self, key: str, image: bytes | None, text: str | None) -> None:
-        h_image, h_text = self._hashes(image, text)
-        if h_image is not None:
+    def add(self, key: str, hashes: tuple[bytes | None, bytes | None]) -> None:
+        h_image, h_text = hashes  # only what `by` compares is remembered
+        if h_image is not None and self.by in ("image", "either"):
             self.images.setdefault(h_image, key)
-        if h_text is not None:
+        if h_text is not None and self.by in ("caption", "either"):
             self.texts.setdefault(h_text, key)
-        self.pairs.setdefault(digest((h_image or b"") + (h_text or b"")), key)
+        if self.by == "pair":
+            self.pairs.setdefault(digest((h_image or b"") + (h_text or b"")), key)
 
 
 class Near:
@@ -72,9 +74,8 @@ class Near:
         sketch.update_batch(sorted(grams))
         return sketch
 
-    def check(self, text: str) -> tuple[str | None, Any]:
-        """(reason or None, the signature to `add` if the sample is kept); `text` is already normalised."""
-        sketch = self.signature(text)
+    def check(self, sketch: Any) -> str | None:
+        """Why the text whose `signature` is `sketch` nearly repeats a kept one, or None."""
         similar = []
         for index in self.lsh.query(sketch):
             similarity = float((self.values[index] == sketch.hashvalues).mean())
@@ -82,8 +83,8 @@ class Near:
                 similar.append((index, similarity))
         if similar:
             index, similarity = min(similar)
-            return f"near-duplicate of {self.keys[index]} (Jaccard ~{similarity:.2f})", sketch
-        return None, sketch
+            return f"near-duplicate of {self.keys[index]} (Jaccard ~{similarity:.2f})"
+        return None
 
     def add(self, key: str, sketch: Any) -> None:
         self.lsh.insert(len(self.keys), sketch)

@@ -10,7 +10,6 @@ fingerprint, so a re-run with the same config and input does nothing. The input 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -18,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from mmssl.curate.config import CurateConfig
-from mmssl.curate.dedup import Exact, Near
-from mmssl.curate.filters import Language, check_caption, check_image, check_text, normalise
-from mmssl.data.shard_writer import ShardWriter, image_payload, input_fingerprint, sample_label
-from mmssl.data.shards import SIZE_FILE, Problem
+from mmssl.curate.screening import Outcome, Sample, Screen, outcomes, read_sample, records
+from mmssl.data.shard_writer import ShardWriter, input_fingerprint
+from mmssl.data.shards import SIZE_FILE
 from mmssl.errors import DataError
 from mmssl.outputs import check_not_input
 from mmssl.schema import to_dict
@@ -35,11 +33,6 @@ WORK_FILE = ".tmp-embeddings.f16"  # the semantic dedup embeddings between the t
 # the order filters are tried in; a sample is counted under the first that drops it
 FILTERS = ("unusable", "caption", "image", "text", "language", "exact_dedup", "near_dedup", "clip_score",
            "semantic_dedup")
-_APPLIES = {"caption": {"image_text"}, "image": {"image_text", "images"}, "text": {"text"},
-            "language": {"image_text", "text"}, "exact_dedup": {"image_text", "images", "text"},
-            "near_dedup": {"image_text", "text"}}
-
-
 class _Tally:
     def __init__(self, examples: int):
         self.examples = examples
@@ -54,7 +47,7 @@ class _Tally:
 
 
 def _fingerprint(cfg: CurateConfig) -> dict[str, Any]:
-    settings = {k: v for k, v in to_dict(cfg).items() if k != "output_dir"}
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("output_dir", "workers")}
     return json.loads(json.dumps(input_fingerprint(cfg.input, settings), default=str))
 
 
@@ -84,150 +77,45 @@ def _already_done(out_dir: Path, fingerprint: dict[str, Any]) -> dict[str, Any] 
     return None
 
 
-@dataclasses.dataclass
-class _Sample:
-    """One readable input record: its key, captions (or its text), and for images the encoded bytes."""
+class _Dedup:
+    """Exact and near deduplication in input order, in this process; only kept samples are remembered."""
 
-    key: str
-    captions: list[str]
-    image_data: bytes | None = None
-    ext: str = ""
-    image: Any = None  # the decoded image, when the image filter looks at it
+    def __init__(self, screen: Screen):
+        self.exact, self.near = screen.exact, screen.near
 
-    @property
-    def text(self) -> str | None:
-        return self.captions[0] if self.captions else None
-
-
-class _Filters:
-    """The active filters, tried in `FILTERS` order; the deduplicators remember only kept samples."""
-
-    def __init__(self, cfg: CurateConfig):
-        filters, kind = cfg.filters, cfg.kind
-        self.cfg, self.kind = filters, kind
-        self.active = [name for name in FILTERS[1:7] if getattr(filters, name) is not None and kind in _APPLIES[name]]
-        self.language = Language(filters.language) if "language" in self.active else None
-        self.exact = Exact(filters.exact_dedup, kind) if "exact_dedup" in self.active else None
-        self.near = Near(filters.near_dedup) if "near_dedup" in self.active else None
-
-    def verdict(self, sample: _Sample) -> tuple[str, str] | None:
-        """(filter, reason) of the first filter that drops `sample`; None keeps it (and remembers it)."""
-        text = sample.text or ""
-        norm = normalise(sample.text) if sample.text is not None and self.kind != "images" else None
-        sketch = None
-        for name in self.active:
-            if name == "caption":
-                reason = check_caption(text, self.cfg.caption)
-            elif name == "image":
-                reason = check_image(sample.image, self.cfg.image)
-            elif name == "text":
-                reason = check_text(text, self.cfg.text)
-            elif name == "language":
-                reason = self.language.check(text)  # type: ignore[union-attr]
-            elif name == "exact_dedup":
-                reason = self.exact.check(sample.image_data, norm)  # type: ignore[union-attr]
-            else:  # near_dedup
-                reason, sketch = self.near.check(norm or "")  # type: ignore[union-attr]
-            if reason:
-                return name, reason
+    def verdict(self, outcome: Outcome) -> tuple[str, str] | None:
+        """(filter, reason) if `outcome`'s sample repeats a kept one; else None, and it is remembered."""
         if self.exact is not None:
-            self.exact.add(sample.key, sample.image_data, norm)
-        if self.near is not None and sketch is not None:
-            self.near.add(sample.key, sketch)
+            reason = self.exact.check(outcome.hashes)
+            if reason:
+                return "exact_dedup", reason
+        if self.near is not None:
+            reason = self.near.check(outcome.sketch)
+            if reason:
+                return "near_dedup", reason
+        key = outcome.sample.key  # type: ignore[union-attr]
+        if self.exact is not None:
+            self.exact.add(key, outcome.hashes)
+        if self.near is not None:
+            self.near.add(key, outcome.sketch)
         return None
 
 
-def _read_sample(record: dict[str, Any], number: int, kind: str, columns: dict[str, str],
-                 decode: bool) -> _Sample | str:
-    """The sample a record holds, or why it is unusable (no text, no caption, an image that does not decode)."""
-    from PIL import Image
-
-    from mmssl.data.images import BadImage, open_image
-    from mmssl.data.records import record_captions, record_image
-
-    key = str(record.get("__key__", f"#{number}"))
-    if kind == "text":
-        text = record.get(columns.get("text", "text"))
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="replace")
-        return _Sample(key, [text]) if isinstance(text, str) and text.strip() else "no text"
-    captions = record_captions(record, columns)
-    if kind == "image_text" and not captions:
-        return "no caption"
-    try:
-        source = record_image(record, columns)
-        if isinstance(source, dict):
-            source = source.get("bytes") or source.get("path")
-        if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
-            source = Path(source).read_bytes()
-        if isinstance(source, (bytes, bytearray)):  # the original bytes, decoded once (it must decode to be kept)
-            image = open_image(source)
-            ext = (Image.open(io.BytesIO(source)).format or "JPEG").lower()  # the header only
-            return _Sample(key, captions, bytes(source), {"jpeg": "jpg"}.get(ext, ext), image if decode else None)
-        data, ext = image_payload(source, None)  # an in-memory image (the world's, a Hub row's): stored as PNG
-        return _Sample(key, captions, data, ext, open_image(data) if decode else None)
-    except BadImage as exc:
-        return str(exc)
-
-
-def _write_sample(writer: ShardWriter, sample: _Sample, number: int, label: Any, kind: str) -> None:
+def _write_sample(writer: ShardWriter, sample: Sample, number: int, kind: str) -> None:
     """A kept sample as `mmssl prepare` writes one: a JSON line, or an image with ``.txt`` and ``.json`` members."""
     if kind == "text":
         writer.write(json.dumps({"text": sample.text, "key": sample.key}, ensure_ascii=False))
         return
     name = f"{number:09d}"
     meta: dict[str, Any] = {"key": sample.key}
-    if label is not None:
-        meta["label"] = label
+    if sample.label is not None:
+        meta["label"] = sample.label
     members = [(f"{name}.{sample.ext}", sample.image_data)]
     if sample.captions:
         meta["captions"] = sample.captions
         members.append((f"{name}.txt", sample.captions[0].encode("utf-8")))
     members.append((f"{name}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8")))
     writer.write(members)  # type: ignore[arg-type]
-
-
-def _records(sources: list[Any]) -> Any:
-    """Every raw record (or `Problem`) of the sources, in order: shard by shard, or a Hub dataset streamed."""
-    for source in sources:
-        if source.hub is None:
-            for shard in source.shards:
-                yield from source.reader(shard)
-            continue
-        import datasets
-
-        path, split, name = source.hub
-        for number, row in enumerate(datasets.load_dataset(path, name, split=split, streaming=True)):
-            yield {"__key__": f"{path}/{split}/{number}", **row}
-
-
-class _Pass:
-    """What both passes need: the config, the filters, the report's tally, where labels come from."""
-
-    def __init__(self, cfg: CurateConfig, filters: _Filters, tally: _Tally):
-        self.cfg, self.filters, self.tally, self.kind = cfg, filters, tally, cfg.kind
-        data = cfg.input
-        self.columns = dict(data.columns)
-        root = data.path if data.source == "files" and Path(data.path or "").expanduser().is_dir() else None
-        self.root = str(Path(root).expanduser()) if root else None
-
-    def screen(self, record: Any, row: int, decode: bool) -> _Sample | None:
-        """The sample of `record` if the per-sample filters keep it; else None (counted)."""
-        if isinstance(record, Problem):
-            self.tally.drop("unusable", record.where, record.reason)
-            return None
-        sample = _read_sample(record, row, self.kind, self.columns, decode)
-        if isinstance(sample, str):
-            self.tally.drop("unusable", str(record.get("__key__", f"#{row}")), sample)
-            return None
-        dropped_by = self.filters.verdict(sample)
-        if dropped_by:
-            self.tally.drop(dropped_by[0], sample.key, dropped_by[1])
-            return None
-        return sample
-
-    def label(self, record: Any) -> Any:
-        return sample_label(record, self.root, self.columns) if self.kind != "text" else None
 
 
 def curate(cfg: CurateConfig) -> dict[str, Any]:
@@ -246,7 +134,6 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
     if done is not None:
         log.info("%s already holds this curated data (same input and config): nothing to do", out_dir)
         return {**done, "unchanged": True}
-    filters = _Filters(cfg)
     try:  # before anything is written: a wrong input path leaves no folder behind
         sources = data_sources(dataclasses.replace(data, streaming=True), kind, world_span=cfg.shard_size)
     except DataError as exc:
@@ -256,31 +143,39 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
         from mmssl.curate.embedding_filters import EmbeddingFilters
 
         embedding = EmbeddingFilters(cfg, out_dir / WORK_FILE)  # loads the models before anything is written
+    needs_images = embedding is not None and embedding.needs_images
+    screen = Screen(cfg, decode=needs_images or cfg.filters.image is not None and kind != "text")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RUNNING).write_text(json.dumps({"started": "mmssl curate"}), encoding="utf-8")
     writer = ShardWriter(out_dir, "curated", ".jsonl" if kind == "text" else ".tar", cfg.shard_size)
-    tally = _Tally(cfg.report_examples)
-    work = _Pass(cfg, filters, tally)
-    decode = "image" in filters.active or (embedding is not None and embedding.needs_images)
-    histograms: dict[str, Any] = {}
+    tally, dedup = _Tally(cfg.report_examples), _Dedup(screen)
+    passed = bytearray()  # with embedding filters: 1 where the first pass kept the row (the second writes)
     read = kept = 0
-    if embedding is None:
-        for read, record in enumerate(_records(sources), 1):
-            sample = work.screen(record, read, decode)
-            if sample is not None:
-                _write_sample(writer, sample, kept, work.label(record), kind)
-                kept += 1
-    else:
-        passed = bytearray()  # 1 where the per-sample filters kept the row (the second pass skips the others)
-        for read, record in enumerate(_records(sources), 1):
-            sample = work.screen(record, read, decode)
-            passed.append(sample is not None)
-            if sample is not None:
-                embedding.add(read, sample)
+    for read, outcome in enumerate(outcomes(sources, screen, cfg.workers), 1):
+        key = outcome.key if outcome.key is not None else f"#{read}"
+        dropped = outcome.dropped or (dedup.verdict(outcome) if outcome.sample is not None else None)
+        if embedding is not None:
+            passed.append(not dropped)
+        if dropped:
+            tally.drop(dropped[0], key, dropped[1])
+            continue
+        sample = outcome.sample
+        sample.key = key  # type: ignore[union-attr]
+        if embedding is None:
+            _write_sample(writer, sample, kept, kind)  # type: ignore[arg-type]
+            kept += 1
+        else:
+            if needs_images and sample.image is None:  # decoded in a worker process, not sent back
+                from mmssl.data.images import open_image
+
+                sample.image = open_image(sample.image_data)
+            embedding.add(read, sample)
+    histograms: dict[str, Any] = {}
+    if embedding is not None:
         decisions, histograms = embedding.decide()
-        kept = _write_pass(_records(sources), work, writer, passed, decisions)
+        kept = _write_pass(records(sources), screen, tally, writer, passed, decisions)
     writer.close()
-    return _finish(out_dir, cfg, writer, tally, read, kept, filters.active + _embedding_names(cfg), fingerprint,
+    return _finish(out_dir, cfg, writer, tally, read, kept, screen.active + _embedding_names(cfg), fingerprint,
                    histograms)
 
 
@@ -288,10 +183,12 @@ def _embedding_names(cfg: CurateConfig) -> list[str]:
     return [name for name in ("clip_score", "semantic_dedup") if getattr(cfg.filters, name) is not None]
 
 
-def _write_pass(records: Any, work: _Pass, writer: ShardWriter, passed: bytearray,
+def _write_pass(records: Any, screen: Screen, tally: _Tally, writer: ShardWriter, passed: bytearray,
                 decisions: dict[int, Any]) -> int:
     """The second pass: write the rows every filter kept; count the embedding filters' drops (with the key of
     the kept sample a duplicate points at, seen earlier in this pass)."""
+    from mmssl.data.shard_writer import sample_label
+
     wanted = {other for _, _, other in decisions.values() if other is not None}
     keys: dict[int, str] = {}
     kept = 0
@@ -306,13 +203,15 @@ def _write_pass(records: Any, work: _Pass, writer: ShardWriter, passed: bytearra
         decision = decisions.get(row)
         if decision is not None:
             name, reason, other = decision
-            work.tally.drop(name, key, reason if other is None else f"near-duplicate of {keys[other]}, {reason}")
+            tally.drop(name, key, reason if other is None else f"near-duplicate of {keys[other]}, {reason}")
             continue
-        sample = _read_sample(record, row, work.kind, work.columns, decode=False)
+        sample = read_sample(record, key, screen.kind, screen.columns, decode=False, verify=False)
         if isinstance(sample, str):
             raise DataError(f"{key}: read in the first pass of mmssl curate but not in the second ({sample}); "
                             "curate a fixed input")
-        _write_sample(writer, sample, kept, work.label(record), work.kind)
+        if screen.kind != "text":
+            sample.label = sample_label(record, screen.root, screen.columns)
+        _write_sample(writer, sample, kept, screen.kind)
         kept += 1
     return kept
 

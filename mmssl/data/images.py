@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,8 +86,8 @@ def open_image(source: Any) -> Image.Image:
             image.load()
         except Image.DecompressionBombError:
             raise BadImage("too large (decompression bomb limit)") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise BadImage(f"unreadable ({exc})") from None
+        except (OSError, SyntaxError, ValueError) as exc:  # without PIL's "<_io.BytesIO object at 0x...>"
+            raise BadImage(f"unreadable ({re.sub(r' <[^<>]* at 0x[0-9a-fA-F]+>', '', str(exc))})") from None
     try:
         return to_rgb(image)
     except (OSError, ValueError) as exc:

@@ -13,7 +13,7 @@ from curate_samples import EXPECTED, SAMPLES, curate_config, png, write_shards
 from helpers import ROOT
 from mmssl.config import DataConfig
 from mmssl.curate import REPORT, curate, load_curate_config, parse_curate_config
-from mmssl.curate.dedup import Exact
+from mmssl.curate.dedup import Exact, digest
 from mmssl.curate.config import ExactDedup
 from mmssl.curate.filters import boilerplate
 from mmssl.errors import DataError, RecipeError
@@ -93,8 +93,8 @@ def test_an_interrupted_run_starts_over_but_foreign_files_are_kept(curated, tmp_
         (out / name).write_bytes(b"half written")
     again = curate(parse_curate_config(curate_config(root / "raw", out)))
     assert again["kept"] == summary["kept"] and not (out / RUNNING).exists()
-    assert sorted(p.name for p in out.iterdir()) == ["curate_report.html", REPORT, "curated-0000.tar", "curated-0001.tar",
-                                                 "sizes.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["curate_report.html", REPORT, "curated-0000.tar",
+                                                     "curated-0001.tar", "sizes.json"]
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / RUNNING).write_text("{}")
     (tmp_path / "other" / "thesis.tex").write_text("mine")
@@ -143,10 +143,12 @@ def test_exact_dedup_by_caption_either_and_pair():
         exact = Exact(ExactDedup(by=by), "image_text")
         out = []
         for key, (image, caption) in enumerate([(b"a", "x"), (b"a", "y"), (b"b", "x"), (b"a", "x")]):
-            reason = exact.check(image, caption)
+            hashes = Exact.hashes(image, caption)
+            assert hashes == (digest(image), digest(caption))
+            reason = exact.check(hashes)
             out.append(reason is not None)
             if reason is None:
-                exact.add(str(key), image, caption)
+                exact.add(str(key), hashes)
         return out
 
     assert dropped("image") == [False, True, False, True]
@@ -213,3 +215,17 @@ def test_hub_source_streams_through_datasets(tmp_path):
     assert summary["read"] == 12 and summary["kept"] == 6 and summary["dropped"] == {"exact_dedup": 6}
     written = [json.loads(line) for line in (tmp_path / "out" / "curated-0000.jsonl").read_text().splitlines()]
     assert [w["text"] for w in written] == lines[:6] and written[0]["key"].endswith("train/0")
+
+
+def test_worker_processes_give_the_same_output_as_one_process(curated, tmp_path):
+    """``workers: 2`` reads, decodes and filters the two shards in two forked processes; deduplication stays in
+    the main one, in input order, so the curated shards and the report are the same, byte for byte."""
+    root, _, summary = curated
+    cfg = curate_config(root / "raw", tmp_path / "out")
+    parallel = curate(parse_curate_config({**cfg, "workers": 2}))
+    assert {**parallel, "output": None} == {**summary, "output": None}
+    one, two = root / "out", tmp_path / "out"
+    for name in ("curated-0000.tar", "curated-0001.tar", "sizes.json"):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    strip = lambda report: {**report, "summary": {**report["summary"], "output": None}}  # noqa: E731
+    assert strip(json.loads((one / REPORT).read_text())) == strip(json.loads((two / REPORT).read_text()))
