@@ -10,8 +10,9 @@ uncurated and curated shards and on the noisy copy less every injected fault (or
 same steps and batch size, evaluated on the same clean held-out data (the world's eval split: zero-shot top-1
 over the 16 classes of single-object images, image<->text R@1).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python scripts/curate_clip_study.py --scenes 3000 --steps 200 --batch-size 64 \
-        --seeds 0 1 2 --threads 1 --work build/curate_clip_study --out build/curate_clip_study.json
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/curate_clip_study.py --scenes 3000 --steps 500 --batch-size 64 \
+        --seeds 0 1 2 --threads 1 --work build/curate_clip_study --out build/curate_clip_study.json \
+        --train curated-top0.7-nosem curated-top0.5-nosem
 
 Each curated copy is one (clip_score.top_fraction, semantic_dedup.threshold) setting, measured against the truth;
 CLIP trains on the first that keeps at least 10% of the samples (a rule that needs no truth) unless --train names
