@@ -6,6 +6,7 @@ output folder) per sample, and at the end of the pass say which rows they drop; 
 
 from __future__ import annotations
 
+import logging
 import math
 from array import array
 from pathlib import Path
@@ -17,6 +18,8 @@ from mmssl.curate.config import ClipScore, CurateConfig, SemanticDedup
 from mmssl.curate.embed import Encoder
 
 HISTOGRAM_BINS = 40
+WARN_SHARE = 0.5  # semantic dedup dropping more than this share of what it saw is named in the report
+log = logging.getLogger(__name__)
 
 # row -> (filter, reason, the row it duplicates or None)
 Decision = tuple[str, str, "int | None"]
@@ -58,6 +61,7 @@ class EmbeddingFilters:
         self.rows = array("q")  # the read index of every sample handed in
         self.scores = array("f")
         self._batch: list[tuple[int, Any]] = []
+        self.warnings: list[str] = []  # shown in the report
 
     @property
     def needs_images(self) -> bool:
@@ -92,7 +96,7 @@ class EmbeddingFilters:
             self._embeddings.write(np.ascontiguousarray(features, dtype=np.float16).tobytes())
 
     def decide(self) -> tuple[dict[int, Decision], dict[str, Any]]:
-        """The rows these filters drop, and the report's histograms."""
+        """The rows these filters drop, and the report's histograms (`warnings` then names anything suspicious)."""
         self._flush()
         if self._embeddings is not None:
             self._embeddings.close()
@@ -100,6 +104,7 @@ class EmbeddingFilters:
         keep = np.ones(len(rows), dtype=bool)
         decisions: dict[int, Decision] = {}
         histograms: dict[str, Any] = {}
+        warnings = self.warnings
         if self.clip is not None and len(rows):
             scores = np.frombuffer(self.scores, dtype=np.float32)
             cut = self._clip_cut(scores)
@@ -113,12 +118,24 @@ class EmbeddingFilters:
             embeddings = np.memmap(self.work_file, dtype=np.float16, mode="r", shape=(len(rows), self.dim))
             from mmssl.curate.semantic import duplicates
 
-            found = duplicates(embeddings, np.flatnonzero(keep), self.semantic.threshold,
-                               self.semantic.cluster_size, self.semantic.seed)
+            candidates = np.flatnonzero(keep)
+            nearest = np.empty(len(candidates), dtype=np.float32)
+            found = duplicates(embeddings, candidates, self.semantic.threshold, self.semantic.cluster_size,
+                               self.semantic.seed, nearest=nearest)
             for position, (other, similarity) in found.items():
                 decisions[int(rows[position])] = ("semantic_dedup", f"cosine {similarity:.3f} ({self.by})",
                                                   int(rows[other]))
             del embeddings
+            seen = nearest[nearest > -1]  # the first sample of each cluster has no earlier one
+            if len(seen):
+                histograms["semantic_dedup"] = _histogram(seen, seen < self.semantic.threshold,
+                                                          self.semantic.threshold)
+            share = len(found) / len(candidates)
+            if share > WARN_SHARE:
+                warnings.append(f"semantic_dedup dropped {share:.0%} of the samples it saw: the embeddings do not "
+                                "tell these samples apart (see the histogram of nearest similarities); raise "
+                                "filters.semantic_dedup.threshold or embed with another model")
+                log.warning(warnings[-1])
         self.work_file.unlink(missing_ok=True)
         return decisions, histograms
 
@@ -130,6 +147,7 @@ class EmbeddingFilters:
 
 
 def _histogram(scores: np.ndarray, keep: np.ndarray, cut: float) -> dict[str, Any]:
+    """Counts of kept and dropped samples per bin of `scores`, with the cut between them."""
     low, high = float(scores.min()), float(scores.max())
     edges = np.linspace(low, high if high > low else low + 1e-6, HISTOGRAM_BINS + 1)
     return {"edges": [round(float(e), 5) for e in edges], "cut": round(cut, 5),

@@ -40,7 +40,10 @@ def render(summary: dict[str, Any], examples: dict[str, list[dict[str, str]]], h
     rows = [f"<tr><td>{html.escape(what)}</td><td class='n'>{n}</td><td class='n'>{n / read:.1%}</td></tr>"
             for what, n in counts]
     body = [f"<table><tr><th></th><th>samples</th><th>of {summary['read']} read</th></tr>{''.join(rows)}</table>"]
-    body += [_histogram_svg(f"{name} histogram", hist) for name, hist in histograms.items()]
+    body += [f"<p><b>Warning:</b> {html.escape(w)}</p>" for w in summary.get("warnings", [])]
+    titles = {"clip_score": "CLIP score (cosine of image and caption)",
+              "semantic_dedup": "semantic dedup: each sample's highest cosine to an earlier kept one of its cluster"}
+    body += [_histogram_svg(titles.get(name, name), hist) for name, hist in histograms.items()]
     for name, items in examples.items():
         lines = "".join(f"<tr><td>{html.escape(e['key'])}</td><td>{html.escape(e['reason'])}</td></tr>"
                         for e in items[:shown])

@@ -48,7 +48,23 @@ class _Tally:
 
 def _fingerprint(cfg: CurateConfig) -> dict[str, Any]:
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("output_dir", "workers")}
-    return json.loads(json.dumps(input_fingerprint(cfg.input, settings), default=str))
+    done = input_fingerprint(cfg.input, settings)
+    done["models"] = _model_files(cfg)  # a scorer retrained into the same folder is other settings
+    return json.loads(json.dumps(done, default=str))
+
+
+def _model_files(cfg: CurateConfig) -> dict[str, list[float]]:
+    """Size and modification time of every file of the embedding filters' local models."""
+    files: dict[str, list[float]] = {}
+    for spec in (cfg.filters.clip_score, cfg.filters.semantic_dedup):
+        for name in (spec.model, spec.pretrained) if spec is not None else ():
+            path = Path(name).expanduser() if name else None
+            if path is None or not path.exists():
+                continue
+            for f in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+                stat = f.stat()
+                files[str(f)] = [stat.st_size, stat.st_mtime]
+    return files
 
 
 def _ours(path: Path) -> bool:
@@ -171,12 +187,14 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
                 sample.image = open_image(sample.image_data)
             embedding.add(read, sample)
     histograms: dict[str, Any] = {}
+    warnings: list[str] = []
     if embedding is not None:
         decisions, histograms = embedding.decide()
+        warnings = embedding.warnings
         kept = _write_pass(records(sources), screen, tally, writer, passed, decisions)
     writer.close()
     return _finish(out_dir, cfg, writer, tally, read, kept, screen.active + _embedding_names(cfg), fingerprint,
-                   histograms)
+                   histograms, warnings)
 
 
 def _embedding_names(cfg: CurateConfig) -> list[str]:
@@ -217,7 +235,8 @@ def _write_pass(records: Any, screen: Screen, tally: _Tally, writer: ShardWriter
 
 
 def _finish(out_dir: Path, cfg: CurateConfig, writer: ShardWriter, tally: _Tally, read: int, kept: int,
-            active: list[str], fingerprint: dict[str, Any], histograms: dict[str, Any]) -> dict[str, Any]:
+            active: list[str], fingerprint: dict[str, Any], histograms: dict[str, Any],
+            warnings: list[str]) -> dict[str, Any]:
     """sizes.json and the report (last, atomically: it marks the folder as done), then drop the running marker."""
     dropped = {name: tally.counts[name] for name in FILTERS if name in tally.counts}
     if read != kept + sum(dropped.values()):  # every sample is kept or counted under one filter
@@ -226,7 +245,7 @@ def _finish(out_dir: Path, cfg: CurateConfig, writer: ShardWriter, tally: _Tally
         log.warning("mmssl curate kept no sample of %d (dropped: %s)", read, dropped)
     (out_dir / SIZE_FILE).write_text(json.dumps(dict(sorted(writer.written.items())), indent=1), encoding="utf-8")
     summary = {"output": str(out_dir), "kind": cfg.kind, "read": read, "kept": kept, "dropped": dropped,
-               "shards": len(writer.written), "filters": active}
+               "shards": len(writer.written), "filters": active, **({"warnings": warnings} if warnings else {})}
     report = {"summary": summary, "examples": {name: tally.shown[name] for name in dropped},
               "histograms": histograms, "fingerprint": fingerprint}
     from mmssl.curate.report_page import render

@@ -37,9 +37,14 @@ def cluster(embeddings: np.ndarray, rows: np.ndarray, cluster_size: int, seed: i
 
 
 def duplicates(embeddings: np.ndarray, rows: np.ndarray, threshold: float, cluster_size: int = 1000,
-               seed: int = 0, backend: str = "auto") -> dict[int, tuple[int, float]]:
-    """``{row: (the earlier kept row it duplicates, cosine similarity)}`` among `rows` (ascending: read order)."""
+               seed: int = 0, backend: str = "auto",
+               nearest: np.ndarray | None = None) -> dict[int, tuple[int, float]]:
+    """``{row: (the earlier kept row it duplicates, cosine similarity)}`` among `rows` (ascending: read order).
+    `nearest`, if given (one value per row), receives each row's highest cosine similarity to an earlier kept row
+    of its cluster (-1 for the first of a cluster): the report's histogram."""
     rows = np.asarray(rows, dtype=np.int64)
+    if nearest is not None:
+        nearest[:] = -1.0
     if len(rows) < 2:
         return {}
     assign = cluster(embeddings, rows, cluster_size, seed, backend)
@@ -47,7 +52,7 @@ def duplicates(embeddings: np.ndarray, rows: np.ndarray, threshold: float, clust
     bounds = np.flatnonzero(np.diff(assign[order])) + 1
     found: dict[int, tuple[int, float]] = {}
     for members in np.split(rows[order], bounds):
-        found.update(_within(embeddings, members, threshold))
+        found.update(_within(embeddings, members, threshold, rows, nearest))
     return found
 
 
@@ -57,7 +62,8 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
-def _within(embeddings: np.ndarray, members: np.ndarray, threshold: float) -> dict[int, tuple[int, float]]:
+def _within(embeddings: np.ndarray, members: np.ndarray, threshold: float, rows: np.ndarray,
+            nearest: np.ndarray | None) -> dict[int, tuple[int, float]]:
     """Greedy in read order inside one cluster: a row is kept unless a kept earlier row is similar enough."""
     found: dict[int, tuple[int, float]] = {}
     kept_rows: list[int] = []
@@ -69,7 +75,7 @@ def _within(embeddings: np.ndarray, members: np.ndarray, threshold: float) -> di
         inside = block @ block.T  # [b, b]
         kept_here: list[int] = []
         for i, row in enumerate(block_rows.tolist()):
-            best, best_row = -2.0, -1
+            best, best_row = -1.0, -1
             if to_kept.shape[1]:
                 j = int(to_kept[i].argmax())
                 best, best_row = float(to_kept[i, j]), kept_rows[j]
@@ -78,6 +84,8 @@ def _within(embeddings: np.ndarray, members: np.ndarray, threshold: float) -> di
                 j = int(sims.argmax())
                 if sims[j] > best:
                     best, best_row = float(sims[j]), int(block_rows[kept_here[j]])
+            if nearest is not None:
+                nearest[np.searchsorted(rows, row)] = best
             if best >= threshold:
                 found[row] = (best_row, best)
             else:

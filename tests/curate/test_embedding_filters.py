@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 
 from mmssl.curate import REPORT, curate, parse_curate_config
 from mmssl.curate.semantic import duplicates
-from mmssl.errors import RecipeError
+from mmssl.errors import DataError, RecipeError
 from curate_samples import SAMPLES, curate_config, write_shards
 
 TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
@@ -106,10 +107,29 @@ def test_clip_score_top_fraction_and_semantic_dedup_in_two_passes(clip_folder, t
     survivors = [k for k in same_image if k not in by_clip]
     assert len(survivors) >= 2 and dropped["semantic_dedup"] == len(survivors) - 1  # seeded: 2 of 3 survive
     page = (tmp_path / "out" / "curate_report.html").read_text()
-    assert page.count('class="d"') == page.count('class="k"') == 40 and "dropped by clip_score" in page
+    assert page.count('class="d"') == page.count('class="k"') == 80 and "dropped by clip_score" in page  # 2 x 40 bins
     assert not list((tmp_path / "out").glob(".tmp-*"))  # the embeddings' work file is gone
     again = curate(cfg)
     assert again["unchanged"] and again["kept"] == summary["kept"]
+    weights = clip_folder / "open_clip_model.safetensors"
+    os.utime(weights, (weights.stat().st_atime, weights.stat().st_mtime + 5))  # the scorer was retrained
+    with pytest.raises(DataError, match="curated from other input or settings"):
+        curate(cfg)
+    os.utime(weights, (weights.stat().st_atime, weights.stat().st_mtime - 5))
+
+
+def test_semantic_dedup_that_drops_most_samples_is_named_with_its_histogram(clip_folder, tmp_path):
+    write_shards(tmp_path / "raw")
+    filters = {"exact_dedup": None, "near_dedup": None, "language": None,
+               "semantic_dedup": {"model": str(clip_folder), "threshold": 0.05}}
+    summary = curate(parse_curate_config(curate_config(tmp_path / "raw", tmp_path / "out", **filters)))
+    assert summary["dropped"]["semantic_dedup"] > summary["kept"]
+    assert "semantic_dedup dropped" in summary["warnings"][0] and "raise filters.semantic_dedup.threshold" in \
+        summary["warnings"][0]
+    report = json.loads((tmp_path / "out" / REPORT).read_text())
+    histogram = report["histograms"]["semantic_dedup"]
+    assert sum(histogram["dropped"]) == summary["dropped"]["semantic_dedup"] and histogram["cut"] == 0.05
+    assert "Warning:" in (tmp_path / "out" / "curate_report.html").read_text()
 
 
 def test_clip_score_threshold_keeps_samples_at_or_above_it(clip_folder, tmp_path):
