@@ -192,9 +192,13 @@ class ImageSSL(Objective):
                         "image gets nearly the same embedding", out["feature_std_sqrt_d"], embedding)
         return {**out, **self.before}
 
+    def load_export(self, directory: Path) -> nn.Module:
+        """The exported encoder, as `evaluate_export` measures it (a backbone in its library's format)."""
+        return load_backbone(directory)
+
     def evaluate_export(self, directory: Path) -> dict[str, float]:
         recipe, p = self.recipe, self.params
-        backbone = load_backbone(directory)
+        backbone = self.load_export(directory)
         splits = load_images(recipe.data, p.image_size, recipe.seed)
         self.train, self.eval, self.class_names = splits.train, splits.eval, splits.class_names
         self.mean, self.std = backbone.mean, backbone.std

@@ -51,10 +51,9 @@ from typing import Annotated, Any, Literal
 import torch
 from torch import nn
 
-from mmssl.data.image_sources import data_description, load_images
+from mmssl.data.image_sources import data_description
 from mmssl.data.image_views import TwoViewsConfig
-from mmssl.errors import DataError, MmsslError, RecipeError
-from mmssl.eval.collapse import is_collapsed
+from mmssl.errors import MmsslError, RecipeError
 from mmssl.losses.rbm import bernoulli, cd_loss, gibbs_chain, hidden_probabilities, reconstruction_error
 from mmssl.objectives.image_ssl import EVAL_FILE, ImageSSL, ImageSSLParams
 from mmssl.registry import register_objective
@@ -228,18 +227,8 @@ class RestrictedBoltzmannMachines(ImageSSL):
         core.total_steps.fill_(total_steps)
 
     # -- evaluation and export ---------------------------------------------------------------------
-    def evaluate_export(self, directory: Path) -> dict[str, float]:
-        recipe, p = self.recipe, self.params
-        backbone = load_rbm_encoder(directory)
-        splits = load_images(recipe.data, p.image_size, recipe.seed)
-        self.train, self.eval, self.class_names = splits.train, splits.eval, splits.class_names
-        self.mean, self.std = backbone.mean, backbone.std
-        if not self._labelled_eval():
-            raise DataError("no labelled eval images: kNN and linear-probe accuracy need class labels in the train "
-                            "and eval data (data.eval_path or data.eval_fraction)")
-        out = self._measure(backbone, torch.device("cpu"))
-        out["collapsed"] = float(is_collapsed(out))
-        return out
+    def load_export(self, directory: Path) -> nn.Module:
+        return load_rbm_encoder(directory)
 
     def export(self, module: nn.Module, directory: Path) -> None:
         from safetensors.torch import save_file
