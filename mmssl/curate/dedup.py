@@ -71,7 +71,7 @@ class Near:
         n = self.cfg.ngram
         grams = {text[i : i + n].encode("utf-8") for i in range(max(1, len(text) - n + 1))}
         sketch = self._minhash(self.cfg.num_perm, permutations=self.template.permutations, scheme="affine32")
-        sketch.update_batch(sorted(grams))
+        sketch.update_batch(list(grams))  # MinHash is a minimum: the order does not matter
         return sketch
 
     def check(self, sketch: Any) -> str | None:
