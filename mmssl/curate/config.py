@@ -9,11 +9,11 @@ from typing import Annotated, Literal
 
 from mmssl.config import DataConfig
 from mmssl.curate.filter_config import CaptionFilter, ImageFilter, LanguageFilter, TextFilter
+from mmssl.errors import RecipeError
+from mmssl.schema import NonNegativeInt, PositiveInt, Range, Seed, from_dict
 
 __all__ = ["CaptionFilter", "ClipScore", "CurateConfig", "ExactDedup", "Filters", "ImageFilter", "LanguageFilter",
            "NearDedup", "SemanticDedup", "TextFilter", "load_curate_config", "parse_curate_config"]
-from mmssl.errors import RecipeError
-from mmssl.schema import NonNegativeInt, PositiveInt, Range, Seed, from_dict
 
 Kind = Literal["image_text", "images", "text"]
 

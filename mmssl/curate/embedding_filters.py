@@ -29,7 +29,6 @@ class EmbeddingFilters:
     """Collects batches in the first pass (`add`), then `decide`s."""
 
     def __init__(self, cfg: CurateConfig, work_file: Path):
-        self.kind = cfg.kind
         self.clip: ClipScore | None = cfg.filters.clip_score
         self.semantic: SemanticDedup | None = cfg.filters.semantic_dedup
         encoders: dict[tuple[str, str | None, str], Encoder] = {}
@@ -104,7 +103,6 @@ class EmbeddingFilters:
         keep = np.ones(len(rows), dtype=bool)
         decisions: dict[int, Decision] = {}
         histograms: dict[str, Any] = {}
-        warnings = self.warnings
         if self.clip is not None and len(rows):
             scores = np.frombuffer(self.scores, dtype=np.float32)
             cut = self._clip_cut(scores)
@@ -132,10 +130,10 @@ class EmbeddingFilters:
                                                           self.semantic.threshold)
             share = len(found) / len(candidates)
             if share > WARN_SHARE:
-                warnings.append(f"semantic_dedup dropped {share:.0%} of the samples it saw: the embeddings do not "
+                self.warnings.append(f"semantic_dedup dropped {share:.0%} of the samples it saw: the embeddings do not "
                                 "tell these samples apart (see the histogram of nearest similarities); raise "
                                 "filters.semantic_dedup.threshold or embed with another model")
-                log.warning(warnings[-1])
+                log.warning(self.warnings[-1])
         self.work_file.unlink(missing_ok=True)
         return decisions, histograms
 

@@ -133,3 +133,25 @@ class Language:
         if language not in self.keep and probability >= self.cfg.min_confidence:
             return f"language {language} ({probability:.2f})"
         return None
+
+
+def per_sample_verdict(filters: Any, language: Language | None, caption: str | None = None,
+                       text: str | None = None, image: Any = None) -> tuple[str, str] | None:
+    """(filter, reason) of the first per-sample filter that drops a sample with this caption, text and decoded
+    image, tried in order: `filters`' caption, image and text settings (each skipped when None, or when its
+    input is), then `language` on the caption, else the text. None keeps the sample. `filters` is a curate
+    config's ``filters`` or a recipe's ``data.curate``."""
+    for name, value, check in (("caption", caption, check_caption), ("image", image, check_image),
+                               ("text", text, check_text)):
+        settings = getattr(filters, name)
+        if settings is not None and value is not None:
+            reason = check(value, settings)
+            if reason:
+                return name, reason
+    subject = caption if caption is not None else text
+    if language is not None and subject:
+        reason = language.check(subject)
+        if reason:
+            return "language", reason
+    return None
+

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mmssl.curate.config import CurateConfig
-from mmssl.curate.screening import Outcome, Sample, Screen, outcomes, read_sample, records
+from mmssl.curate.screening import Outcome, Sample, Screen, outcomes, read_sample
 from mmssl.data.shard_writer import ShardWriter, input_fingerprint
 from mmssl.data.shards import SIZE_FILE
 from mmssl.errors import DataError
@@ -140,7 +140,7 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
     Per-sample filters and the hash / MinHash deduplicators decide as records stream by; with an embedding
     filter (CLIP score, semantic dedup) a first pass scores and embeds what they keep and a second pass over
     the input writes what all filters keep."""
-    from mmssl.data.stream_sources import data_sources
+    from mmssl.data.stream_sources import data_sources, raw_records
 
     data, kind = cfg.input, cfg.kind
     out_dir = Path(cfg.output_dir).expanduser()
@@ -169,6 +169,8 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
     read = kept = 0
     for read, outcome in enumerate(outcomes(sources, screen, cfg.workers), 1):
         key = outcome.key if outcome.key is not None else f"#{read}"
+        if outcome.sample is not None:
+            outcome.sample.key = key  # before dedup remembers it for the duplicates that name it
         dropped = outcome.dropped or (dedup.verdict(outcome) if outcome.sample is not None else None)
         if embedding is not None:
             passed.append(not dropped)
@@ -176,7 +178,6 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
             tally.drop(dropped[0], key, dropped[1])
             continue
         sample = outcome.sample
-        sample.key = key  # type: ignore[union-attr]
         if embedding is None:
             _write_sample(writer, sample, kept, kind)  # type: ignore[arg-type]
             kept += 1
@@ -191,7 +192,7 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
     if embedding is not None:
         decisions, histograms = embedding.decide()
         warnings = embedding.warnings
-        kept = _write_pass(records(sources), screen, tally, writer, passed, decisions)
+        kept = _write_pass(raw_records(sources), screen, tally, writer, passed, decisions)
     writer.close()
     return _finish(out_dir, cfg, writer, tally, read, kept, screen.active + _embedding_names(cfg), fingerprint,
                    histograms, warnings)

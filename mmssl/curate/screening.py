@@ -18,9 +18,10 @@ from typing import Any
 
 from mmssl.curate.config import CurateConfig
 from mmssl.curate.dedup import Exact, Near
-from mmssl.curate.filters import Language, check_caption, check_image, check_text, normalise
+from mmssl.curate.filters import Language, normalise, per_sample_verdict
 from mmssl.data.shard_writer import image_payload, sample_label
 from mmssl.data.shards import Problem
+from mmssl.data.stream_sources import source_records
 
 log = logging.getLogger(__name__)
 
@@ -115,44 +116,17 @@ class Screen:
         sample = read_sample(record, key or "", self.kind, self.columns, self.decode)
         if isinstance(sample, str):
             return Outcome(key, dropped=("unusable", sample))
-        text = sample.text or ""
-        for name in self.active:
-            if name == "caption":
-                reason = check_caption(text, self.cfg.caption)  # type: ignore[arg-type]
-            elif name == "image":
-                reason = check_image(sample.image, self.cfg.image)  # type: ignore[arg-type]
-            elif name == "text":
-                reason = check_text(text, self.cfg.text)  # type: ignore[arg-type]
-            elif name == "language":
-                reason = self.language.check(text)  # type: ignore[union-attr]
-            else:
-                continue
-            if reason:
-                return Outcome(key, dropped=(name, reason))
+        dropped = per_sample_verdict(self.cfg, self.language, image=sample.image if self.kind != "text" else None,
+                                     caption=sample.text if self.kind == "image_text" else None,
+                                     text=sample.text if self.kind == "text" else None)
+        if dropped:
+            return Outcome(key, dropped=dropped)
         if self.kind != "text":
             sample.label = sample_label(record, self.root, self.columns)
         norm = normalise(sample.text) if sample.text is not None and self.kind != "images" else None
         hashes = self.exact.hashes(sample.image_data, norm) if self.exact is not None else (None, None)
         sketch = self.near.signature(norm or "") if self.near is not None else None
         return Outcome(key, sample, hashes=hashes, sketch=sketch)
-
-
-def records(sources: list[Any]) -> Iterator[Any]:
-    """Every raw record (or `Problem`) of the sources, in order: shard by shard, or a Hub dataset streamed."""
-    for source in sources:
-        yield from _source_records(source)
-
-
-def _source_records(source: Any) -> Iterator[Any]:
-    if source.hub is None:
-        for shard in source.shards:
-            yield from source.reader(shard)
-        return
-    import datasets
-
-    path, split, name = source.hub
-    for number, row in enumerate(datasets.load_dataset(path, name, split=split, streaming=True)):
-        yield {"__key__": f"{path}/{split}/{number}", **row}
 
 
 def outcomes(sources: list[Any], screen: Screen, workers: int) -> Iterator[Outcome]:
@@ -163,7 +137,7 @@ def outcomes(sources: list[Any], screen: Screen, workers: int) -> Iterator[Outco
         workers = 0
     for index, source in enumerate(sources):
         if not workers or source.hub is not None or len(source.shards) < 2:
-            yield from (screen.outcome(record) for record in _source_records(source))
+            yield from (screen.outcome(record) for record in source_records(source))
             continue
         yield from _parallel(index, sources, screen, workers)
 

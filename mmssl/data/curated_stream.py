@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmssl.curate.filter_config import StreamFilters
-from mmssl.curate.filters import Language, check_caption, check_image, check_text
+from mmssl.curate.filters import Language, per_sample_verdict
 from mmssl.data.records import record_captions, record_image
 from mmssl.data.streaming import Skip, Transform
 
@@ -34,33 +34,19 @@ class CuratedTransform(Transform):
         f = self.filters
         captions = record_captions(record, self.columns) if f.caption or f.language else []
         caption = captions[0] if captions else None
-        if f.caption and caption is not None:
-            reason = check_caption(caption, f.caption)
-            if reason:
-                return "caption", reason
+        text = self._text(record) if f.text or (f.language and caption is None) else None
+        image = None
         if f.image:
             from mmssl.data.images import BadImage, open_image
 
             source = record_image(record, self.columns)
-            if source is not None:
-                try:
-                    reason = check_image(open_image(source), f.image)
-                except BadImage:
-                    reason = None  # the objective's transform reports an image that does not decode
-                if reason:
-                    return "image", reason
-        text = self._text(record) if f.text or (f.language and caption is None) else None
-        if f.text and text is not None:
-            reason = check_text(text, f.text)
-            if reason:
-                return "text", reason
-        if f.language and (caption or text):
-            if self._language is None:
-                self._language = Language(f.language)
-            reason = self._language.check(caption or text or "")
-            if reason:
-                return "language", reason
-        return None
+            try:
+                image = open_image(source) if source is not None else None
+            except BadImage:
+                image = None  # the objective's transform reports an image that does not decode
+        if f.language and self._language is None:
+            self._language = Language(f.language)
+        return per_sample_verdict(f, self._language, caption=caption, text=text, image=image)
 
     def __call__(self, record: dict[str, Any]) -> list[Any]:
         dropped = self.verdict(record)

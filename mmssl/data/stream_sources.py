@@ -9,9 +9,11 @@ small, whole from ``data.eval_path``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
@@ -104,27 +106,30 @@ def data_sources(cfg: DataConfig, kind: str, world_span: int = 64) -> list[Sourc
     return sources
 
 
+def source_records(source: Source) -> Iterator[Record | Problem]:
+    """Every raw record (or `Problem`) of one source, in order: shard by shard, or a Hub dataset streamed
+    (its rows keyed ``PATH/SPLIT/ROW``)."""
+    if source.hub is None:
+        for shard in source.shards:
+            yield from source.reader(shard)  # type: ignore[misc]
+        return
+    import datasets
+
+    path, split, name = source.hub
+    for number, row in enumerate(datasets.load_dataset(path, name, split=split, streaming=True)):
+        yield {"__key__": f"{path}/{split}/{number}", **row}
+
+
+def raw_records(sources: list[Source]) -> Iterator[Record | Problem]:
+    """`source_records` of every source, one after the other."""
+    for source in sources:
+        yield from source_records(source)
+
+
 def first_records(sources: list[Source], count: int) -> list[Record]:
     """The first `count` usable raw records of the sources, in shard order (e.g. to train a tokenizer)."""
-    out: list[Record] = []
-    for source in sources:
-        if source.hub is not None:
-            import datasets
-
-            path, split, name = source.hub
-            for item in datasets.load_dataset(path, name, split=split, streaming=True):
-                out.append(item)
-                if len(out) >= count:
-                    return out
-            continue
-        for shard in source.shards:
-            for item in source.reader(shard):  # type: ignore[misc]
-                if isinstance(item, Problem):
-                    continue
-                out.append(item)
-                if len(out) >= count:
-                    return out
-    return out
+    usable = (record for record in raw_records(sources) if not isinstance(record, Problem))
+    return list(itertools.islice(usable, count))
 
 
 def data_stream(cfg: DataConfig, sources: list[Source], transform: Transform, seed: int) -> SampleStream:
