@@ -77,15 +77,13 @@ class Colorization(ImageSSL):
         from sRGB images in [0, 1]."""
         lab = rgb_to_lab(rgb)
         grey = (lab[:, :1] / 100).expand(-1, 3, -1, -1)
-        mean = torch.tensor(self.mean, device=rgb.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=rgb.device).view(1, 3, 1, 1)
+        mean, std = self.pixel_stats(rgb.device)
         ab = F.adaptive_avg_pool2d(lab[:, 1:], self.params.grid)
         return ((grey - mean) / std).contiguous(memory_format=torch.channels_last), ab
 
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         p = self.params
-        mean = torch.tensor(self.mean, device=batch["view1"].device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=batch["view1"].device).view(1, 3, 1, 1)
+        mean, std = self.pixel_stats(batch["view1"].device)
         rgb = (batch["view1"].float() * std + mean).clamp(0, 1)  # the view, un-normalised
         inputs, ab = self.targets(rgb)
         features, out = module(inputs)

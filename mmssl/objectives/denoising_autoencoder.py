@@ -61,8 +61,7 @@ class DenoisingAutoencoder(ImageSSL):
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         p = self.params
         view = batch["view1"]
-        mean = torch.tensor(self.mean, device=view.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=view.device).view(1, 3, 1, 1)
+        mean, std = self.pixel_stats(view.device)
         clean = (view.float() * std + mean).clamp(0, 1)  # the view in [0, 1]
         noisy, corrupted = corrupt(clean, p.corruption, p.corruption_level)
         inputs = ((noisy - mean) / std).to(view.dtype).contiguous(memory_format=torch.channels_last)

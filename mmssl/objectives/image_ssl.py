@@ -127,6 +127,12 @@ class ImageSSL(Objective):
             self.before = {f"random_init_{k}": v for k, v in measured.items()
                            if k in ("knn_top1", "linear_probe_top1", "feature_std_sqrt_d", "feature_effective_rank")}
 
+    def pixel_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's normalisation mean and std as ``[1, 3, 1, 1]`` tensors on `device` (views are
+        normalised with them; a pixel-space pretext task undoes and redoes it)."""
+        return (torch.tensor(self.mean, device=device).view(1, 3, 1, 1),
+                torch.tensor(self.std, device=device).view(1, 3, 1, 1))
+
     def _labelled_eval(self) -> bool:
         return self.eval is not None and bool((self.eval.labels >= 0).any()) and bool((self.train.labels >= 0).any())
 
