@@ -97,6 +97,20 @@ def feature_grid(backbone: Backbone, image_size: int) -> tuple[int, int]:
     return int(fmap.shape[1]), int(fmap.shape[-1])
 
 
+def codebook_usage(counts: torch.Tensor, collapse_fraction: float, what: str = "the eval images") -> dict[str, float]:
+    """Codebook usage from the code counts ``[K]`` over `what`: perplexity, codes used, and whether the codebook
+    collapsed (perplexity below `collapse_fraction` x K), which is logged as a warning."""
+    size = len(counts)
+    ppl, used = float(perplexity(counts)), int((counts > 0).sum())
+    collapsed = ppl < collapse_fraction * size
+    if collapsed:
+        log.warning("the VQ codebook has collapsed: perplexity %.2f on %s (%d of %d codes used), below "
+                    "objective.collapse_fraction=%g x %d codes; the export records codebook_collapsed and the card "
+                    "names it", ppl, what, used, size, collapse_fraction, size)
+    return {"codebook_perplexity": ppl, "codes_used": float(used), "codebook_size": float(size),
+            "codebook_collapsed": float(collapsed)}
+
+
 class VQVAEModule(nn.Module):
     """Backbone (``.backbone``) -> 1 x 1 projection -> quantiser -> decoder."""
 
@@ -189,16 +203,8 @@ class VQVAE(ImageSSL):
                     pixels += recon.numel()
         finally:
             core.train(was_training)
-        ppl = float(perplexity(counts))
-        collapsed = ppl < p.collapse_fraction * p.codebook_size
-        if collapsed:
-            log.warning("the VQ codebook has collapsed: perplexity %.2f on %d images (%d of %d codes used), below "
-                        "objective.collapse_fraction=%g x %d codes; the export records codebook_collapsed and the "
-                        "card names it", ppl, len(images), int((counts > 0).sum()), p.codebook_size,
-                        p.collapse_fraction, p.codebook_size)
-        return {"codebook_perplexity": ppl, "codes_used": float((counts > 0).sum()),
-                "codebook_size": float(p.codebook_size), "reconstruction_mse": squared / max(pixels, 1),
-                "codebook_restarts": float(core.quantizer.restarts), "codebook_collapsed": float(collapsed)}
+        return {**codebook_usage(counts, p.collapse_fraction, f"{len(images)} images"),
+                "reconstruction_mse": squared / max(pixels, 1), "codebook_restarts": float(core.quantizer.restarts)}
 
     def has_evaluation(self) -> bool:
         return True  # the codebook's usage is measured even without labels
@@ -221,10 +227,10 @@ class VQVAE(ImageSSL):
         state = {k: v.detach().cpu().contiguous() for k, v in core.state_dict().items()
                  if not k.startswith("backbone.")}
         save_file(state, str(Path(directory) / WEIGHTS_FILE))
-        config = {"method": "vqvae", "codebook_size": p.codebook_size, "code_dim": p.code_dim,
+        config = {**stats, "method": "vqvae", "codebook_size": p.codebook_size, "code_dim": p.code_dim,
                   "feature_dim": int(core.pre_quant.in_channels), "grid": [side, side], "image_size": p.image_size,
                   "upsamples": int(math.log2(p.image_size // side)), "decoder_channels": p.decoder_channels,
-                  "mean": list(self.mean), "std": list(self.std), "decoder_output": "pixels in [0, 1]", **stats,
+                  "mean": list(self.mean), "std": list(self.std), "decoder_output": "pixels in [0, 1]",
                   "load": "mmssl.objectives.vqvae.load_vqvae(folder)"}
         (Path(directory) / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
         meta_path = Path(directory) / EVAL_FILE
