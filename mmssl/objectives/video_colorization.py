@@ -22,7 +22,8 @@ masks of a few eval videos.
 
 Export: the backbone as a timm folder (``load_backbone`` or timm; its ``forward_features`` gives the map) plus
 ``pointer_head.safetensors`` (the 1x1 convolution to the embedding, and the colour clusters) and
-``video_colorization.json`` (temperature, input transform). Streamed data is refused.
+``video_colorization.json`` (temperature, input transform); ``mmssl eval DIR`` tracks the recipe's eval videos
+with it again (e.g. ``objective.propagation=first``). Streamed data is refused.
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ from mmssl.data.lab import rgb_to_lab
 from mmssl.data.image_sources import data_description
 from mmssl.data.row_indices import RowIndices
 from mmssl.data.stream_sources import wants_streaming
-from mmssl.data.world_video import VideoWorld, world_videos
-from mmssl.errors import RecipeError
+from mmssl.data.world_video import Videos, VideoWorld, world_videos
+from mmssl.errors import MmsslError, RecipeError
 from mmssl.eval.tracking import tracking_curves, tracking_figure
 from mmssl.losses.colour_pointer import colour_pointer_loss
 from mmssl.models.kmeans import kmeans
-from mmssl.models.vision import Backbone, build_backbone
+from mmssl.models.vision import Backbone, build_backbone, load_backbone
 from mmssl.objectives.base import ModelOutput, Objective
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveFloat, PositiveInt, Probability, Range
@@ -116,11 +117,7 @@ class VideoColorization(Objective):
                               "a timm backbone's forward_features; use a timm model (e.g. arch: resnet18 with "
                               "config.output_stride: 8)")
         self.mean, self.std = backbone.mean, backbone.std
-        world = self.world()
-        self.train_videos, self.eval_videos = world_videos(world, "train"), world_videos(world, "eval")
-        if p.eval_videos is not None and p.eval_videos < len(self.eval_videos):
-            v, n = self.eval_videos, p.eval_videos
-            self.eval_videos = type(v)(v.frames[:n], v.labels[:n], v.objects[:n], v.colours[:n])
+        self.train_videos, self.eval_videos = world_videos(self.world(), "train"), self.held_out_videos()
         with torch.no_grad():
             was = backbone.training
             backbone.eval()
@@ -137,6 +134,13 @@ class VideoColorization(Objective):
         elif p.eval_before:
             measured = self.track(self.module, torch.device("cpu"), keep=0)
             self.before = {"random_init_tracking_iou_learned": measured["tracking_iou_learned"]}
+
+    def held_out_videos(self) -> Videos:
+        """The eval videos, at most ``objective.eval_videos`` of them."""
+        videos, n = world_videos(self.world(), "eval"), self.params.eval_videos
+        if n is None or n >= len(videos):
+            return videos
+        return Videos(videos.frames[:n], videos.labels[:n], videos.objects[:n], videos.colours[:n])
 
     def colour_clusters(self) -> torch.Tensor:
         """``[K, 2]`` k-means centres of the training frames' ab values at the features' grid."""
@@ -214,6 +218,28 @@ class VideoColorization(Objective):
 
     def evaluate(self, module: nn.Module, loader, accelerator) -> dict[str, float]:
         return {**self.track(module, accelerator.device, self.params.figure_videos), **self.before}
+
+    def load_export(self, directory: Path) -> VideoColorizationModule:
+        """The module `export` wrote: the backbone folder plus the pointer head and colour clusters."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not (directory / HEAD_FILE).is_file():
+            raise MmsslError(f"{str(directory)!r} holds no video colourisation model (no {HEAD_FILE}): export one "
+                             "with objective 'video_colorization'")
+        head = load_file(str(directory / HEAD_FILE))
+        module = VideoColorizationModule(load_backbone(directory), head["embed.weight"].shape[0], head["centroids"])
+        module.embed.load_state_dict({"weight": head["embed.weight"], "bias": head["embed.bias"]})
+        return module
+
+    def evaluate_export(self, directory: Path) -> dict[str, float]:
+        """Tracking on the recipe's eval videos (``mmssl eval DIR``, e.g. with ``objective.propagation=first``)."""
+        self.module = self.load_export(directory)
+        self.mean, self.std = self.module.backbone.mean, self.module.backbone.std
+        self.eval_videos = self.held_out_videos()
+        self.grid = tuple(json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))["feature_grid"])
+        out = self.track(self.module, torch.device("cpu"), keep=0)
+        return {**out, **self.last_diagnostics}
 
     def save_artifacts(self, directory: Path) -> None:
         (directory / FLOOR_FILE).write_text(json.dumps(self.before), encoding="utf-8")

@@ -118,6 +118,7 @@ def test_recipes_it_cannot_train_are_refused_clearly(tmp_path):
 def test_trains_tracks_and_exports(tmp_path):
     from safetensors.torch import load_file
 
+    from mmssl.evaluate import evaluate_output
     from mmssl.models.vision import load_backbone
     from mmssl.train.loop import train
 
@@ -142,14 +143,20 @@ def test_trains_tracks_and_exports(tmp_path):
         mapped = torch.nn.functional.conv2d(backbone.eval().model.forward_features(grey), head["embed.weight"],
                                             head["embed.bias"])
     assert mapped.shape == (2, 16, 8, 8)
+    # `mmssl eval DIR` tracks again from the export: the same numbers, and other settings by override
+    again = evaluate_output(out)
+    assert again["tracking_iou_learned"] == result["tracking_iou_learned"]
+    first = evaluate_output(out, ["objective.propagation=first"])
+    assert first["tracking_iou_curve"]["copy"] == curves["copy"] and 0 <= first["tracking_iou_learned"] <= 1
 
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     from clirun import straight_and_resumed, write_recipe
 
-    raw = tiny_recipe(tmp_path / "unused", max_steps=12, save_every=4, keep_checkpoints=10)
-    raw["objective"].update(eval_before=False, eval_videos=2, figure_videos=0)
-    a, b, killed_at = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 12)
+    raw = tiny_recipe(tmp_path / "unused", max_steps=8, save_every=4, keep_checkpoints=10)
+    raw["data"]["world"]["num_scenes"] = 20
+    raw["objective"].update(eval_before=False, eval_videos=1, figure_videos=0, kmeans_pixels=2000)
+    a, b, killed_at = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 8)
     assert a.keys() == b.keys() and any(k.endswith("centroids") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
