@@ -161,8 +161,15 @@ class VQVAE(ImageSSL):
             raise RecipeError(f"objective.image_size={p.image_size}: the backbone's {side} x {side} feature map must "
                               "be the image shrunk by a power of 2 for the decoder to upsample it back; use a power "
                               "of 2 such as 32")
-        return VQVAEModule(backbone, channels, p.code_dim, p.codebook_size, int(upsamples), p.decoder_channels,
-                           p.ema_decay, p.ema_eps, p.restart_after)
+        module = VQVAEModule(backbone, channels, p.code_dim, p.codebook_size, int(upsamples), p.decoder_channels,
+                             p.ema_decay, p.ema_eps, p.restart_after)
+        # the decoder starts at the training images' mean colour (mostly the world's white background), so the
+        # first steps learn shapes rather than the background
+        images = self.train.images[torch.linspace(0, len(self.train) - 1, min(len(self.train), 4096)).long()]
+        if len(images):
+            with torch.no_grad():
+                module.decoder[-1].bias.copy_(images.float().mean(dim=(0, 2, 3)) / 255)
+        return module
 
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         view = batch["view1"]

@@ -52,13 +52,13 @@ def test_trains_evaluates_and_exports_a_vqvae_that_reloads(tmp_path):
 
     out = tmp_path / "run"
     raw = image_recipe(out, "vqvae", restart_after=5, eval_max_images=100, **SMALL)
-    raw["train"].update(max_steps=20, log_every=2, learning_rate=1e-2)
+    raw["train"].update(max_steps=30, log_every=3, learning_rate=1e-2)
     recipe = parse_recipe(raw)
     metrics = train(recipe)
     logged = [e["reconstruction_mse"] for e in map(json.loads, (out / "log.jsonl").read_text().splitlines())
               if e["event"] == "train"]
-    # fixed seed: the reconstruction error falls by more than half over 20 steps
-    assert sum(logged[-3:]) / 3 < 0.5 * logged[0], logged
+    # fixed seed: the reconstruction error falls (the decoder starts at the images' mean colour) by over a tenth
+    assert sum(logged[-3:]) < 0.9 * sum(logged[:3]), logged
     result = metrics["eval"]
     assert 0 <= result["knn_top1"] <= 1 and "random_init_knn_top1" in result
     assert result["codebook_collapsed"] == 0 and 2 < result["codebook_perplexity"] <= result["codes_used"] <= 16
@@ -71,8 +71,11 @@ def test_trains_evaluates_and_exports_a_vqvae_that_reloads(tmp_path):
     with torch.no_grad():
         recon = vq(x)["reconstruction"]
     mean, std = torch.tensor(vq.mean).view(1, 3, 1, 1), torch.tensor(vq.std).view(1, 3, 1, 1)
+    pixels = x * std + mean
+    mean_colour = float((pixels - pixels.mean(dim=(0, 2, 3), keepdim=True)).pow(2).mean())
+    assert result["reconstruction_mse"] < 0.9 * mean_colour, (result["reconstruction_mse"], mean_colour)
     # the export is the evaluated model: the same reconstruction error on the same images
-    assert float((recon - (x * std + mean)).pow(2).mean()) == pytest.approx(result["reconstruction_mse"], rel=1e-3)
+    assert float((recon - pixels).pow(2).mean()) == pytest.approx(result["reconstruction_mse"], rel=1e-3)
     codes = vq.codes_of(x)
     assert codes.shape == (len(x), 2, 2) and vq.decode(codes).shape == (len(x), 3, 16, 16)
 
