@@ -13,8 +13,8 @@ error (``reconstruction_mse``, pixels in [0, 1]).
 
 Codebook collapse: when the perplexity on the eval images is below ``collapse_fraction`` x ``codebook_size``, the
 evaluation logs a warning and records ``codebook_collapsed: 1``; the export still happens (the weights explain
-the failure) but says so in ``vqvae_config.json``, ``mmssl_image_eval.json`` and metrics.json, which the card
-names.
+the failure) but says so in ``vqvae_config.json``, ``mmssl_image_eval.json`` and metrics.json (``eval``), from
+which the model card states it.
 
 Export: the backbone as its library's folder (timm), like every image method, plus ``vqvae.safetensors`` (the
 1 x 1 projection, the codebook and the decoder) and ``vqvae_config.json``; `load_vqvae` rebuilds the whole
@@ -105,8 +105,8 @@ def codebook_usage(counts: torch.Tensor, collapse_fraction: float, what: str = "
     collapsed = ppl < collapse_fraction * size
     if collapsed:
         log.warning("the VQ codebook has collapsed: perplexity %.2f on %s (%d of %d codes used), below "
-                    "objective.collapse_fraction=%g x %d codes; the export records codebook_collapsed and the card "
-                    "names it", ppl, what, used, size, collapse_fraction, size)
+                    "objective.collapse_fraction=%g x %d codes; recorded as codebook_collapsed in metrics.json and "
+                    "the export's vqvae_config.json", ppl, what, used, size, collapse_fraction, size)
     return {"codebook_perplexity": ppl, "codes_used": float(used), "codebook_size": float(size),
             "codebook_collapsed": float(collapsed)}
 
