@@ -242,7 +242,8 @@ class VQVAE(ImageSSL):
         (Path(directory) / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
         meta_path = Path(directory) / EVAL_FILE
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        meta.update(codebook_collapsed=bool(stats["codebook_collapsed"]), codebook_perplexity=stats["codebook_perplexity"])
+        meta.update(codebook_collapsed=bool(stats["codebook_collapsed"]),
+                    codebook_perplexity=stats["codebook_perplexity"])
         meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
