@@ -22,11 +22,12 @@ from torch import Tensor
 
 def nade_logits(v: Tensor, weight: Tensor, hidden_bias: Tensor, output_weight: Tensor, output_bias: Tensor) -> Tensor:
     """The logits of p(v_d = 1 | v_<d) ``[B, D]`` of pixels `v` ``[B, D]`` (binary, or in [0, 1]), all d at once."""
-    contributions = v.unsqueeze(1) * weight.unsqueeze(0)  # [B, H, D]: W[:, k] v_k
-    prefix = torch.cumsum(contributions, dim=2)
-    # exclusive: a_d sums the columns k < d (a_1 = c)
-    a = hidden_bias.view(1, -1, 1) + F.pad(prefix[..., :-1], (1, 0))
-    return output_bias + torch.einsum("bhd,dh->bd", torch.sigmoid(a), output_weight)
+    # shifted by one pixel (the small tensors, not the big one): entry d holds v_{d-1} W[:, d-1], entry 1 zero,
+    # so the inclusive cumulative sum at d is sum_{k<d} W[:, k] v_k
+    shifted_v, shifted_w = F.pad(v[:, :-1], (1, 0)), F.pad(weight[:, :-1], (1, 0))
+    contributions = shifted_v.unsqueeze(2) * shifted_w.t().unsqueeze(0)  # [B, D, H] (H contiguous)
+    a = torch.cumsum(contributions, dim=1) + hidden_bias
+    return output_bias + (torch.sigmoid(a) * output_weight).sum(dim=2)
 
 
 def nade_nll(v: Tensor, weight: Tensor, hidden_bias: Tensor, output_weight: Tensor, output_bias: Tensor) -> Tensor:

@@ -147,8 +147,8 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     from clirun import straight_and_resumed, write_recipe
 
     raw = nade_recipe(tmp_path / "unused", binarise="bernoulli", linear_probe=False, samples=0)
-    raw["train"].update(max_steps=12, save_every=4, keep_checkpoints=10)
-    a, b, killed_at = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 12)
+    raw["train"].update(max_steps=8, save_every=4, keep_checkpoints=10)
+    a, b, killed_at = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 8)
     assert a.keys() == b.keys() and any("output_weight" in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
 
