@@ -1,12 +1,14 @@
 """VQ-VAE: codebook collapse is detected and recorded, a bad image size is refused by name, and a tiny run through
 the real trainer whose reconstruction error goes down exports a VQ-VAE that reloads (timm backbone + codebook +
 decoder) and reproduces the run's measured reconstruction error; a killed run resumes to the same weights,
-codebook buffers included."""
+codebook buffers included; the prior stage (scripts/vqvae_prior.py) gives each code one token and scores bits per
+code against naive references."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -92,3 +94,43 @@ def test_a_killed_run_resumes_to_the_same_weights_and_codebook(tmp_path):
     assert a.keys() == b.keys() and {"quantizer.codebook", "quantizer.unused_steps", "quantizer.ema_sum"} <= {
         k.split("module.", 1)[-1] for k in a}
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+
+
+def _prior_script():
+    import importlib.util
+
+    from helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("vqvae_prior", ROOT / "scripts" / "vqvae_prior.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_prior_sees_one_token_per_code_and_is_scored_in_bits_per_code(tmp_path):
+    from types import SimpleNamespace
+
+    prior = _prior_script()
+    tokenizer = prior.code_tokenizer(5, tmp_path / "tok")
+    codes = torch.tensor([[4, 0, 2, 2]])
+    assert tokenizer(prior.code_line(codes[0]))["input_ids"] == (codes[0] + 1).tolist()  # token id = code + 1
+    assert tokenizer.eos_token_id == 0 and len(tokenizer) == 6
+    # unigram: add-one smoothed training frequencies; naive: counts 2+1, 1+1, 0+1, 0+1, 1+1 of 9
+    train = torch.tensor([[0, 0, 1, 4]])
+    expected = -sum(math.log2(p) for p in (2 / 9, 3 / 9, 1 / 9, 1 / 9)) / 4
+    assert prior.unigram_bits(train, codes, 5) == pytest.approx(expected)
+
+    class Uniform:  # a "model" with equal logits over the 6 tokens, or all mass on code 3 (token 4)
+        def __init__(self, peaked: bool):
+            self.peaked = peaked
+
+        def __call__(self, input_ids):
+            logits = torch.zeros(*input_ids.shape, 6)
+            if self.peaked:
+                logits[..., 4] = 50.0
+            return SimpleNamespace(logits=logits)
+
+    assert prior.prior_bits(Uniform(False), codes + 1, 0) == pytest.approx(math.log2(6))
+    assert prior.prior_bits(Uniform(True), torch.full((2, 4), 4), 0) == pytest.approx(0.0, abs=1e-6)
+    drawn = prior.sample(Uniform(False), 200, 4, 0, torch.Generator().manual_seed(0))
+    assert drawn.shape == (200, 4) and int(drawn.min()) >= 1 and set(drawn.unique().tolist()) == {1, 2, 3, 4, 5}
