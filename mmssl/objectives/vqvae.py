@@ -228,9 +228,7 @@ class VQVAE(ImageSSL):
         core: VQVAEModule = self.core(module)
         p = self.params
         stats = getattr(self, "last_codebook", None) or self.codebook_stats(module, next(core.parameters()).device)
-        # the backbone's batch-norm statistics as exported (precise_bn), so the folder's encoder is one model
-        backbone = load_backbone(directory)
-        _, side = feature_grid(backbone, p.image_size)
+        _, side = feature_grid(core.backbone, p.image_size)
         state = {k: v.detach().cpu().contiguous() for k, v in core.state_dict().items()
                  if not k.startswith("backbone.")}
         save_file(state, str(Path(directory) / WEIGHTS_FILE))
