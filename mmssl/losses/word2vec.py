@@ -18,7 +18,7 @@ fresh draw per pair), or drawn once per batch and scored with one matrix product
 each weighted ``negatives / S``: the same expectation again; a GPU's preferred shape).
 
 The loss's gradient is known once the scores are (``d softplus(x) / dx = sigmoid(x)``), so `Word2VecLoss`
-computes it in the forward pass and scatters it into the two tables in one ``index_add_`` each: autograd
+computes it in the forward pass and scatters it into the two tables (``index_put_`` with accumulation): autograd
 through dozens of shifted slices would allocate and copy a full ``[N, D]`` gradient per slice."""
 
 from __future__ import annotations
@@ -136,9 +136,11 @@ class Word2VecLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: Tensor, _grad_pairs: Tensor):  # noqa: ANN205
         ids, noise, grad_in, grad_out, grad_noise = ctx.saved_tensors
-        d_inputs = grad_in.new_zeros(ctx.shapes[0]).index_add_(0, ids, grad_in * grad_loss)
-        d_outputs = grad_out.new_zeros(ctx.shapes[1]).index_add_(0, ids, grad_out * grad_loss)
-        d_outputs.index_add_(0, noise.reshape(-1), grad_noise.reshape(-1, grad_noise.shape[-1]) * grad_loss)
+        # index_put_ with accumulate: on a CPU three times faster than index_add_, whose loop pays per row
+        d_inputs = grad_in.new_zeros(ctx.shapes[0]).index_put_((ids,), grad_in * grad_loss, accumulate=True)
+        d_outputs = grad_out.new_zeros(ctx.shapes[1]).index_put_((ids,), grad_out * grad_loss, accumulate=True)
+        d_outputs.index_put_((noise.reshape(-1),), grad_noise.reshape(-1, grad_noise.shape[-1]) * grad_loss,
+                             accumulate=True)
         return d_inputs, d_outputs, None, None, None, None, None, None, None
 
 
