@@ -56,9 +56,8 @@ from mmssl.data.image_sources import data_description
 from mmssl.data.image_views import TwoViewsConfig
 from mmssl.errors import MmsslError, RecipeError
 from mmssl.losses.nade import bernoulli_baseline, bernoulli_nll, nade_nll, nade_sample
-from mmssl.losses.rbm import bernoulli
 from mmssl.objectives.image_ssl import EVAL_FILE, ImageSSL, ImageSSLParams
-from mmssl.objectives.rbm import LUMA
+from mmssl.objectives.rbm import LUMA, visible_units
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeInt, PositiveInt, Range
 
@@ -82,17 +81,6 @@ class NADEParams(ImageSSLParams):
     threshold: Annotated[float, Range(0, 1, open_low=True)] = 0.95  # grey level below which a pixel is on
     init_std: Annotated[float, Range(0, 1, open_low=True)] = 0.01  # W and V start as N(0, init_std^2)
     samples: NonNegativeInt = 64  # images drawn into nade_samples.png at export (0: none)
-
-
-def visible_units(images: torch.Tensor, binarise: str, threshold: float, sample: bool = False,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Images ``[B, 3, S, S]`` in [0, 1] -> pixels ``[B, S * S]`` in raster order: grey < `threshold` (binary),
-    or under ``bernoulli`` the ink probabilities 1 - grey (`sample`: binary draws from them)."""
-    grey = (images.float() * torch.tensor(LUMA, device=images.device).view(1, 3, 1, 1)).sum(dim=1).flatten(1)
-    if binarise == "threshold":
-        return (grey < threshold).float()
-    ink = (1 - grey).clamp(0, 1)
-    return bernoulli(ink, generator) if sample else ink
 
 
 class NADE(nn.Module):

@@ -64,6 +64,17 @@ CONFIG_FILE = "rbm_config.json"
 VISIBLE_BIASES_FILE = "rbm_visible_biases.safetensors"
 
 
+def visible_units(images: torch.Tensor, binarise: str, threshold: float, sample: bool = False,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images ``[B, 3, S, S]`` in [0, 1] -> pixels ``[B, S * S]`` in raster order: grey < `threshold` (binary),
+    or under ``bernoulli`` the ink probabilities 1 - grey (`sample`: binary draws from them)."""
+    grey = (images.float() * torch.tensor(LUMA, device=images.device).view(1, 3, 1, 1)).sum(dim=1).flatten(1)
+    if binarise == "threshold":
+        return (grey < threshold).float()
+    ink = (1 - grey).clamp(0, 1)
+    return bernoulli(ink, generator) if sample else ink
+
+
 def _no_augmentation() -> TwoViewsConfig:
     return TwoViewsConfig(preset="none")  # the papers train on the images as they are
 
@@ -119,15 +130,10 @@ class RBMStack(nn.Module):
         self.rbms = nn.ModuleList(RBM(a, b, init_std, generator) for a, b in zip(sizes, sizes[1:]))
         self.image_size, self.layers, self.binarise, self.threshold = image_size, list(layers), binarise, threshold
         self.mean, self.std, self.dim = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), layers[-1]
-        self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1), persistent=False)
 
     def visible(self, images: torch.Tensor, sample: bool = False) -> torch.Tensor:
         """The first layer's visible units ``[B, S * S]``; `sample`: draw Bernoulli pixels (``binarise: bernoulli``)."""
-        grey = (images.float() * self.luma).sum(dim=1).flatten(1)
-        if self.binarise == "threshold":
-            return (grey < self.threshold).float()
-        ink = (1 - grey).clamp(0, 1)
-        return bernoulli(ink) if sample else ink
+        return visible_units(images, self.binarise, self.threshold, sample)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         v = self.visible(images)
