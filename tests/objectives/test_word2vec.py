@@ -88,6 +88,8 @@ def test_trains_and_exports_vectors_that_sentence_transformers_and_gensim_load(t
     words_mean = torch.tensor(np.stack([kv[w] for w in ("a", "red", "circle")]).mean(0))
     assert torch.allclose(torch.nn.functional.normalize(sentence, dim=0),
                           torch.nn.functional.normalize(words_mean, dim=0), atol=1e-5)  # unknown words add nothing
+    evaluated = json.loads(mmssl_here("eval", str(out)).stdout)  # `mmssl eval DIR` reads word2vec.txt back
+    assert evaluated["word_kind_accuracy"] == pytest.approx(result["word_kind_accuracy"])
     card = render_card(out, "someone/world-vectors")
     assert "KeyedVectors.load_word2vec_format" in card and "skipgram with negative sampling, 16 dimensions" in card
 
