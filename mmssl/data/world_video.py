@@ -4,8 +4,8 @@ they overlap), optionally behind a static grey bar, with a ground-truth instance
 
 Each video is a function of (seed, split, index) alone. The label map is drawn with the very polygons the frame
 is drawn with, so its pixels match the frame's: label k > 0 where object k is visible, 0 for the background and
-the bar. The objects of a video may share a colour (``same_colour``): then only their shape and motion tell them
-apart, and so they do in grey wherever two colours have about the same lightness (blue, purple and brown;
+the bar. The objects of a video may share a colour (by chance, or copied with probability ``same_colour``): then
+only their shape and motion tell them apart, and so they do in grey wherever two colours have about the same lightness (blue, purple and brown;
 orange and pink), which is what a colourising tracker has to learn and raw-pixel matching cannot.
 
 `video_folder` reads videos stored as folders of frames (one subfolder per video, frames in name order) and
@@ -41,7 +41,9 @@ class VideoWorld:
     num_shapes: int = 4  # the first shapes of `world.SHAPES`
     diameter: tuple[float, float] = (0.25, 0.45)  # of the side
     speed: tuple[float, float] = (0.03, 0.08)  # of the side per frame
-    same_colour: float = 0.25  # probability that an object takes the colour of one drawn before it
+    # probability that an object copies the colour of one drawn before it (otherwise its colour is drawn at
+    # random, so it may repeat one by chance too)
+    same_colour: float = 0.25
     occluder: float = 0.0  # probability of a static grey bar in front of everything
     seed: int = 0
 

@@ -76,16 +76,19 @@ def tracking_curves(videos, featurise: Callable[[torch.Tensor], torch.Tensor], t
     return {name: [round(float(v) / len(videos), 4) for v in total] for name, total in totals.items()}, kept
 
 
-def overlay(frame: torch.Tensor, labels: torch.Tensor, alpha: float = 0.55) -> Image.Image:
-    """An RGB frame ``[3, H, W]`` uint8 with its label map ``[H, W]`` painted over it (background left as is)."""
-    rgb = frame.permute(1, 2, 0).float()
+def overlay(frame: torch.Tensor, labels: torch.Tensor, alpha: float = 0.7) -> Image.Image:
+    """An RGB frame ``[3, H, W]`` uint8, turned grey, with its label map ``[H, W]`` painted over it in the palette's
+    colours (background left grey)."""
+    grey = (frame.float() * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0)
+    rgb = grey[..., None].expand(-1, -1, 3)
     colours = torch.tensor(PALETTE, dtype=torch.float)[labels.long() % len(PALETTE)]
     mixed = torch.where((labels > 0)[..., None], (1 - alpha) * rgb + alpha * colours, rgb)
     return Image.fromarray(mixed.round().clamp(0, 255).byte().numpy())
 
 
 def tracking_figure(kept: list[dict[str, torch.Tensor]], path: str | Path, scale: int = 3) -> Path:
-    """A PNG grid: per video, rows frame / truth / copy / raw pixels / learned, one column per frame."""
+    """A PNG grid: per video, rows frame / truth / copy / raw pixels / learned (masks painted over the grey
+    frame, one colour per object), one column per frame."""
     rows = ["frames", "truth", "copy", "pixels", "learned"]
     t, _, h, w = kept[0]["frames"].shape
     label_w, gap = 52, 4

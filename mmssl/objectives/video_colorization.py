@@ -63,7 +63,7 @@ class VideoColorizationParams(ObjectiveParams):
     image_size: Annotated[int, Range(16, 256)] = 32  # frame side in pixels
     frames: Annotated[int, Range(2, 64)] = 8  # frames per video
     max_objects: Annotated[int, Range(1, 6)] = 3
-    same_colour: Probability = 0.25  # chance that an object repeats the colour of an earlier one of its video
+    same_colour: Probability = 0.25  # chance that an object copies an earlier one's colour (else random, may repeat)
     occluder: Probability = 0.0  # chance of a static grey bar in front of the objects
     max_gap: PositiveInt = 4  # frames between the reference and the target (either order)
     colours: Annotated[int, Range(2, 313)] = 16  # k-means clusters of ab (the paper's 16)
