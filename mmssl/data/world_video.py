@@ -5,8 +5,9 @@ they overlap), optionally behind a static grey bar, with a ground-truth instance
 Each video is a function of (seed, split, index) alone. The label map is drawn with the very polygons the frame
 is drawn with, so its pixels match the frame's: label k > 0 where object k is visible, 0 for the background and
 the bar. The objects of a video may share a colour (by chance, or copied with probability ``same_colour``): then
-only their shape and motion tell them apart, and so they do in grey wherever two colours have about the same lightness (blue, purple and brown;
-orange and pink), which is what a colourising tracker has to learn and raw-pixel matching cannot.
+only their shape and motion tell them apart, and so they do in grey wherever two colours have about the same
+lightness (blue, purple and brown; orange and pink), which is what a colourising tracker has to learn and
+raw-pixel matching cannot.
 
 `video_folder` reads videos stored as folders of frames (one subfolder per video, frames in name order) and
 refuses a video whose frames differ in size.

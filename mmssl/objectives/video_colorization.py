@@ -62,7 +62,7 @@ FIGURE_FILE = "tracking.png"
 class VideoColorizationParams(ObjectiveParams):
     image_size: Annotated[int, Range(16, 256)] = 32  # frame side in pixels
     frames: Annotated[int, Range(2, 64)] = 8  # frames per video
-    max_objects: Annotated[int, Range(1, 6)] = 3
+    max_objects: Annotated[int, Range(1, 6)] = 3  # each video shows 1 to this many objects
     same_colour: Probability = 0.25  # chance that an object copies an earlier one's colour (else random, may repeat)
     occluder: Probability = 0.0  # chance of a static grey bar in front of the objects
     max_gap: PositiveInt = 4  # frames between the reference and the target (either order)
@@ -71,7 +71,7 @@ class VideoColorizationParams(ObjectiveParams):
     embed_dim: PositiveInt = 64  # the pointer's features: a 1x1 convolution of the backbone's map
     temperature: PositiveFloat = 0.05  # of the softmax over reference positions (features are L2-normalised)
     pixel_temperature: PositiveFloat = 0.001  # the raw-pixel baseline's (squared lightness distances, L / 100)
-    propagation: Literal["previous", "first"] = "previous"
+    propagation: Literal["previous", "first"] = "previous"  # track from the previous predicted frame, or frame 0
     eval_videos: PositiveInt | None = None  # cap on the eval videos tracked (default: all)
     figure_videos: Annotated[int, Range(0, 16)] = 2  # eval videos drawn in tracking.png
     eval_before: bool = True  # track with the random-init encoder first (the floor)

@@ -49,7 +49,8 @@ def test_the_pointer_copies_reference_values_as_a_naive_loop_does(metric):
 def test_the_colour_loss_is_the_cross_entropy_of_the_copied_class_distribution():
     g = torch.Generator().manual_seed(1)
     target, reference = torch.randn(2, 4, 2, 3, generator=g), torch.randn(2, 4, 2, 3, generator=g)
-    ref_classes, target_classes = torch.randint(0, 5, (2, 2, 3), generator=g), torch.randint(0, 5, (2, 2, 3), generator=g)
+    ref_classes = torch.randint(0, 5, (2, 2, 3), generator=g)
+    target_classes = torch.randint(0, 5, (2, 2, 3), generator=g)
     loss, accuracy = colour_pointer_loss(target, reference, ref_classes, target_classes, 5, 0.5)
     total, hits = 0.0, 0
     for b in range(2):
