@@ -5,14 +5,17 @@ objective (``clm``) unchanged, then sampled and decoded into images.
 
 1. Every training and eval image of the VQ-VAE's recipe (``VQVAE_DIR/recipe.yaml``) is encoded by the exported
    VQ-VAE (``mmssl.objectives.vqvae.load_vqvae``) into its h x w code grid, read in raster order, and written as one
-   line of words ``c17 c3 ...`` (``DIR/codes/train.txt``, ``eval.txt``), with a word-level tokenizer whose
-   vocabulary is exactly the K codes plus ``<|endoftext|>`` (``DIR/codes/tokenizer``), so each code is one token.
+   line of words ``<|image|> c17 c3 ...`` (``DIR/codes/train.txt``, ``eval.txt``), with a word-level tokenizer
+   whose vocabulary is exactly the K codes, ``<|image|>`` and ``<|endoftext|>`` (``DIR/codes/tokenizer``), so each
+   code is one token.
 2. A small GPT-2 learns the sequences with the ``clm`` recipe written to ``DIR/prior_recipe.yaml`` (packing: every
-   block is 4 whole images, each ended by ``<|endoftext|>``); rerun it alone with ``mmssl train``. KEY=VALUE
-   overrides apply to that recipe.
-3. The held-out negative log-likelihood of the eval images' codes, each image conditioned on ``<|endoftext|>`` only,
-   in bits per code, against a unigram model of the training codes (add-one smoothed) and the uniform log2 K.
-4. ``--samples`` code grids sampled from the prior (temperature 1, ``<|endoftext|>`` excluded) are decoded by the
+   block is 4 whole images, each ``<|image|>`` codes ``<|endoftext|>``, so every image starts at a position and
+   after a token the model has seen images start at); rerun it alone with ``mmssl train``. KEY=VALUE overrides
+   apply to that recipe.
+3. The held-out negative log-likelihood of the eval images' codes, each image conditioned on ``<|image|>`` alone
+   (as the first image of a training block), in bits per code, against a unigram model of the training codes
+   (add-one smoothed) and the uniform log2 K.
+4. ``--samples`` code grids sampled from the prior after ``<|image|>`` (temperature 1, codes only) are decoded by the
    VQ-VAE's decoder into ``DIR/samples.png``; ``DIR/reconstructions.png`` shows eval images (top half) above
    their reconstructions from their codes, for comparison. The figures go to ``DIR/prior_results.json``.
 """
@@ -31,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 EOS = "<|endoftext|>"
+BOS = "<|image|>"  # starts every image's line
+OFFSET = 2  # token id of code k: k + OFFSET (0: <|endoftext|>, 1: <|image|>)
 
 
 def encode_images(vq, images: torch.Tensor, image_size: int, batch_size: int = 256) -> torch.Tensor:
@@ -43,16 +48,16 @@ def encode_images(vq, images: torch.Tensor, image_size: int, batch_size: int = 2
 
 
 def code_line(codes: torch.Tensor) -> str:
-    return " ".join(f"c{int(c)}" for c in codes)
+    return " ".join([BOS, *(f"c{int(c)}" for c in codes)])
 
 
 def code_tokenizer(num_codes: int, directory: Path):
-    """A word-level tokenizer with one token per code (``c0`` .. ``c{K-1}``) and ``<|endoftext|>``, saved to
-    `directory` (``AutoTokenizer.from_pretrained`` loads it)."""
+    """A word-level tokenizer with one token per code (``c0`` .. ``c{K-1}``: ids 2 ..), ``<|endoftext|>`` (0) and
+    ``<|image|>`` (1), saved to `directory` (``AutoTokenizer.from_pretrained`` loads it)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {EOS: 0, **{f"c{k}": k + 1 for k in range(num_codes)}}
+    vocab = {EOS: 0, BOS: 1, **{f"c{k}": k + OFFSET for k in range(num_codes)}}
     core = Tokenizer(models.WordLevel(vocab, unk_token=EOS))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=EOS, pad_token=EOS, unk_token=EOS)
@@ -68,12 +73,12 @@ def unigram_bits(train: torch.Tensor, held_out: torch.Tensor, num_codes: int) ->
 
 
 @torch.no_grad()
-def prior_bits(model, sequences: torch.Tensor, eos_id: int, batch_size: int = 256) -> float:
-    """Mean negative log2-likelihood per code of `sequences` (token ids ``[N, L]``), each after ``<|endoftext|>``."""
+def prior_bits(model, sequences: torch.Tensor, bos_id: int, batch_size: int = 256) -> float:
+    """Mean negative log2-likelihood per code of `sequences` (token ids ``[N, L]``), each after `bos_id` alone."""
     total, count = 0.0, 0
     for i in range(0, len(sequences), batch_size):
         ids = sequences[i:i + batch_size]
-        inputs = torch.cat([torch.full((len(ids), 1), eos_id), ids], dim=1)
+        inputs = torch.cat([torch.full((len(ids), 1), bos_id), ids], dim=1)
         logits = model(input_ids=inputs[:, :-1]).logits.float()
         logp = torch.log_softmax(logits, dim=-1).gather(2, ids.unsqueeze(2)).squeeze(2)
         total += float(-logp.sum())
@@ -82,13 +87,13 @@ def prior_bits(model, sequences: torch.Tensor, eos_id: int, batch_size: int = 25
 
 
 @torch.no_grad()
-def sample(model, n: int, length: int, eos_id: int, generator: torch.Generator) -> torch.Tensor:
-    """`n` token sequences of `length` codes, each started by ``<|endoftext|>``, sampled at temperature 1 with
-    ``<|endoftext|>`` excluded."""
-    ids = torch.full((n, 1), eos_id)
+def sample(model, n: int, length: int, bos_id: int, generator: torch.Generator) -> torch.Tensor:
+    """`n` token sequences of `length` codes, each after `bos_id`, sampled at temperature 1 among the code tokens
+    (ids from ``OFFSET``) only."""
+    ids = torch.full((n, 1), bos_id)
     for _ in range(length):
         logits = model(input_ids=ids).logits[:, -1].float()
-        logits[:, eos_id] = -math.inf
+        logits[:, :OFFSET] = -math.inf
         ids = torch.cat([ids, torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)], dim=1)
     return ids[:, 1:]
 
@@ -108,7 +113,7 @@ def save_grid(images: torch.Tensor, path: Path, columns: int = 8, upscale: int =
 
 
 def prior_recipe(out: Path, codes_dir: Path, length: int, steps: int, seed: int) -> dict:
-    block = 4 * (length + 1)  # 4 whole images per block, each ended by <|endoftext|>
+    block = 4 * (length + 2)  # 4 whole images per block: <|image|> codes <|endoftext|>
     return {
         "name": "vqvae-prior", "output_dir": str(out / "prior"), "seed": seed,
         "data": {"source": "files", "path": str(codes_dir / "train.txt"), "eval_path": str(codes_dir / "eval.txt"),
@@ -163,9 +168,9 @@ def run(vqvae_dir: Path, out: Path, steps: int, samples: int, overrides: list[st
     (out / "prior_recipe.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     metrics = train(load_recipe(out / "prior_recipe.yaml", overrides or []))
     model = AutoModelForCausalLM.from_pretrained(str(out / "prior")).eval()
-    eos = tokenizer.convert_tokens_to_ids(EOS)
-    bits = prior_bits(model, eval_codes + 1, eos)  # token id = code + 1
-    sampled = sample(model, samples, length, eos, torch.Generator().manual_seed(recipe.seed)) - 1
+    bos = tokenizer.convert_tokens_to_ids(BOS)
+    bits = prior_bits(model, eval_codes + OFFSET, bos)
+    sampled = sample(model, samples, length, bos, torch.Generator().manual_seed(recipe.seed)) - OFFSET
     side = cfg["grid"][0]
     save_grid(vq.decode(sampled.view(-1, side, side)), out / "samples.png")
     shown = splits.eval.images[:samples // 2].float() / 255

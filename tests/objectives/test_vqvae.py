@@ -113,24 +113,24 @@ def test_the_prior_sees_one_token_per_code_and_is_scored_in_bits_per_code(tmp_pa
     prior = _prior_script()
     tokenizer = prior.code_tokenizer(5, tmp_path / "tok")
     codes = torch.tensor([[4, 0, 2, 2]])
-    assert tokenizer(prior.code_line(codes[0]))["input_ids"] == (codes[0] + 1).tolist()  # token id = code + 1
-    assert tokenizer.eos_token_id == 0 and len(tokenizer) == 6
+    assert tokenizer(prior.code_line(codes[0]))["input_ids"] == [1, *(codes[0] + 2).tolist()]  # <|image|>, code + 2
+    assert tokenizer.eos_token_id == 0 and len(tokenizer) == 7
     # unigram: add-one smoothed training frequencies; naive: counts 2+1, 1+1, 0+1, 0+1, 1+1 of 9
     train = torch.tensor([[0, 0, 1, 4]])
     expected = -sum(math.log2(p) for p in (2 / 9, 3 / 9, 1 / 9, 1 / 9)) / 4
     assert prior.unigram_bits(train, codes, 5) == pytest.approx(expected)
 
-    class Uniform:  # a "model" with equal logits over the 6 tokens, or all mass on code 3 (token 4)
+    class Uniform:  # a "model" with equal logits over the 7 tokens, or all mass on code 2 (token 4)
         def __init__(self, peaked: bool):
             self.peaked = peaked
 
         def __call__(self, input_ids):
-            logits = torch.zeros(*input_ids.shape, 6)
+            logits = torch.zeros(*input_ids.shape, 7)
             if self.peaked:
                 logits[..., 4] = 50.0
             return SimpleNamespace(logits=logits)
 
-    assert prior.prior_bits(Uniform(False), codes + 1, 0) == pytest.approx(math.log2(6))
-    assert prior.prior_bits(Uniform(True), torch.full((2, 4), 4), 0) == pytest.approx(0.0, abs=1e-6)
-    drawn = prior.sample(Uniform(False), 200, 4, 0, torch.Generator().manual_seed(0))
-    assert drawn.shape == (200, 4) and int(drawn.min()) >= 1 and set(drawn.unique().tolist()) == {1, 2, 3, 4, 5}
+    assert prior.prior_bits(Uniform(False), codes + 2, 1) == pytest.approx(math.log2(7))
+    assert prior.prior_bits(Uniform(True), torch.full((2, 4), 4), 1) == pytest.approx(0.0, abs=1e-6)
+    drawn = prior.sample(Uniform(False), 200, 4, 1, torch.Generator().manual_seed(0))
+    assert drawn.shape == (200, 4) and set(drawn.unique().tolist()) == {2, 3, 4, 5, 6}  # codes only
