@@ -207,7 +207,7 @@ def render(scene: Scene, size: int, rng: random.Random) -> Image.Image:
         r = SIZES[thing.size] * size / 2 * (1 + 0.15 * (rng.random() - 0.5))
         x = cx * size + (rng.random() - 0.5) * 0.08 * size
         y = cy * size + (rng.random() - 0.5) * 0.08 * size
-        _draw_shape(draw, thing.shape, x, y, r, dict(COLOURS)[thing.colour])
+        draw_shape(draw, thing.shape, x, y, r, dict(COLOURS)[thing.colour])
     return image
 
 
@@ -221,11 +221,11 @@ def render_free(thing: Thing, size: int, rng: random.Random) -> tuple[Image.Imag
     diameter = rng.uniform(*FREE_DIAMETERS)
     r = diameter * size / 2
     x, y = rng.uniform(r, size - r), rng.uniform(r, size - r)
-    _draw_shape(ImageDraw.Draw(image), thing.shape, x, y, r, dict(COLOURS)[thing.colour])
+    draw_shape(ImageDraw.Draw(image), thing.shape, x, y, r, dict(COLOURS)[thing.colour])
     return image, (x / size, y / size), diameter
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, fill: tuple) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, fill: tuple) -> None:
     if shape == "circle":
         draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
     elif shape == "square":

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from mmssl.data.world import COLOURS, SHAPES, _draw_shape
+from mmssl.data.world import COLOURS, SHAPES, draw_shape
 from mmssl.errors import DataError
 
 OCCLUDER_GREY = (150, 150, 150)
@@ -87,8 +87,8 @@ def _video(cfg: VideoWorld, rng: random.Random) -> tuple[np.ndarray, np.ndarray,
         label = Image.new("L", (size, size), 0)
         draw, draw_label = ImageDraw.Draw(image), ImageDraw.Draw(label)
         for k, o in enumerate(objects, start=1):
-            _draw_shape(draw, o["shape"], o["x"], o["y"], o["r"], COLOURS[o["colour"]][1])
-            _draw_shape(draw_label, o["shape"], o["x"], o["y"], o["r"], k)
+            draw_shape(draw, o["shape"], o["x"], o["y"], o["r"], COLOURS[o["colour"]][1])
+            draw_shape(draw_label, o["shape"], o["x"], o["y"], o["r"], k)
         if bar is not None:
             draw.rectangle(bar, fill=OCCLUDER_GREY)
             draw_label.rectangle(bar, fill=0)

@@ -94,7 +94,7 @@ class VideoColorizationModule(nn.Module):
 @register_objective("video_colorization")
 class VideoColorization(Objective):
     Params = VideoColorizationParams
-    output = ModelOutput("image_encoder", "timm", "image-feature-extraction", "image_encoder.md",
+    output = ModelOutput("image_encoder", "timm", "image-feature-extraction", "video_tracker.md",
                          "video-object-segmentation", results=("tracking_iou_learned",))
 
     # -- setup -------------------------------------------------------------------------------------
