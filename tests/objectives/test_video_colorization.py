@@ -149,6 +149,10 @@ def test_trains_tracks_and_exports(tmp_path):
     assert again["tracking_iou_learned"] == result["tracking_iou_learned"]
     first = evaluate_output(out, ["objective.propagation=first"])
     assert first["tracking_iou_curve"]["copy"] == curves["copy"] and 0 <= first["tracking_iou_learned"] <= 1
+    from mmssl.hub.cards import render_card
+
+    card = render_card(out, "someone/tracker")  # what `mmssl push` uploads: the tracking table, not a kNN one
+    assert f"| this model | {result['tracking_iou_learned']:.3f}" in card and "pointer_head.safetensors" in card
 
 
 @pytest.mark.slow
