@@ -14,7 +14,7 @@ their random-init floors), since a backbone trained on 8 px patches meets 32 px 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 import torch
 from torch import nn

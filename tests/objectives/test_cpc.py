@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from image_ssl_recipes import TINY_RESNET, image_recipe, losses
+from image_ssl_recipes import image_recipe, losses
 
 from mmssl.errors import RecipeError
 from mmssl.losses.cpc import extract_patches, grid_size, offset_loss
