@@ -10,7 +10,6 @@ is built from, and the loss of one offset."""
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
