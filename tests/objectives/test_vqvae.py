@@ -76,6 +76,10 @@ def test_trains_evaluates_and_exports_a_vqvae_that_reloads(tmp_path):
     pixels = x * std + mean
     mean_colour = float((pixels - pixels.mean(dim=(0, 2, 3), keepdim=True)).pow(2).mean())
     assert result["reconstruction_mse"] < 0.9 * mean_colour, (result["reconstruction_mse"], mean_colour)
+    from mmssl.hub.cards import render_card
+
+    card = render_card(out, "someone/vqvae")  # the card names the codebook's usage
+    assert f"perplexity {result['codebook_perplexity']:.1f} of" in card and "collapsed**" not in card
     # the export is the evaluated model: the same reconstruction error on the same images
     assert float((recon - pixels).pow(2).mean()) == pytest.approx(result["reconstruction_mse"], rel=1e-3)
     codes = vq.codes_of(x)
