@@ -1,6 +1,6 @@
 """CPC for images: the patch grid, the loss of each offset against a naive loop over positions, a context that
 cannot see the rows it predicts, recipe refusals, a tiny run through the real trainer (loss down, evaluated on
-whole images and on the patch grid, exported as a timm backbone) and a killed streamed run that resumes to the
+whole images and on the patch grid, exported as a timm backbone) and a stopped streamed run that resumes to the
 same weights."""
 
 from __future__ import annotations
@@ -112,10 +112,10 @@ def test_trains_evaluates_on_images_and_patches_and_exports(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_streamed_run_resumes_to_the_same_weights(tmp_path):
-    """CPC on a stream of WebDataset shards (it needs no row of the training set), killed after a checkpoint and
+def test_a_stopped_streamed_run_resumes_to_the_same_weights(tmp_path):
+    """CPC on a stream of WebDataset shards (it needs no row of the training set), stopped after a checkpoint and
     resumed: the same weights as an unbroken run."""
-    from clirun import straight_and_resumed, write_recipe
+    from clirun import straight_and_resumed_here
 
     from mmssl.config import DataConfig, WorldConfig
     from mmssl.prepare import prepare
@@ -128,7 +128,7 @@ def test_a_killed_streamed_run_resumes_to_the_same_weights(tmp_path):
     raw["data"] = {"source": "files", "path": str(shards / "shard-{00000..00001}-0000.tar"), "streaming": True,
                    "shuffle_buffer": 0}
     raw["train"].update(max_steps=10, save_every=4, keep_checkpoints=10, num_workers=0)
-    a, b, _ = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 10)
+    a, b, _ = straight_and_resumed_here(raw, tmp_path, 4, 10)
     assert a.keys() == b.keys() and any("context" in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     assert json.loads((tmp_path / "broken" / "metrics.json").read_text())["train_images"] == "streamed"

@@ -84,14 +84,14 @@ def test_an_unknown_corruption_is_refused_by_name(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
-    """The corruption draws from torch's generator, which the checkpoint restores: a run killed after a
+def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
+    """The corruption draws from torch's generator, which the checkpoint restores: a run stopped after a
     checkpoint and resumed ends with exactly the weights of an unbroken run."""
-    from clirun import straight_and_resumed, write_recipe
+    from clirun import straight_and_resumed_here
 
     raw = image_recipe(tmp_path / "unused", "denoising_autoencoder", eval_before=False, linear_probe=False,
                        corruption="salt_pepper", output_size=8)
     raw["train"].update(max_steps=16, save_every=4, keep_checkpoints=10)
-    a, b, killed_at = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 16)
+    a, b, stopped_at = straight_and_resumed_here(raw, tmp_path, 4, 16)
     assert a.keys() == b.keys() and any("decoder" in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]

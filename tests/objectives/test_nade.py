@@ -1,7 +1,7 @@
 """NADE for images: the one-pass negative log-likelihood against a naive per-pixel loop, a normalised distribution
 (the probabilities of every image of 8 pixels sum to 1), the per-pixel Bernoulli baseline's bits/dim on known data,
 pixel-by-pixel sampling that draws from the model, a tiny run through the real trainer whose likelihood improves
-and whose export reloads as a plain torch encoder, a killed run resuming to identical weights, and bad recipes
+and whose export reloads as a plain torch encoder, a stopped run resuming to identical weights, and bad recipes
 refused with one message."""
 
 from __future__ import annotations
@@ -141,14 +141,14 @@ def test_trains_evaluates_and_exports_a_plain_torch_encoder_and_density(tmp_path
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
-    """The Bernoulli pixels are drawn from torch's generator, which the checkpoint restores: a run killed after a
+def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
+    """The Bernoulli pixels are drawn from torch's generator, which the checkpoint restores: a run stopped after a
     checkpoint and resumed ends with exactly the weights of an unbroken run."""
-    from clirun import straight_and_resumed, write_recipe
+    from clirun import straight_and_resumed_here
 
     raw = nade_recipe(tmp_path / "unused", binarise="bernoulli", linear_probe=False, samples=0)
     raw["train"].update(max_steps=8, save_every=4, keep_checkpoints=10)
-    a, b, killed_at = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 8)
+    a, b, stopped_at = straight_and_resumed_here(raw, tmp_path, 4, 8)
     assert a.keys() == b.keys() and any("output_weight" in k for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
 

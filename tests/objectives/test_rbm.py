@@ -1,7 +1,7 @@
 """Stacked RBMs (greedy layer-wise, CD-k / persistent CD): the free energy, Gibbs sampling and the CD update against
 naive loops over units, persistent chains carried from step to step, lower layers frozen while the next one trains,
 a tiny run through the real trainer whose reconstruction error goes down and whose export loads as a plain torch
-nn.Sequential, a killed run resuming to identical weights, and bad recipes refused with one message."""
+nn.Sequential, a stopped run resuming to identical weights, and bad recipes refused with one message."""
 
 from __future__ import annotations
 
@@ -203,14 +203,14 @@ def test_trains_evaluates_and_exports_a_plain_torch_encoder(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_same_weights_and_particles(tmp_path):
+def test_a_stopped_run_resumes_to_the_same_weights_and_particles(tmp_path):
     """Persistent chains, the greedy schedule and the Bernoulli pixels' draws are all state a resume must restore:
-    a run killed after a checkpoint and resumed ends exactly where an unbroken run does."""
-    from clirun import straight_and_resumed, write_recipe
+    a run stopped after a checkpoint and resumed ends exactly where an unbroken run does."""
+    from clirun import straight_and_resumed_here
 
     raw = rbm_recipe(tmp_path / "unused", persistent=True, binarise="bernoulli", linear_probe=False)
     raw["train"].update(max_steps=16, save_every=4, keep_checkpoints=10)
-    a, b, killed_at = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 16)
+    a, b, stopped_at = straight_and_resumed_here(raw, tmp_path, 4, 16)
     assert a.keys() == b.keys() and {"particles_0", "particles_1", "steps_done"} <= {k.split(".")[-1] for k in a}
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
 

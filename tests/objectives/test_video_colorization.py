@@ -156,12 +156,12 @@ def test_trains_tracks_and_exports(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
-    from clirun import straight_and_resumed, write_recipe
+def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
+    from clirun import straight_and_resumed_here
 
     raw = tiny_recipe(tmp_path / "unused", max_steps=8, save_every=4, keep_checkpoints=10)
     raw["data"]["world"]["num_scenes"] = 20
     raw["objective"].update(eval_before=False, eval_videos=1, figure_videos=0, kmeans_pixels=2000)
-    a, b, killed_at = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 8)
+    a, b, stopped_at = straight_and_resumed_here(raw, tmp_path, 4, 8)
     assert a.keys() == b.keys() and any(k.endswith("centroids") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]

@@ -1,6 +1,6 @@
 """VQ-VAE: codebook collapse is detected and recorded, a bad image size is refused by name, and a tiny run through
 the real trainer whose reconstruction error goes down exports a VQ-VAE that reloads (timm backbone + codebook +
-decoder) and reproduces the run's measured reconstruction error; a killed run resumes to the same weights,
+decoder) and reproduces the run's measured reconstruction error; a stopped run resumes to the same weights,
 codebook buffers included; the prior stage (scripts/vqvae_prior.py) gives each code one token and scores bits per
 code against naive references."""
 
@@ -87,14 +87,14 @@ def test_trains_evaluates_and_exports_a_vqvae_that_reloads(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_same_weights_and_codebook(tmp_path):
+def test_a_stopped_run_resumes_to_the_same_weights_and_codebook(tmp_path):
     """The codebook, its EMA statistics and dead-code counters are buffers and the restarts draw from torch's
     generator, which the checkpoint restores: a resumed run ends exactly where an unbroken one does."""
-    from clirun import straight_and_resumed, write_recipe
+    from clirun import straight_and_resumed_here
 
     raw = image_recipe(tmp_path / "unused", "vqvae", eval_before=False, linear_probe=False, restart_after=3, **SMALL)
     raw["train"].update(max_steps=12, save_every=4, keep_checkpoints=10)
-    a, b, _ = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 12)
+    a, b, _ = straight_and_resumed_here(raw, tmp_path, 4, 12)
     assert a.keys() == b.keys() and {"quantizer.codebook", "quantizer.unused_steps", "quantizer.ema_sum"} <= {
         k.split("module.", 1)[-1] for k in a}
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from clirun import assert_clear_error, mmssl_here, straight_and_resumed, write_recipe
+from clirun import assert_clear_error, mmssl_here, straight_and_resumed_here, write_recipe
 
 from mmssl.data.words import WordVocab, word_tokenizer, words
 from mmssl.errors import DataError
@@ -121,8 +121,8 @@ def test_a_corpus_without_vocabulary_gets_one_message(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_the_same_vectors(tmp_path):
+def test_a_stopped_run_resumes_to_the_same_vectors(tmp_path):
     raw = recipe(tmp_path / "unused")
     raw["train"].update(max_steps=16, save_every=4, keep_checkpoints=10, batch_size=32)
-    a, b, _ = straight_and_resumed(write_recipe(tmp_path / "r.yaml", raw), tmp_path, 4, 16)
+    a, b, _ = straight_and_resumed_here(raw, tmp_path, 8, 16)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
