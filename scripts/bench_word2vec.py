@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--sample", type=float, default=1e-3)
     parser.add_argument("--min-count", type=int, default=5)
     parser.add_argument("--negative-sharing", choices=["token", "batch"], default="token")
-    parser.add_argument("--batch-size", type=int, default=1024, help="mmssl: sentences per step")
+    parser.add_argument("--batch-size", type=int, default=160, help="mmssl: sentences per step")
     parser.add_argument("--workers", type=int, default=2, help="gensim worker threads / torch CPU threads")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

@@ -16,9 +16,10 @@ nearest word is of its own kind; each against the random initial vectors."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,6 +37,8 @@ from mmssl.losses.word2vec import keep_probabilities, noise_distribution, word2v
 from mmssl.objectives.base import ModelOutput, Objective
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeFloat, PositiveInt, Range
+
+log = logging.getLogger(__name__)
 
 VOCAB_FILE = "word2vec_vocab.json"
 VECTORS_FILE = "word2vec.txt"
@@ -111,7 +114,8 @@ class Word2Vec(Objective):
                     if isinstance(text, str):
                         yield text
         else:
-            splits = load_splits(recipe.data, "text", ["text"], seed=recipe.seed)
+            # every sentence trains: word2vec's evaluation needs no held-out text (data.eval_path still works)
+            splits = load_splits(replace(recipe.data, eval_fraction=0.0), "text", ["text"], seed=recipe.seed)
             texts = lambda: (t for t in splits.train["text"] if isinstance(t, str))  # noqa: E731
         saved = self.context.resume_dir / VOCAB_FILE if self.context.resume_dir else None
         if saved is not None and saved.is_file():
@@ -158,10 +162,24 @@ class Word2Vec(Objective):
         return batch["num_sentences"], batch.get("num_words", int(batch["ids"].numel()))
 
     # -- step ------------------------------------------------------------------------------------------------
+    def sparse_gradients(self) -> bool:
+        """Plain SGD on one process updates only the rows a batch touched (sparse gradients): word2vec's own
+        update, at a cost that does not grow with the vocabulary. AdamW, momentum, weight decay and DDP get
+        dense gradients."""
+        t = self.recipe.train
+        return t.optimizer == "sgd" and t.momentum == 0 and t.weight_decay == 0 and self.context.world_size == 1
+
     def training_step(self, module: nn.Module, batch: dict[str, Any], backward) -> dict[str, torch.Tensor]:
         core, p = self.core(module), self.params
+        if not getattr(self, "_warned", False) and self.recipe.train.optimizer == "sgd":
+            self._warned = True
+            if batch["num_words"] > 3000:
+                log.warning("word2vec: %d words in the first step; plain SGD on a summed loss diverges with more "
+                            "than a few thousand words per step (measured: 2,000 trains, 4,000 collapses): lower "
+                            "train.batch_size (sentences per step)", batch["num_words"])
         total, pairs = word2vec_loss(core.input_vectors, core.output_vectors, batch["ids"], batch["sentence"],
-                                     batch["reduced"], batch["noise"], p.window, p.negatives, p.architecture)
+                                     batch["reduced"], batch["noise"], p.window, p.negatives, p.architecture,
+                                     self.sparse_gradients())
         backward(total)  # summed over pairs: each pair is one of word2vec's updates
         return {"loss": (total / pairs.clamp(min=1)).detach(), "pairs": pairs.detach().float()}
 

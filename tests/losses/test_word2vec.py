@@ -51,6 +51,10 @@ def test_loss_and_gradients_match_a_loop_over_pairs(architecture, sharing):
     got = [t.grad.clone() for t in tables]
     for t in tables:
         t.grad = None
+    word2vec_loss(*tables, ids, sentence, reduced, noise, window, negatives, architecture, sparse=True)[0].backward()
+    assert all(t.grad.is_sparse and torch.allclose(t.grad.to_dense(), g) for t, g in zip(tables, got))
+    for t in tables:
+        t.grad = None
     expected, count = naive_loss(*tables, ids, sentence, reduced, noise, window, negatives, architecture)
     expected.backward()
     assert int(pairs) == count and loss.item() == pytest.approx(float(expected), rel=1e-10)
