@@ -247,6 +247,36 @@ class ImageSSL(Objective):
         }
 
 
+class OwnEncoderSSL(ImageSSL):
+    """Base of methods whose encoder is their own model rather than a backbone from ``model:`` (an RBM stack, a
+    NADE): the recipe's model section is refused, the encoder is never shared with another objective of a
+    combined recipe, and it stands where the base expects the image backbone. A subclass sets
+    `encoder_description` and builds its encoder in `build_encoder`."""
+
+    encoder_description = "its own encoder"  # for messages, e.g. "a NADE sized by objective.hidden and ..."
+
+    def build_encoder(self) -> nn.Module:
+        raise NotImplementedError
+
+    def check(self, world_size: int) -> None:
+        model = self.recipe.model
+        if model.arch or model.pretrained or model.config:
+            raise RecipeError(f"model: objective {self.name!r} builds its own encoder ({self.encoder_description}); "
+                              "remove the model section")
+
+    def setup(self) -> None:
+        if "image_backbone" in self.parts:
+            raise RecipeError(f"objective {self.name!r} trains its own encoder ({self.encoder_description}), which "
+                              "no other objective of a combined recipe can share; train it alone")
+        self.check(self.context.world_size)
+        self.encoder = self.build_encoder()
+        super().setup()
+
+    def shared_part(self, role: str, build):  # noqa: ANN001 - as Objective.shared_part
+        """The base's image backbone is this objective's own encoder (never shared with other objectives)."""
+        return self.encoder if role == "image_backbone" else super().shared_part(role, build)
+
+
 def check_pairs_per_step(recipe, world_size: int, method: str) -> None:
     """Contrastive methods need another image in the (global) batch to contrast with."""
     if recipe.train.batch_size * world_size < 2:

@@ -56,7 +56,7 @@ from mmssl.data.image_sources import data_description
 from mmssl.data.image_views import TwoViewsConfig
 from mmssl.errors import MmsslError, RecipeError
 from mmssl.losses.nade import bernoulli_baseline, bernoulli_nll, nade_nll, nade_sample
-from mmssl.objectives.image_ssl import EVAL_FILE, ImageSSL, ImageSSLParams
+from mmssl.objectives.image_ssl import EVAL_FILE, ImageSSL, ImageSSLParams, OwnEncoderSSL
 from mmssl.objectives.rbm import LUMA, visible_units
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeInt, PositiveInt, Range
@@ -144,30 +144,18 @@ class NADEModule(nn.Module):
 
 
 @register_objective("nade")
-class NeuralAutoregressiveDensity(ImageSSL):
+class NeuralAutoregressiveDensity(OwnEncoderSSL):
     Params = NADEParams
     # no timm: safetensors of a torch.nn.Sequential + nade_config.json (see the module docstring)
     output = replace(ImageSSL.output, library="pytorch")
     num_views = 1
 
-    def check(self, world_size: int) -> None:
-        model = self.recipe.model
-        if model.arch or model.pretrained or model.config:
-            raise RecipeError("model: objective 'nade' builds its own model (a NADE sized by objective.hidden and "
-                              "objective.image_size); remove the model section")
+    encoder_description = "a NADE sized by objective.hidden and objective.image_size"
 
-    def setup(self) -> None:
+    def build_encoder(self) -> NADE:
         p = self.params
-        if "image_backbone" in self.parts:
-            raise RecipeError("objective 'nade' trains its own encoder, a NADE, which no other objective of a "
-                              "combined recipe can share; train it alone")
-        self.check(self.context.world_size)
         self.nade = NADE(p.image_size, p.hidden, p.binarise, p.threshold, p.init_std, self.recipe.seed)
-        super().setup()
-
-    def shared_part(self, role: str, build):  # noqa: ANN001 - as Objective.shared_part
-        """The base's image backbone is this objective's own NADE (never shared with other objectives)."""
-        return self.nade if role == "image_backbone" else super().shared_part(role, build)
+        return self.nade
 
     def build_module(self, backbone: NADE) -> nn.Module:  # type: ignore[override]
         # the output biases start at each pixel's log-odds in the training images: the independent baseline

@@ -55,7 +55,7 @@ from mmssl.data.image_sources import data_description
 from mmssl.data.image_views import TwoViewsConfig
 from mmssl.errors import MmsslError, RecipeError
 from mmssl.losses.rbm import bernoulli, cd_loss, gibbs_chain, hidden_probabilities, reconstruction_error
-from mmssl.objectives.image_ssl import EVAL_FILE, ImageSSL, ImageSSLParams
+from mmssl.objectives.image_ssl import EVAL_FILE, ImageSSL, ImageSSLParams, OwnEncoderSSL
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveInt, Range
 
@@ -185,30 +185,18 @@ class RBMModule(nn.Module):
 
 
 @register_objective("rbm")
-class RestrictedBoltzmannMachines(ImageSSL):
+class RestrictedBoltzmannMachines(OwnEncoderSSL):
     Params = RBMParams
     # no timm: safetensors of a torch.nn.Sequential + rbm_config.json (see the module docstring)
     output = replace(ImageSSL.output, library="pytorch")
     num_views = 1
 
-    def check(self, world_size: int) -> None:
-        model = self.recipe.model
-        if model.arch or model.pretrained or model.config:
-            raise RecipeError("model: objective 'rbm' builds its own encoder (a stack of RBMs sized by "
-                              "objective.layers and objective.image_size); remove the model section")
+    encoder_description = "a stack of RBMs sized by objective.layers and objective.image_size"
 
-    def setup(self) -> None:
+    def build_encoder(self) -> RBMStack:
         p = self.params
-        if "image_backbone" in self.parts:
-            raise RecipeError("objective 'rbm' trains its own encoder, an RBM stack, which no other objective of a "
-                              "combined recipe can share; train it alone")
-        self.check(self.context.world_size)
         self.stack = RBMStack(p.image_size, p.layers, p.binarise, p.threshold, p.init_std, self.recipe.seed)
-        super().setup()
-
-    def shared_part(self, role: str, build):  # noqa: ANN001 - as Objective.shared_part
-        """The base's image backbone is this objective's own RBM stack (never shared with other objectives)."""
-        return self.stack if role == "image_backbone" else super().shared_part(role, build)
+        return self.stack
 
     def build_module(self, backbone: RBMStack) -> nn.Module:  # type: ignore[override]
         p = self.params

@@ -156,7 +156,7 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path):
 def test_bad_recipes_are_refused_with_one_clear_message(tmp_path):
     raw = nade_recipe(tmp_path)
     raw["model"] = {"arch": "resnet18"}
-    with pytest.raises(RecipeError, match=r"objective 'nade' builds its own model.*remove the model section"):
+    with pytest.raises(RecipeError, match=r"objective 'nade' builds its own encoder.*remove the model section"):
         get_objective("nade")(parse_recipe(raw)).setup()
     raw = nade_recipe(tmp_path, binarise="dither")
     with pytest.raises(RecipeError, match=r"objective\.binarise: 'dither' is not allowed.*threshold"):
