@@ -16,8 +16,9 @@ objective (``clm``) unchanged, then sampled and decoded into images.
    (as the first image of a training block), in bits per code, against a unigram model of the training codes
    (add-one smoothed) and the uniform log2 K.
 4. ``--samples`` code grids sampled from the prior after ``<|image|>`` (temperature 1, codes only) are decoded by the
-   VQ-VAE's decoder into ``DIR/samples.png``; ``DIR/reconstructions.png`` shows eval images (top half) above
-   their reconstructions from their codes, for comparison. The figures go to ``DIR/prior_results.json``.
+   VQ-VAE's decoder into ``DIR/prior/samples.png``; ``DIR/prior/reconstructions.png`` shows eval images (top half)
+   above their reconstructions from their codes, for comparison (``mmssl report DIR/prior`` shows both beside the
+   prior's curves). The figures go to ``DIR/prior_results.json``.
 """
 
 from __future__ import annotations
@@ -172,16 +173,18 @@ def run(vqvae_dir: Path, out: Path, steps: int, samples: int, overrides: list[st
     bits = prior_bits(model, eval_codes + OFFSET, bos)
     sampled = sample(model, samples, length, bos, torch.Generator().manual_seed(recipe.seed)) - OFFSET
     side = cfg["grid"][0]
-    save_grid(vq.decode(sampled.view(-1, side, side)), out / "samples.png")
+    pictures = out / "prior"  # the prior's run folder, where `mmssl report` finds them
+    save_grid(vq.decode(sampled.view(-1, side, side)), pictures / "samples.png")
     shown = splits.eval.images[:samples // 2].float() / 255
     recon = vq.decode(eval_codes[:samples // 2].view(-1, side, side))
-    save_grid(torch.cat([shown, recon]), out / "reconstructions.png")
+    save_grid(torch.cat([shown, recon]), pictures / "reconstructions.png")
     result = {"prior_bits_per_code": bits, "unigram_bits_per_code": unigram_bits(train_codes, eval_codes,
                                                                                  cfg["codebook_size"]),
               "uniform_bits_per_code": math.log2(cfg["codebook_size"]), "codes_per_image": length,
               "train_images": len(train_codes), "eval_images": len(eval_codes), "prior_steps": metrics["steps"],
               "prior_train_s": metrics["train_seconds"], "distinct_sampled_codes": int(sampled.unique().numel()),
-              "samples_png": str(out / "samples.png"), "reconstructions_png": str(out / "reconstructions.png"),
+              "samples_png": str(pictures / "samples.png"),
+              "reconstructions_png": str(pictures / "reconstructions.png"),
               "vqvae_codebook_perplexity": cfg["codebook_perplexity"], "vqvae_codes_used": cfg["codes_used"],
               "vqvae_reconstruction_mse": cfg["reconstruction_mse"]}
     (out / "prior_results.json").write_text(json.dumps(result, indent=2), encoding="utf-8")

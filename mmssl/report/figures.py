@@ -239,6 +239,52 @@ def sweep_curves(runs: list[Run], sweep: dict[str, dict]) -> list[Figure]:
     return figures
 
 
+def tracking_curves(runs: list[Run]) -> list[Figure]:
+    """Mask IoU per frame of a video-colourisation run's tracking (learned pointer, raw pixels, copying)."""
+    found = [(run, label, d["tracking_iou_curve"]) for run in runs for label, d in run.diagnostics().items()
+             if isinstance(d.get("tracking_iou_curve"), dict)]
+    if not found:
+        return []
+    fig, axes = _grid(len(found))
+    for ax, (run, label, curves) in zip(axes, found):
+        for name, values in curves.items():
+            ax.plot(range(len(values)), values, marker="o", label=name)
+        ax.set(xlabel="frame", ylabel="mask IoU", ylim=(0, 1.02),
+               title=f"{_label(run, runs)}{f' ({label})' if label else ''}")
+        ax.legend(fontsize=8)
+    return [Figure("tracking_iou", "Tracking: mask IoU per frame",
+                   "The first frame's masks propagated through held-out videos by the learned pointer, by raw-pixel "
+                   "pointing and by copying the first mask; frame 0 is given.", _png(fig))]
+
+
+# pictures a method writes into its output folder: file -> (title, caption)
+SAVED_PICTURES = {
+    "tracking.png": ("Tracked masks", "Held-out videos: frames, the true masks, then the masks that copying, raw "
+                                      "pixels and the learned pointer propagate from the first frame."),
+    "nade_samples.png": ("Samples from the NADE", "Images drawn pixel by pixel from the trained density."),
+    "samples.png": ("Samples from the prior", "Code grids drawn from the autoregressive prior, decoded by the "
+                                              "VQ-VAE's decoder."),
+    "reconstructions.png": ("Reconstructions", "Held-out images (top half) above their reconstructions from their "
+                                               "codes."),
+}
+MAX_PICTURE_BYTES = 8 << 20
+
+
+def saved_pictures(runs: list[Run]) -> list[Figure]:
+    """The PNGs a method saved beside its model (tracked masks, samples), shown as they are."""
+    figures = []
+    for run in runs:
+        for file, (title, caption) in SAVED_PICTURES.items():
+            path = run.directory / file
+            if path.is_file() and path.stat().st_size <= MAX_PICTURE_BYTES:
+                png = path.read_bytes()
+                if png.startswith(b"\x89PNG"):
+                    stem = "".join(c if c.isalnum() else "_" for c in run.name)
+                    figures.append(Figure(f"{stem}_{path.stem}", f"{title}: {run.name}", caption, png))
+    return figures
+
+
 def all_figures(runs: list[Run], sweep: dict[str, dict] | None = None) -> list[Figure]:
     return [*(sweep_curves(runs, sweep) if sweep else []), *training_curves(runs), *eval_curves(runs),
-            *alignment_uniformity(runs), *similarity_histograms(runs), *spectra(runs), *confusion_matrices(runs)]
+            *alignment_uniformity(runs), *similarity_histograms(runs), *spectra(runs), *confusion_matrices(runs),
+            *tracking_curves(runs), *saved_pictures(runs)]

@@ -153,6 +153,12 @@ def test_trains_tracks_and_exports(tmp_path):
 
     card = render_card(out, "someone/tracker")  # what `mmssl push` uploads: the tracking table, not a kNN one
     assert f"| this model | {result['tracking_iou_learned']:.3f}" in card and "pointer_head.safetensors" in card
+    from mmssl.report.page import write_report
+
+    page = write_report([out], tmp_path / "report").read_text()  # `mmssl report`: the IoU curves and the masks
+    report_files = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"tracking_iou.png", "run_tracking.png"} <= report_files and page.count("data:image/png;base64,") >= 4
+    assert (tmp_path / "report" / "run_tracking.png").read_bytes() == (out / "tracking.png").read_bytes()
 
 
 @pytest.mark.slow
