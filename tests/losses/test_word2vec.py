@@ -57,7 +57,7 @@ def test_loss_and_gradients_match_a_loop_over_pairs(architecture, sharing):
         t.grad = None
     expected, count = naive_loss(*tables, ids, sentence, reduced, noise, window, negatives, architecture)
     expected.backward()
-    assert int(pairs) == count and loss.item() == pytest.approx(float(expected), rel=1e-10)
+    assert int(pairs) == count and loss.item() == pytest.approx(expected.item(), rel=1e-10)
     for mine, reference in zip(got, (t.grad for t in tables)):
         assert torch.allclose(mine, reference, atol=1e-10), (mine - reference).abs().max()
 
