@@ -67,13 +67,11 @@ def read_sample(record: dict[str, Any], key: str, kind: str, columns: dict[str, 
     from PIL import Image
 
     from mmssl.data.images import BadImage, open_image
-    from mmssl.data.records import record_captions, record_image
+    from mmssl.data.records import record_captions, record_image, record_text
 
     if kind == "text":
-        text = record.get(columns.get("text", "text"))
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="replace")
-        return Sample(key, [text]) if isinstance(text, str) and text.strip() else "no text"
+        text = record_text(record, columns.get("text", "text"))
+        return Sample(key, [text]) if text is not None and text.strip() else "no text"
     captions = record_captions(record, columns)
     if kind == "image_text" and not captions:
         return "no caption"

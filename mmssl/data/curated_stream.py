@@ -9,7 +9,7 @@ from typing import Any
 
 from mmssl.curate.filter_config import StreamFilters
 from mmssl.curate.filters import Language, per_sample_verdict
-from mmssl.data.records import record_captions, record_image
+from mmssl.data.records import record_captions, record_image, record_text
 from mmssl.data.streaming import Skip, Transform
 
 
@@ -24,10 +24,7 @@ class CuratedTransform(Transform):
         return {**self.__dict__, "_language": None}
 
     def _text(self, record: dict[str, Any]) -> str | None:
-        value = record.get(self.columns.get("text", "text"))
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", errors="replace")
-        return value if isinstance(value, str) else None
+        return record_text(record, self.columns.get("text", "text"))
 
     def verdict(self, record: dict[str, Any]) -> tuple[str, str] | None:
         """(filter, reason) of the first filter that drops `record`, or None."""

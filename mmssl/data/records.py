@@ -1,5 +1,5 @@
 """The fields of a raw record (a WebDataset sample, a table row, an image file, a Hub row) that objectives and
-curate filters read: its image and its captions, wherever the source keeps them."""
+curate filters read: its image, its captions and its text, wherever the source keeps them."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ def record_image(record: Record, mapping: dict[str, str]) -> Any:
     if isinstance(value, str) and not os.path.isabs(value) and "__shard__" in record:
         value = os.path.join(os.path.dirname(record["__shard__"]), value)
     return value
+
+
+def record_text(record: Record, column: str) -> str | None:
+    """A record's text in `column` (a WebDataset member's bytes read as UTF-8), or None when it has none."""
+    value = record.get(column)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else None
 
 
 def record_captions(record: Record, mapping: dict[str, str]) -> list[str]:

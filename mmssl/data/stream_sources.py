@@ -20,7 +20,7 @@ import torch
 
 from mmssl.config import DataConfig
 from mmssl.data.images import BadImage, decode
-from mmssl.data.records import record_captions, record_image
+from mmssl.data.records import record_captions, record_image, record_text
 from mmssl.data.shards import (READERS, SHARD_FORMATS, Problem, Record, list_files, read_image_files, read_sizes,
                                shard_format)
 from mmssl.data.streaming import STREAM_AUTO_BYTES, SampleStream, Skip, Source, Transform, sample_id
@@ -194,11 +194,10 @@ class PackTransform(Transform):
         return self.tokenizer(text, add_special_tokens=self.add_special_tokens, return_attention_mask=False)["input_ids"]
 
     def __call__(self, record: Record) -> list[Any]:
-        text = record.get(self.column)
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="replace")
-        if not isinstance(text, str):
-            raise Skip(f"no text column {self.column!r}" if text is None else f"{self.column!r} is not text")
+        text = record_text(record, self.column)
+        if text is None:
+            raise Skip(f"no text column {self.column!r}" if record.get(self.column) is None
+                       else f"{self.column!r} is not text")
         if not text.strip():
             return []
         ids = self._encode(text)

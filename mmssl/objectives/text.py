@@ -42,6 +42,7 @@ from torch import nn
 
 from mmssl.config import ObjectiveParams
 from mmssl.data.pairs import Rows, eval_pairs, load_pair_splits, stream_pair_splits
+from mmssl.data.records import record_text
 from mmssl.data.stream_sources import data_sources, data_stream, first_records, wants_streaming
 from mmssl.data.streaming import Skip, Transform, sample_id
 from mmssl.data.text_views.config import CacheConfig, ViewConfig
@@ -397,10 +398,8 @@ class PairTransform(Transform):
     def __call__(self, record: dict[str, Any]) -> list[Any]:
         texts = {}
         for column in dict.fromkeys(self.objective.views):
-            text = record.get(self.mapping.get(column, column))
-            if isinstance(text, bytes):
-                text = text.decode("utf-8", errors="replace")
-            if not isinstance(text, str) or not text.strip():
+            text = record_text(record, self.mapping.get(column, column))
+            if text is None or not text.strip():
                 raise Skip(f"empty or missing {column!r}")
             texts[column] = text
         return [self.objective.tokenize_row(texts, str(record.get("__key__", "")))]
