@@ -227,8 +227,18 @@ class ImageSSL(Objective):
         # files in the layout every loader expects, with the size and data it was trained on
         model.to(memory_format=torch.contiguous_format).save(directory, image_size=self.params.image_size,
                                                              trained_on=data_description(self.recipe.data))
-        meta = {"class_names": self.class_names, "image_size": self.params.image_size, **self.before}
-        (directory / EVAL_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        self.write_eval_meta(directory)
+
+    def eval_meta(self) -> dict[str, Any]:
+        """What `mmssl eval` and the card read beside an export (EVAL_FILE): class names, image size, the floor."""
+        return {"class_names": self.class_names, "image_size": self.params.image_size, **self.before}
+
+    def write_eval_meta(self, directory: Path) -> None:
+        (Path(directory) / EVAL_FILE).write_text(json.dumps(self.eval_meta(), indent=2), encoding="utf-8")
+
+    def train_image_sample(self, limit: int = 4096) -> torch.Tensor:
+        """At most `limit` training images (uint8), evenly spread over the table: statistics to start a model at."""
+        return self.train.images[torch.linspace(0, len(self.train) - 1, min(len(self.train), limit)).long()]
 
     def describe(self) -> dict[str, Any]:
         backbone: Backbone = self.module.backbone

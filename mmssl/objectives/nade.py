@@ -56,8 +56,8 @@ from mmssl.data.image_sources import data_description
 from mmssl.data.image_views import TwoViewsConfig
 from mmssl.errors import MmsslError, RecipeError
 from mmssl.losses.nade import bernoulli_baseline, bernoulli_nll, nade_nll, nade_sample
-from mmssl.objectives.image_ssl import EVAL_FILE, ImageSSL, ImageSSLParams, OwnEncoderSSL
-from mmssl.objectives.rbm import LUMA, visible_units
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, OwnEncoderSSL
+from mmssl.objectives.rbm import LUMA, no_augmentation, pixel_log_odds, visible_units
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeInt, PositiveInt, Range
 
@@ -66,14 +66,10 @@ OUTPUT_FILE = "nade_output.safetensors"
 SAMPLES_FILE = "nade_samples.png"
 
 
-def _no_augmentation() -> TwoViewsConfig:
-    return TwoViewsConfig(preset="none")  # a density model of the images as they are
-
-
 @dataclass
 class NADEParams(ImageSSLParams):
     image_size: Annotated[int, Range(8, 1024)] = 16  # D = image_size² binary pixels, modelled in raster order
-    views: TwoViewsConfig = field(default_factory=_no_augmentation)
+    views: TwoViewsConfig = field(default_factory=no_augmentation)
     hidden: PositiveInt = 500  # H: NADE's hidden units (the paper's 500); the encoder's feature size
     # threshold: a pixel is on where grey < `threshold` (dark shapes on a light background); bernoulli: on with
     # probability 1 - grey, drawn each step (evaluation: one seeded draw; the encoder sees the probabilities)
@@ -159,10 +155,9 @@ class NeuralAutoregressiveDensity(OwnEncoderSSL):
 
     def build_module(self, backbone: NADE) -> nn.Module:  # type: ignore[override]
         # the output biases start at each pixel's log-odds in the training images: the independent baseline
-        images = self.train.images[torch.linspace(0, len(self.train) - 1, min(len(self.train), 4096)).long()]
         with torch.no_grad():
-            on = backbone.visible(images.float() / 255).mean(dim=0).clamp(1e-3, 1 - 1e-3)
-            backbone.output_bias.copy_(torch.log(on / (1 - on)))
+            backbone.output_bias.copy_(pixel_log_odds(self.train_image_sample(), backbone.binarise,
+                                                      backbone.threshold))
         return NADEModule(backbone)
 
     def step_loss(self, module: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -228,8 +223,7 @@ class NeuralAutoregressiveDensity(OwnEncoderSSL):
             "trained_on": data_description(self.recipe.data),
         }
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
-        meta = {"class_names": self.class_names, "image_size": self.params.image_size, **self.before}
-        (directory / EVAL_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        self.write_eval_meta(directory)
         if self.params.samples:
             generator = torch.Generator(device=nade.weight.device).manual_seed(self.recipe.seed)
             save_grid(nade.sample(self.params.samples, generator).cpu(), directory / SAMPLES_FILE)

@@ -55,7 +55,7 @@ from mmssl.data.image_sources import data_description
 from mmssl.data.image_views import TwoViewsConfig
 from mmssl.errors import MmsslError, RecipeError
 from mmssl.losses.rbm import bernoulli, cd_loss, gibbs_chain, hidden_probabilities, reconstruction_error
-from mmssl.objectives.image_ssl import EVAL_FILE, ImageSSL, ImageSSLParams, OwnEncoderSSL
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams, OwnEncoderSSL
 from mmssl.registry import register_objective
 from mmssl.schema import PositiveInt, Range
 
@@ -75,14 +75,21 @@ def visible_units(images: torch.Tensor, binarise: str, threshold: float, sample:
     return bernoulli(ink, generator) if sample else ink
 
 
-def _no_augmentation() -> TwoViewsConfig:
-    return TwoViewsConfig(preset="none")  # the papers train on the images as they are
+def pixel_log_odds(images: torch.Tensor, binarise: str, threshold: float) -> torch.Tensor:
+    """log(p / (1 - p)) of each pixel being on over uint8 `images` ``[N, 3, S, S]``, p clamped to
+    [1e-3, 1 - 1e-3]: the biases at which independent pixels match the data (Hinton's "practical guide")."""
+    on = visible_units(images.float() / 255, binarise, threshold).mean(dim=0).clamp(1e-3, 1 - 1e-3)
+    return torch.log(on / (1 - on))
+
+
+def no_augmentation() -> TwoViewsConfig:
+    return TwoViewsConfig(preset="none")  # RBMs and NADE model the images as they are
 
 
 @dataclass
 class RBMParams(ImageSSLParams):
     image_size: Annotated[int, Range(8, 1024)] = 28  # the visible layer is image_size x image_size binary pixels
-    views: TwoViewsConfig = field(default_factory=_no_augmentation)
+    views: TwoViewsConfig = field(default_factory=no_augmentation)
     layers: list[PositiveInt] = field(default_factory=lambda: [512, 256])  # hidden units of each RBM, bottom first
     cd_steps: PositiveInt = 1  # k: Gibbs steps of the negative phase (CD-k, or per update of the persistent chains)
     persistent: bool = False  # persistent CD (Tieleman 2008): train.batch_size chains per layer, kept across steps
@@ -201,10 +208,8 @@ class RestrictedBoltzmannMachines(OwnEncoderSSL):
     def build_module(self, backbone: RBMStack) -> nn.Module:  # type: ignore[override]
         p = self.params
         # Hinton's "practical guide" (2010): the first visible biases start at log(p / (1 - p)) of the data
-        images = self.train.images[torch.linspace(0, len(self.train) - 1, min(len(self.train), 4096)).long()]
         with torch.no_grad():
-            on = backbone.visible(images.float() / 255).mean(dim=0).clamp(1e-3, 1 - 1e-3)
-            backbone.rbms[0].visible_bias.copy_(torch.log(on / (1 - on)))
+            backbone.rbms[0].visible_bias.copy_(pixel_log_odds(self.train_image_sample(), p.binarise, p.threshold))
         return RBMModule(backbone, p.cd_steps, self.recipe.train.batch_size if p.persistent else None,
                          self.recipe.seed)
 
@@ -248,8 +253,7 @@ class RestrictedBoltzmannMachines(OwnEncoderSSL):
             "trained_on": data_description(self.recipe.data),
         }
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
-        meta = {"class_names": self.class_names, "image_size": self.params.image_size, **self.before}
-        (directory / EVAL_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        self.write_eval_meta(directory)
 
 
 def load_rbm_encoder(directory: str | Path) -> RBMStack:

@@ -40,7 +40,7 @@ from mmssl.errors import MmsslError, RecipeError
 from mmssl.losses.vector_quantize import VectorQuantizer, code_counts, nearest_codes, perplexity
 from mmssl.models.image_features import precise_bn
 from mmssl.models.vision import Backbone, load_backbone
-from mmssl.objectives.image_ssl import EVAL_FILE, ImageSSL, ImageSSLParams
+from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams
 from mmssl.registry import register_objective
 from mmssl.schema import NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 
@@ -165,7 +165,7 @@ class VQVAE(ImageSSL):
                              p.ema_decay, p.ema_eps, p.restart_after)
         # the decoder starts at the training images' mean colour (mostly the world's white background), so the
         # first steps learn shapes rather than the background
-        images = self.train.images[torch.linspace(0, len(self.train) - 1, min(len(self.train), 4096)).long()]
+        images = self.train_image_sample()
         if len(images):
             with torch.no_grad():
                 module.decoder[-1].bias.copy_(images.float().mean(dim=(0, 2, 3)) / 255)
@@ -196,6 +196,7 @@ class VQVAE(ImageSSL):
         core.eval()
         counts = torch.zeros(p.codebook_size, device=device)
         squared, pixels = 0.0, 0
+        mean, std = self.pixel_stats(device)
         try:
             with torch.no_grad():
                 for i in range(0, len(images), settings.batch_size):
@@ -205,7 +206,6 @@ class VQVAE(ImageSSL):
                     q = core.quantizer(z.permute(0, 2, 3, 1).reshape(-1, d))
                     counts += code_counts(q["codes"], p.codebook_size)
                     recon = core.decoder(q["quantized"].view(b, h, w, d).permute(0, 3, 1, 2)).float()
-                    mean, std = self.pixel_stats(device)
                     squared += float((recon - (x.float() * std + mean)).pow(2).sum())
                     pixels += recon.numel()
         finally:
@@ -224,10 +224,12 @@ class VQVAE(ImageSSL):
     def export(self, module: nn.Module, directory: Path) -> None:
         from safetensors.torch import save_file
 
-        super().export(module, directory)  # the backbone (timm) and mmssl_image_eval.json
         core: VQVAEModule = self.core(module)
         p = self.params
-        stats = getattr(self, "last_codebook", None) or self.codebook_stats(module, next(core.parameters()).device)
+        if getattr(self, "last_codebook", None) is None:
+            self.last_codebook = self.codebook_stats(module, next(core.parameters()).device)
+        stats = self.last_codebook
+        super().export(module, directory)  # the backbone (timm) and mmssl_image_eval.json (`eval_meta`)
         _, side = feature_grid(core.backbone, p.image_size)
         state = {k: v.detach().cpu().contiguous() for k, v in core.state_dict().items()
                  if not k.startswith("backbone.")}
@@ -238,11 +240,11 @@ class VQVAE(ImageSSL):
                   "mean": list(self.mean), "std": list(self.std), "decoder_output": "pixels in [0, 1]",
                   "load": "mmssl.objectives.vqvae.load_vqvae(folder)"}
         (Path(directory) / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
-        meta_path = Path(directory) / EVAL_FILE
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        meta.update(codebook_collapsed=bool(stats["codebook_collapsed"]),
-                    codebook_perplexity=stats["codebook_perplexity"])
-        meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    def eval_meta(self) -> dict[str, Any]:
+        stats = self.last_codebook
+        return {**super().eval_meta(), "codebook_collapsed": bool(stats["codebook_collapsed"]),
+                "codebook_perplexity": stats["codebook_perplexity"]}
 
 
 def load_vqvae(directory: str | Path) -> VQVAEModule:
