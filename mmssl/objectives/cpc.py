@@ -62,6 +62,14 @@ class CausalBlock(nn.Module):
         return x + self.mix(torch.relu(self.conv(torch.relu(x))))
 
 
+def patch_features(backbone: nn.Module, images: torch.Tensor, patch_size: int, stride: int) -> torch.Tensor:
+    """The backbone's features of every patch of the grid ``[B, G, G, D]``, each patch encoded on its own."""
+    patches = extract_patches(images, patch_size, stride)
+    b, g = patches.shape[:2]
+    flat = patches.reshape(b * g * g, *patches.shape[3:]).contiguous(memory_format=torch.channels_last)
+    return backbone(flat).view(b, g, g, -1)
+
+
 class CPCModule(nn.Module):
     def __init__(self, backbone: Backbone, width: int, layers: int, steps: int, patch_size: int, stride: int):
         super().__init__()
@@ -72,10 +80,7 @@ class CPCModule(nn.Module):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embeddings ``[B, G, G, D]`` of `images` ``[B, C, S, S]``."""
-        patches = extract_patches(images, self.patch_size, self.stride)
-        b, g = patches.shape[:2]
-        flat = patches.reshape(b * g * g, *patches.shape[3:]).contiguous(memory_format=torch.channels_last)
-        return self.backbone(flat).view(b, g, g, -1)
+        return patch_features(self.backbone, images, self.patch_size, self.stride)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(patch embeddings ``[B, G, G, D]``, for each offset k the predictions W_k c ``[B, G, G, D]``)."""
@@ -93,9 +98,7 @@ class PatchPooled(nn.Module):
         self.backbone, self.patch_size, self.stride = backbone, patch_size, stride
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        patches = extract_patches(images, self.patch_size, self.stride)
-        b, g = patches.shape[:2]
-        return self.backbone(patches.reshape(b * g * g, *patches.shape[3:])).view(b, g * g, -1).mean(dim=1)
+        return patch_features(self.backbone, images, self.patch_size, self.stride).flatten(1, 2).mean(dim=1)
 
 
 @register_objective("cpc")
