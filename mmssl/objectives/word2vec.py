@@ -28,6 +28,7 @@ from torch import nn
 
 from mmssl.config import ObjectiveParams
 from mmssl.data.sources import eval_splits, load_splits
+from mmssl.data.records import record_text
 from mmssl.data.stream_sources import data_sources, data_stream, raw_records, wants_streaming
 from mmssl.data.streaming import Problem, Skip, Transform
 from mmssl.data.words import WordVocab, word_tokenizer, words
@@ -85,11 +86,10 @@ class SentenceIds(Transform):
         self.vocab, self.column, self.lowercase = vocab, column, lowercase
 
     def __call__(self, record: dict[str, Any]) -> list[Any]:
-        text = record.get(self.column)
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="replace")
-        if not isinstance(text, str):
-            raise Skip(f"no text column {self.column!r}" if text is None else f"{self.column!r} is not text")
+        text = record_text(record, self.column)
+        if text is None:
+            raise Skip(f"no text column {self.column!r}" if record.get(self.column) is None
+                       else f"{self.column!r} is not text")
         ids = self.vocab.ids(words(text, self.lowercase))
         return [{"ids": ids[i:i + MAX_SENTENCE_WORDS]} for i in range(0, len(ids), MAX_SENTENCE_WORDS)]
 
@@ -109,10 +109,10 @@ class Word2Vec(Objective):
             sources = data_sources(recipe.data, "text")
             splits = eval_splits(recipe.data, "text", ["text"], recipe.seed)
 
-            def texts():
+            def texts():  # the vocabulary is counted on the texts the training stream reads
                 for record in raw_records(sources):
-                    text = None if isinstance(record, Problem) else record.get(column)
-                    if isinstance(text, str):
+                    text = None if isinstance(record, Problem) else record_text(record, column)
+                    if text is not None:
                         yield text
         else:
             # every sentence trains: word2vec's evaluation needs no held-out text (data.eval_path still works)
@@ -151,11 +151,13 @@ class Word2Vec(Objective):
     def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Subsample frequent words, draw each word's window and the noise words (torch's generator)."""
         p, ids = self.params, batch["ids"]
-        kept = torch.rand(ids.shape, device=ids.device) < self.keep.to(ids.device)[ids]
+        if self.keep.device != ids.device:  # moved once, not copied to the device every step
+            self.keep, self.noise = self.keep.to(ids.device), self.noise.to(ids.device)
+        kept = torch.rand(ids.shape, device=ids.device) < self.keep[ids]
         ids, sentence = ids[kept], batch["sentence"][kept]
         reduced = torch.randint(1, p.window + 1, ids.shape, device=ids.device)
         shape = (ids.numel(), p.negatives) if p.negative_sharing == "token" else (p.noise_words,)
-        noise = torch.multinomial(self.noise.to(ids.device), math.prod(shape) or 1, replacement=True)
+        noise = torch.multinomial(self.noise, math.prod(shape) or 1, replacement=True)
         return {"ids": ids, "sentence": sentence, "reduced": reduced, "noise": noise[:math.prod(shape)].view(shape),
                 "num_sentences": batch["num_sentences"], "num_words": int(batch["ids"].numel())}
 
