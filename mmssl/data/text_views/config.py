@@ -12,7 +12,8 @@ from mmssl.schema import NonNegativeInt, PositiveFloat, PositiveInt, Range, Seed
 LEXICAL = ("synonym", "insert", "swap", "delete", "crop", "keyboard", "spelling", "ocr",
            "char_insert", "char_substitute", "char_swap", "char_delete")
 ViewType = Literal["backtranslation", "contextual", "synonym", "insert", "swap", "delete", "crop", "keyboard",
-                   "spelling", "ocr", "char_insert", "char_substitute", "char_swap", "char_delete"]
+                   "spelling", "ocr", "char_insert", "char_substitute", "char_swap", "char_delete", "mask",
+                   "counterfactual"]
 
 
 @dataclass
@@ -47,7 +48,9 @@ class GenerationConfig:
 class ViewConfig:
     """One way of making a positive. Lexical: `p` (fraction of words edited), `min_edits`, `max_edits`;
     keyboard/char/ocr also `char_p`; synonym/insert: `wordnet_dir`, `max_senses`; contextual: `model`
-    (fill-mask folder or Hub id), `top_k`; backtranslation: `backend`, `pivots`, `generation`, `device`."""
+    (fill-mask folder or Hub id), `top_k`; backtranslation: `backend`, `pivots`, `generation`, `device`; mask
+    (the modality-agnostic view: a fraction `p` of the words masked): `mask_token`; counterfactual (swap gendered
+    or group terms, both directions): `word_pairs`."""
 
     type: ViewType
     name: str | None = None
@@ -63,6 +66,8 @@ class ViewConfig:
     pivots: list[PivotConfig] = field(default_factory=list)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     device: str = "auto"
+    mask_token: str | None = None  # mask: the string put in place of a masked word (None: the word is dropped)
+    word_pairs: str = "gender"  # counterfactual: a built-in list name or a file of "word,counterpart" lines
 
     def __post_init__(self) -> None:
         if self.max_edits is not None and self.max_edits < self.min_edits:

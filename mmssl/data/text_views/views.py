@@ -31,6 +31,14 @@ def build_views(cfg: ViewConfig, seed: int = 0, cache: TranslationCache | NoCach
 
         return [nlpaug_view(cfg.type, name=name, seed=seed, p=cfg.p, min_edits=cfg.min_edits,
                             max_edits=cfg.max_edits, char_p=cfg.char_p)]
+    if cfg.type == "mask":
+        from mmssl.data.text_views.masking import build_mask_view
+
+        return [build_mask_view(cfg, name=name, seed=seed)]
+    if cfg.type == "counterfactual":
+        from mmssl.data.text_views.counterfactual import build_counterfactual_view
+
+        return [build_counterfactual_view(cfg, name=name, seed=seed)]
     if cfg.type == "contextual":
         from mmssl.data.text_views.lexical import ContextualSubstitute
 
