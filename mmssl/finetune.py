@@ -424,9 +424,18 @@ def written_by_finetune(folder: Path) -> bool:
         return False
 
 
+def _foreign(folder: Path) -> list[str]:
+    """Entries of an earlier finetune output that it did not write (its report, with mmssl report's marker, is
+    its own): replacing the folder would lose them."""
+    from mmssl.report.page import MARKER
+
+    return sorted(p.name for p in folder.iterdir() if p.name not in (RESULTS_FILE, "models")
+                  and not (p.name == "report" and (p / MARKER).is_file()))
+
+
 def check_output(out: Path, inputs: dict[str, str | None], overwrite: bool) -> None:
     """`out` may be written: not an input (nor inside one, nor holding one), writable, and absent, empty or an
-    earlier `mmssl finetune` output (replaced only with `overwrite`)."""
+    earlier `mmssl finetune` output (replaced only with `overwrite`, and only if it holds nothing else)."""
     from mmssl.outputs import check_location, check_not_input, recover_replaced, replace_owned_output
 
     check_location(out, "--out", folder=True)
@@ -434,7 +443,12 @@ def check_output(out: Path, inputs: dict[str, str | None], overwrite: bool) -> N
     recover_replaced(out)
     if out.is_dir() and not any(out.iterdir()):
         return
-    replace_owned_output(out, "--out", overwrite, out.is_dir() and written_by_finetune(out), "--overwrite")
+    owned = out.is_dir() and written_by_finetune(out)
+    replace_owned_output(out, "--out", overwrite, owned, "--overwrite")
+    if owned and _foreign(out):
+        raise MmsslError(f"--out {str(out)!r} is an earlier mmssl finetune output but also holds "
+                         f"{', '.join(_foreign(out)[:3])}, which mmssl did not write and would lose in replacing it; "
+                         "move them out or choose another --out")
 
 
 def finetune(folder: str | Path, out: str | Path, settings: FinetuneSettings, data: DataConfig | None = None,

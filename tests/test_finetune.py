@@ -74,8 +74,11 @@ def test_probe_and_full_fine_tune_at_two_fractions_against_random_init(tiny_run,
     for fraction in (0.25, 1.0):  # the fine-tune learns: its loss goes down
         row = rows["pretrained", "full", fraction]
         assert row["steps"] == 8 and row["last_loss"] < row["first_loss"]
-    # a rerun replaces its own earlier output only when asked
+    # a rerun replaces its own earlier output only when asked, and never with files it did not write in it
     assert_clear_error(_finetune(tiny_run, out, "--labels", "1", "--mode", "probe"), "--overwrite")
+    (out / "notes.txt").write_text("mine")
+    assert_clear_error(_finetune(tiny_run, out, "--labels", "1", "--overwrite"), "notes.txt", "would lose")
+    (out / "notes.txt").unlink()
     done = _finetune(tiny_run, out, "--labels", "1", "--mode", "probe", "--no-random-init", "--overwrite")
     assert done.returncode == 0, done.stderr[-2000:]
     assert [r["mode"] for r in json.loads((out / "finetune.json").read_text())["results"]] == ["probe"]

@@ -284,7 +284,68 @@ def saved_pictures(runs: list[Run]) -> list[Figure]:
     return figures
 
 
+FINETUNE_STYLE = {("pretrained", "probe"): ("o", "-"), ("pretrained", "full"): ("s", "-"),
+                  ("random_init", "probe"): ("o", ":"), ("random_init", "full"): ("s", ":")}
+
+
+def finetune_points(run: Run) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """(init, mode) -> sorted (label fraction, held-out top-1) of an `mmssl finetune` output."""
+    points: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for row in run.finetune.get("results", []):
+        if isinstance(row, dict) and isinstance(row.get("fraction"), (int, float)) and isinstance(row.get("top1"), (int, float)):
+            points.setdefault((str(row.get("init")), str(row.get("mode"))), []).append((float(row["fraction"]), float(row["top1"])))
+    return {key: sorted(values) for key, values in points.items()}
+
+
+def _percent_label(fraction: float) -> str:
+    return f"{fraction * 100:g} %"
+
+
+def label_efficiency(runs: list[Run]) -> list[Figure]:
+    """Held-out top-1 against the fraction of labels (log x): pretrained (solid) vs random init (dotted), linear
+    probe (circles) vs full fine-tune (squares); each finetune output in its own colour when there are several."""
+    found = [(run, finetune_points(run)) for run in runs if run.finetune]
+    found = [(run, points) for run, points in found if points]
+    if not found:
+        return []
+    fig, (ax,) = _grid(1, 6.0, 4.2)
+    colours = {"probe": "tab:blue", "full": "tab:orange"}
+    cycle = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
+    fractions: set[float] = set()
+    for i, (run, points) in enumerate(found):
+        for (init, mode), values in points.items():
+            marker, style = FINETUNE_STYLE.get((init, mode), ("^", "--"))
+            colour = cycle[i % len(cycle)] if len(found) > 1 else colours.get(mode, "tab:gray")
+            label = f"{init.replace('_', ' ')}, {'linear probe' if mode == 'probe' else 'full fine-tune'}"
+            ax.plot([v[0] for v in values], [v[1] for v in values], marker=marker, linestyle=style, color=colour,
+                    label=f"{run.name}: {label}" if len(found) > 1 else label)
+            fractions.update(v[0] for v in values)
+        reference = (run.finetune.get("reference") or {}).get("linear_probe_top1")
+        if isinstance(reference, (int, float)):  # the run's own `mmssl eval` probe (all labels)
+            ax.plot([1.0], [reference], marker="*", markersize=11, linestyle="none",
+                    color=cycle[i % len(cycle)] if len(found) > 1 else "black",
+                    label=f"{run.name}: mmssl eval linear probe" if len(found) > 1 else "mmssl eval linear probe")
+    classes = found[0][0].finetune.get("class_names") or []
+    if classes:
+        ax.axhline(1 / len(classes), color="gray", linewidth=0.8, linestyle="--", label="chance")
+    ax.set_xscale("log")
+    ticks = sorted(fractions)
+    ax.set_xticks(ticks, [_percent_label(f) for f in ticks], fontsize=7)
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training images (fraction, log scale)", fontsize=8)
+    ax.set_ylabel("held-out top-1", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return [Figure("label_efficiency", "Label efficiency",
+                   "Held-out top-1 against the fraction of training labels used (the same rows for every method with "
+                   "one seed): the pretrained encoder (solid) against the same architecture from random init "
+                   "(dotted), with a linear probe of the frozen encoder (circles) and with full fine-tuning "
+                   "(squares); the star is the run's own mmssl eval linear probe on all labels.", _png(fig))]
+
+
 def all_figures(runs: list[Run], sweep: dict[str, dict] | None = None) -> list[Figure]:
-    return [*(sweep_curves(runs, sweep) if sweep else []), *training_curves(runs), *eval_curves(runs),
+    return [*label_efficiency(runs), *(sweep_curves(runs, sweep) if sweep else []), *training_curves(runs),
+            *eval_curves(runs),
             *alignment_uniformity(runs), *similarity_histograms(runs), *spectra(runs), *confusion_matrices(runs),
             *tracking_curves(runs), *saved_pictures(runs)]

@@ -43,6 +43,14 @@ def _write(path: Path, data: bytes) -> None:
 def _run_table(runs: list[Run]) -> str:
     rows = []
     for run in runs:
+        if run.finetune and not run.train:
+            results = [r for r in run.finetune.get("results", []) if isinstance(r, dict)]
+            heads = [f"{r.get('init')} {r.get('mode')} {r.get('fraction', 0) * 100:g}%: {r.get('top1', float('nan')):.4g}"
+                     for r in results]
+            rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
+                run.name, "finetune", run.finetune.get("settings", {}).get("steps", ""), run.finetune.get("seconds", ""),
+                "finished", ", ".join(heads))) + "</tr>")
+            continue
         final = run.metrics.get("eval") or (run.evals[-1] if run.evals else {})
         heads = [f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                  and any(k.endswith(h) for h in HEADLINES)]
@@ -93,7 +101,8 @@ def write_report(directories: list[str | Path], out: str | Path | None = None,
     folder = Path(out) if out else (Path(directories[0]) / "report" if len(runs) == 1 else Path("mmssl-report"))
     figures = all_figures(runs, sweep)
     if not figures:
-        raise MmsslError(f"nothing to draw: {', '.join(map(str, directories))} logged no training steps yet")
+        raise MmsslError(f"nothing to draw: {', '.join(map(str, directories))} logged no training steps yet "
+                         "(and hold no mmssl finetune results)")
     _claim(folder)
     for figure in figures:
         _write(folder / f"{figure.name}.png", figure.png)

@@ -24,6 +24,7 @@ class Run:
     evals: list[dict[str, Any]] = field(default_factory=list)  # "eval" events
     metrics: dict[str, Any] = field(default_factory=dict)  # metrics.json ({} while a run is unfinished)
     recipe: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)  # finetune.json of an `mmssl finetune` output
 
     def series(self, events: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
         points = [(e["step"], e[key]) for e in events if isinstance(e.get(key), (int, float)) and not isinstance(e.get(key), bool)]
@@ -44,6 +45,8 @@ class Run:
 
     @property
     def objective(self) -> str:
+        if self.finetune and not self.recipe:
+            return "finetune"
         return str(self.metrics.get("objective") or (self.recipe.get("objective") or {}).get("name") or "?")
 
 
@@ -51,10 +54,13 @@ def load_run(directory: str | Path, name: str | None = None) -> Run:
     """Read an output folder; a clear error when it is not one, and nothing is written."""
     directory = Path(directory)
     log = directory / "log.jsonl"
+    finetune = _finetune_results(directory)
+    if finetune and not log.is_file():  # an `mmssl finetune` output: its label-efficiency curve alone
+        return Run(name or directory.name, directory, finetune=finetune)
     if not directory.is_dir() or not log.is_file():
         raise MmsslError(f"{str(directory)!r} is not an mmssl output folder (no log.jsonl): pass the output_dir of a "
-                         "run (`mmssl train` writes log.jsonl there as it trains)")
-    run = Run(name or directory.name, directory)
+                         "run (`mmssl train` writes log.jsonl there as it trains) or of `mmssl finetune`")
+    run = Run(name or directory.name, directory, finetune=finetune)
     lines = log.read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -74,3 +80,17 @@ def load_run(directory: str | Path, name: str | None = None) -> Run:
     if (directory / "recipe.yaml").is_file():
         run.recipe = yaml.safe_load((directory / "recipe.yaml").read_text(encoding="utf-8")) or {}
     return run
+
+
+def _finetune_results(directory: Path) -> dict[str, Any]:
+    """``finetune.json`` written by `mmssl finetune` in `directory` ({} when there is none)."""
+    path = directory / "finetune.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise MmsslError(f"{str(path)!r} is not JSON; the mmssl finetune output is damaged (run it again)") from None
+    if not isinstance(data, dict) or data.get("mmssl") != "finetune" or not isinstance(data.get("results"), list):
+        return {}
+    return data
