@@ -12,10 +12,10 @@ import logging
 import os
 import sys
 
-from mmssl.commands import augment, check, curate, evaluate, finetune, mine, prepare, push, report, sweep, train
+from mmssl.commands import augment, check, curate, debias, evaluate, finetune, mine, prepare, push, report, sweep, train
 from mmssl.errors import MmsslError
 
-COMMANDS = (train, evaluate, finetune, push, mine, augment, report, sweep, prepare, curate, check)
+COMMANDS = (train, evaluate, finetune, push, mine, augment, report, sweep, prepare, curate, check, debias)
 # storage faults reported as one line (full disk, quota, read-only file system, permissions, I/O error)
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
