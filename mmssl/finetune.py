@@ -52,7 +52,7 @@ class FinetuneSettings:
 
     fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
     modes: tuple[str, ...] = MODES
-    random_init: bool = True  # also adapt the same architecture from random init (the anchor)
+    inits: tuple[str, ...] = INITS  # the pretrained encoder and/or the same architecture from random init (anchor)
     steps: int = 300  # optimiser steps of each full fine-tune, whatever the fraction
     batch_size: int = 128  # capped at the number of labelled rows
     learning_rate: float = 1e-3  # AdamW, for backbone and head
@@ -69,6 +69,8 @@ class FinetuneSettings:
             raise RecipeError(f"--labels {bad or 'is empty'}: give label fractions in (0, 1], e.g. 0.01,0.1,1")
         if not self.modes or any(m not in MODES for m in self.modes):
             raise RecipeError(f"--mode {self.modes}: choose probe, full or both")
+        if not self.inits or any(i not in INITS for i in self.inits):
+            raise RecipeError(f"--init {self.inits}: choose pretrained, random or both")
         if self.steps < 1 or self.batch_size < 2 or self.learning_rate <= 0:
             raise RecipeError("--steps must be >= 1, --batch-size >= 2 and --lr > 0")
 
@@ -275,16 +277,13 @@ def _accuracy(backbone: nn.Module, head: nn.Linear, images: torch.Tensor, labels
     return float((head.to(device)(feats).argmax(1).cpu() == labels).float().mean())
 
 
-def probe(backbone: nn.Module, num_classes: int, data: LabelledImages, keep: torch.Tensor, seed: int,
-          device: torch.device, ev: _Eval) -> tuple[dict[str, float], nn.Linear]:
-    """`mmssl eval`'s linear probe on the rows in `keep`; also returns it as a head on raw features."""
+def probe(train_features: torch.Tensor, train_labels: torch.Tensor, eval_features: torch.Tensor,
+          eval_labels: torch.Tensor, num_classes: int, seed: int) -> tuple[dict[str, float], nn.Linear]:
+    """`mmssl eval`'s linear probe on frozen features; also returned as a head on the raw features."""
     from mmssl.eval.linear_probe import _fit, linear_probe_accuracy
-    from mmssl.models.image_features import image_features
 
-    x = image_features(backbone, data.train_images[keep], ev, device).cpu()
-    y = data.train_labels[keep]
-    xt = image_features(backbone, data.eval_images, ev, device).cpu()
-    metrics = linear_probe_accuracy(x, y, xt, data.eval_labels, num_classes=num_classes, seed=seed)
+    x, y = train_features, train_labels
+    metrics = linear_probe_accuracy(x, y, eval_features, eval_labels, num_classes=num_classes, seed=seed)
     # the same probe refitted from zero for export, with the standardisation folded into the weights
     mean, std = x.mean(0), x.std(0, correction=0).clamp(min=1e-6)
     w, b, _ = _fit((x - mean) / std, y, num_classes, metrics["linear_probe_weight_decay"], 100, None)
@@ -295,6 +294,12 @@ def probe(backbone: nn.Module, num_classes: int, data: LabelledImages, keep: tor
     return metrics, head
 
 
+def _spread(images: torch.Tensor, labels: torch.Tensor, most: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most `most` rows, evenly spaced (a training accuracy that costs little at 100 % of the labels)."""
+    rows = torch.linspace(0, len(labels) - 1, min(most, len(labels))).long()
+    return images[rows], labels[rows]
+
+
 def _percent(fraction: float) -> str:
     return f"{fraction * 100:g}pct"
 
@@ -303,7 +308,7 @@ def run_finetune(source: Source, data: LabelledImages, work: Path, s: FinetuneSe
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every (init, mode, fraction) of `s` on `data`; models and ``finetune.json`` written into `work`."""
     from mmssl.data.label_fraction import labelled_rows
-    from mmssl.models.image_features import precise_bn
+    from mmssl.models.image_features import image_features, precise_bn
     from mmssl.models.vision import load_backbone
 
     say = progress or (lambda _: None)
@@ -314,10 +319,10 @@ def run_finetune(source: Source, data: LabelledImages, work: Path, s: FinetuneSe
     ev = _Eval(source.image_size, pretrained.mean, pretrained.std)
     num_classes = len(data.class_names)
     masks = {f: labelled_rows(data.train_labels, f, seed, data.class_names) for f in sorted(s.fractions)}
-    inits = ["pretrained", *(["random_init"] if s.random_init else [])]
     results = []
     started = time.perf_counter()
-    for init in inits:
+    for init in s.inits:
+        frozen = None  # (model, train features, eval features) of this init, shared by every fraction's probe
         for mode in MODES:
             if mode not in s.modes:
                 continue
@@ -327,8 +332,12 @@ def run_finetune(source: Source, data: LabelledImages, work: Path, s: FinetuneSe
                 entry: dict[str, Any] = {"init": init, "mode": mode, "fraction": fraction,
                                          "labelled": int(keep.sum())}
                 if mode == "probe":
-                    model = precise_bn(backbone, data.train_images, ev, device)
-                    metrics, head = probe(model, num_classes, data, keep, seed, device, ev)
+                    if frozen is None:
+                        model = precise_bn(backbone, data.train_images, ev, device)
+                        frozen = (model, image_features(model, data.train_images, ev, device).cpu(),
+                                  image_features(model, data.eval_images, ev, device).cpu())
+                    model, x, xt = frozen
+                    metrics, head = probe(x[keep], data.train_labels[keep], xt, data.eval_labels, num_classes, seed)
                     entry.update(top1=metrics["linear_probe_top1"], train_top1=metrics["linear_probe_train_top1"],
                                  weight_decay=metrics["linear_probe_weight_decay"])
                 else:
@@ -338,8 +347,8 @@ def run_finetune(source: Source, data: LabelledImages, work: Path, s: FinetuneSe
                                                        data.train_labels[keep], s, seed, device, ev)
                     model = precise_bn(trained, data.train_images, ev, device)
                     entry.update(top1=_accuracy(model, head, data.eval_images, data.eval_labels, ev, device),
-                                 train_top1=_accuracy(model, head, data.train_images[keep], data.train_labels[keep],
-                                                      ev, device),
+                                 train_top1=_accuracy(model, head, *_spread(data.train_images[keep],
+                                                                            data.train_labels[keep]), ev, device),
                                  steps=s.steps, first_loss=losses[0],
                                  last_loss=sum(losses[-max(1, len(losses) // 4):]) / max(1, len(losses) // 4))
                 entry["seconds"] = round(time.perf_counter() - t0, 2)

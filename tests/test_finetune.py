@@ -79,7 +79,7 @@ def test_probe_and_full_fine_tune_at_two_fractions_against_random_init(tiny_run,
     (out / "notes.txt").write_text("mine")
     assert_clear_error(_finetune(tiny_run, out, "--labels", "1", "--overwrite"), "notes.txt", "would lose")
     (out / "notes.txt").unlink()
-    done = _finetune(tiny_run, out, "--labels", "1", "--mode", "probe", "--no-random-init", "--overwrite")
+    done = _finetune(tiny_run, out, "--labels", "1", "--mode", "probe", "--init", "pretrained", "--overwrite")
     assert done.returncode == 0, done.stderr[-2000:]
     assert [r["mode"] for r in json.loads((out / "finetune.json").read_text())["results"]] == ["probe"]
     assert sorted(p.name for p in (out / "models").iterdir()) == ["pretrained-probe-100pct"]

@@ -38,7 +38,9 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the full fine-tune (1e-3)")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
     parser.add_argument("--seed", type=int, help="picks the labelled rows and the random init (default: the run's seed)")
-    parser.add_argument("--no-random-init", action="store_true", help="skip the random-init anchor (half the time)")
+    parser.add_argument("--init", choices=("pretrained", "random", "both"), default="both",
+                        help="adapt the pretrained encoder, the same architecture from random init (the anchor), or "
+                        "both (default)")
     parser.add_argument("--data", help="labelled images instead of the run's data: a folder of class subfolders or a "
                         "csv/jsonl/parquet table with an image and a label column")
     parser.add_argument("--eval-data", help="held-out labelled images for --data (default: 5 %% of --data held out)")
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> None:
         raise RecipeError("--label-column goes with --data (a table of your own)")
     settings = FinetuneSettings(
         fractions=tuple(args.labels), modes=("probe", "full") if args.mode == "both" else (args.mode,),
-        random_init=not args.no_random_init, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+        inits={"both": ("pretrained", "random_init"), "pretrained": ("pretrained",),
+               "random": ("random_init",)}[args.init], steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
         weight_decay=args.weight_decay, seed=args.seed, save_models=not args.no_save_models,
         device="cpu" if args.cpu else "auto")
     data = user_data(args.data, args.eval_data, args.label_column) if args.data else None
