@@ -234,9 +234,10 @@ def _schedule(step: int, total: int, warmup: int) -> float:
 
 
 def train_full(backbone: nn.Module, num_classes: int, images: torch.Tensor, labels: torch.Tensor,
-               s: FinetuneSettings, seed: int, device: torch.device, ev: _Eval) -> tuple[nn.Module, nn.Linear, list[float]]:
+               s: FinetuneSettings, seed: int, device: torch.device, ev: _Eval,
+               progress: Callable[[str], None] | None = None) -> tuple[nn.Module, nn.Linear, list[float]]:
     """Backbone + linear head trained end to end with cross-entropy on uint8 `images` (labelled rows only).
-    Returns the trained backbone, head and the loss of every step."""
+    Returns the trained backbone, head and the loss of every step; `progress` hears of every fifth of the run."""
     from mmssl.data.image_views import BatchImageViews, ImageViewsConfig
 
     views = BatchImageViews(ImageViewsConfig(crop_scale=list(s.crop_scale), horizontal_flip=0.5), ev.image_size,
@@ -265,6 +266,8 @@ def train_full(backbone: nn.Module, num_classes: int, images: torch.Tensor, labe
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
+            if progress is not None and len(losses) % max(1, s.steps // 5) == 0 and len(losses) < s.steps:
+                progress(f"    step {len(losses)}/{s.steps}: loss {sum(losses[-10:]) / len(losses[-10:]):.4f}")
     return backbone, head, losses
 
 
@@ -344,7 +347,7 @@ def run_finetune(source: Source, data: LabelledImages, work: Path, s: FinetuneSe
                     import copy
 
                     trained, head, losses = train_full(copy.deepcopy(backbone), num_classes, data.train_images[keep],
-                                                       data.train_labels[keep], s, seed, device, ev)
+                                                       data.train_labels[keep], s, seed, device, ev, progress)
                     model = precise_bn(trained, data.train_images, ev, device)
                     entry.update(top1=_accuracy(model, head, data.eval_images, data.eval_labels, ev, device),
                                  train_top1=_accuracy(model, head, *_spread(data.train_images[keep],
