@@ -119,7 +119,7 @@ class SimCSE(TextObjective):
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         batch = super().collate(rows)
-        if self.pair_labels is not None:
+        if getattr(self, "pair_labels", None) is not None:
             batch["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
         return batch
 
@@ -220,7 +220,7 @@ class SimCSE(TextObjective):
 
     def describe(self) -> dict[str, Any]:
         out = {**super().describe(), "negatives": self.params.negatives, "loss": self.params.loss}
-        if self.pair_labels is not None:
+        if getattr(self, "pair_labels", None) is not None:
             out.update(supcon=True, label_fraction=self.params.label_fraction, label_classes=len(self.label_names),
                        labelled_train_pairs=sum(1 for x in self.pair_labels if x >= 0))
         return out
