@@ -65,3 +65,29 @@ def test_bad_labels_are_refused():
     z = rand(3, 4)
     with pytest.raises(ValueError, match=r"labels must be \[N\] = \[3\]"):
         supcon(z, z, torch.tensor([0, 1]))
+
+
+
+def test_two_processes_gathered_equal_one_process_holding_the_batch(monkeypatch):
+    """The gathers stood in for by functions that put this rank's rows among the other rank's (rank order): the
+    mean of the two ranks' losses (what DDP averages) is the loss of one process holding the whole batch."""
+    import mmssl.losses.supcon as module
+
+    z1, z2 = rand(8, 4, seed=5), rand(8, 4, seed=6)
+    labels = torch.tensor([0, 1, -1, 1, 0, 2, -1, 1])
+    full = supcon(z1, z2, labels, 0.3, gather=False)
+    losses = []
+    for rank in (0, 1):
+        wholes = iter([F.normalize(z1, dim=-1), F.normalize(z2, dim=-1), labels])  # in supcon's order of gathers
+
+        def gather(x, group=None, r=rank, wholes=wholes):
+            whole = next(wholes)
+            return torch.cat([whole[: 4 * r], x, whole[4 * r + 4:]])
+
+        monkeypatch.setattr(module, "gather_with_grad", gather)
+        monkeypatch.setattr(module, "gather_no_grad", gather)
+        monkeypatch.setattr(module, "local_slice_offset", lambda n, group=None, r=rank: r * n)
+        local = slice(4 * rank, 4 * rank + 4)
+        losses.append(supcon(z1[local], z2[local], labels[local], 0.3))
+    assert torch.allclose((losses[0] + losses[1]) / 2, full, atol=1e-12)
+    assert not torch.allclose(losses[0], full)  # each rank's anchors alone differ from the whole batch
