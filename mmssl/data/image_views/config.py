@@ -15,6 +15,12 @@ class ImageViewsConfig:
 
     Defaults are open_clip's training views (a mild random-resized crop); flips, colour changes and blur
     are opt-in because they can contradict captions ("on the left", "a red ...").
+
+    Modality-agnostic views (no image prior), applied last, on top of the others: ``mask_ratio`` (that
+    fraction of the view's ``mask_patch`` x ``mask_patch`` patches set to the mean pixel, zero after
+    normalisation: masking as a view, as SimCSE's dropout masks tokens) and ``mixup`` (with that probability
+    the view becomes ``lam * x + (1 - lam) * x_other``, ``lam ~ U(mixup_alpha, 1)``, ``x_other`` another
+    image of the batch: DACL, Verma et al. 2021). Mixup is applied before masking.
     """
 
     random_resized_crop: bool = True
@@ -30,6 +36,11 @@ class ImageViewsConfig:
     gaussian_blur: Probability = 0.0
     blur_sigma: list[PositiveFloat] = field(default_factory=lambda: [0.1, 2.0])
     blur_kernel_size: PositiveInt | None = None
+    # modality-agnostic views (`mmssl.data.image_views.generic`): patch masking and DACL mixup
+    mask_ratio: Annotated[float, Range(0, 1, open_high=True)] = 0.0
+    mask_patch: PositiveInt | None = None  # px of the output view; None: a side of image_size // 8
+    mixup: Probability = 0.0
+    mixup_alpha: Probability = 0.9
 
     def __post_init__(self) -> None:
         for name, pair, low in (("crop_scale", self.crop_scale, 0.0), ("crop_ratio", self.crop_ratio, 0.0),
@@ -68,12 +79,17 @@ class ViewOverrides:
     blur_kernel_size: PositiveInt | None = None
     solarize: Probability | None = None
     solarize_threshold: Probability | None = None
+    mask_ratio: Annotated[float, Range(0, 1, open_high=True)] | None = None
+    mask_patch: PositiveInt | None = None
+    mixup: Probability | None = None
+    mixup_alpha: Probability | None = None
 
     def set_keys(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(ViewOverrides) if getattr(self, f.name) is not None}
 
 
-Preset = Literal["simclr", "byol", "none"]
+Preset = Literal["simclr", "byol", "none", "generic"]
+GENERIC_MASK_RATIO = 0.5  # the ``generic`` preset's fraction of masked patches
 SMALL_IMAGE = 64  # presets leave Gaussian blur off at this image size and below
 
 
@@ -83,7 +99,10 @@ class TwoViewsConfig(ViewOverrides):
     at this level), and keys for one view only (``view1``, ``view2``; they win over both-view keys).
 
     Presets (`preset_views`): ``simclr`` (Chen et al. 2020) both views alike; ``byol`` (Grill et al. 2020)
-    asymmetric blur and solarize; ``none`` no augmentation. E.g. ``{preset: byol, view2: {solarize: 0.1}}``.
+    asymmetric blur and solarize; ``none`` no augmentation; ``generic`` no image-specific augmentation, only
+    a random half of the patches masked (modality-agnostic; add ``mixup: 1.0`` for DACL mixup). E.g.
+    ``{preset: byol, view2: {solarize: 0.1}}``, ``{preset: generic, mixup: 1.0}``, ``{preset: simclr,
+    mask_ratio: 0.25}``.
     """
 
     preset: Preset = "simclr"
@@ -115,10 +134,14 @@ def preset_views(name: Preset, size: int) -> tuple[ViewParams, ViewParams]:
     blur 0.1, solarize 0.2. Small images (``size <= SMALL_IMAGE``, e.g. CIFAR's 32 px or the world's) get
     no blur: a 3-pixel kernel with sigma up to 2 erases most of a 32-pixel image's detail, and SimCLR's
     CIFAR-10 setup and solo-learn's CIFAR recipes leave it out too. Set ``gaussian_blur`` to override.
+    ``generic``: no crop, flip or colour change; ``GENERIC_MASK_RATIO`` of the patches masked per view.
     """
     if name == "none":
         plain = ViewParams(random_resized_crop=False)
         return plain, plain
+    if name == "generic":  # masking as a view: no crop, flip or colour change (`GENERIC_MASK_RATIO`)
+        masked = ViewParams(random_resized_crop=False, mask_ratio=GENERIC_MASK_RATIO)
+        return masked, masked
     kernel = max(3, int(0.1 * size) | 1)
     blur = size > SMALL_IMAGE
     common = ViewParams(crop_scale=[0.08, 1.0], crop_ratio=[3 / 4, 4 / 3], horizontal_flip=0.5, color_jitter=0.8,
@@ -131,4 +154,4 @@ def preset_views(name: Preset, size: int) -> tuple[ViewParams, ViewParams]:
         byol = replace(common, saturation=0.2)
         return (replace(byol, gaussian_blur=1.0 if blur else 0.0, solarize=0.0),
                 replace(byol, gaussian_blur=0.1 if blur else 0.0, solarize=0.2))
-    raise ValueError(f"unknown view preset {name!r}; choose 'simclr', 'byol' or 'none'")
+    raise ValueError(f"unknown view preset {name!r}; choose 'simclr', 'byol', 'none' or 'generic'")

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from mmssl.data.image_views.config import ImageViewsConfig, TwoViewsConfig
+from mmssl.data.image_views.config import ImageViewsConfig, TwoViewsConfig, ViewParams
+from mmssl.data.image_views.generic import (grid_cells, mask_draws, mixup, mixup_draws, partners, patch_mask,
+                                            patch_side)
 from mmssl.data.image_views.kernels import (fit_boxes, gaussian_blur, jitter, normalize, resized_crop, rgb_to_gray,
                                             solarize)
 from mmssl.data.image_views.rng import ViewDraws, view_uniforms
@@ -89,7 +91,16 @@ class BatchImageViews:
             x = _blur_where(x, apply, sigma, cfg)
         if getattr(cfg, "solarize", 0.0):
             x = solarize(x, torch.rand(b) < cfg.solarize, cfg.solarize_threshold)
-        return normalize(x.clamp_(0, 1), self.mean, self.std)
+        x = x.clamp_(0, 1)
+        if cfg.mixup:  # the partner: another image of this batch, drawn from the global RNG
+            apply, lam_u, offset = torch.rand(b) < cfg.mixup, torch.rand(b), torch.rand(b)
+            x = mixup(x, partners(torch.arange(b), offset), apply, lam_u, cfg.mixup_alpha)
+        x = normalize(x, self.mean, self.std)
+        if cfg.mask_ratio:
+            patch = patch_side(self.size, cfg.mask_patch)
+            noise = torch.rand(b, grid_cells(self.size, patch))
+            x = x.masked_fill(patch_mask(noise, cfg.mask_ratio, self.size, patch).to(x.device), 0.0)
+        return x
 
 
 def eval_view(images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -153,7 +164,24 @@ class TwoViews:
             x = _blur_where(x, u[:, d.BLUR] < cfg.gaussian_blur, sigma, cfg)
         if cfg.solarize:
             x = solarize(x, u[:, d.SOLARIZE] < cfg.solarize, cfg.solarize_threshold)
-        return normalize(x.clamp_(0, 1), self.mean, self.std)
+        return self.generic(x.clamp_(0, 1), rows.to(images.device), epoch, seed,
+                            which if stream is None else stream, cfg)
+
+    def generic(self, x: torch.Tensor, rows: torch.Tensor, epoch: int, seed: int, stream: int,
+                cfg: ViewParams) -> torch.Tensor:
+        """Mixup, normalisation, then patch masking (`mmssl.data.image_views.generic`) of a view in [0, 1].
+        Mask and mixup's lambda are functions of (seed, epoch, row, stream); the mixing partner is another row
+        of the batch, chosen by the row's draw among the batch's rows sorted by id (independent of their order,
+        not of which rows share the batch)."""
+        if cfg.mixup:
+            u = mixup_draws(rows, epoch, seed, stream)
+            x = mixup(x, partners(rows, u[:, 2]), u[:, 0] < cfg.mixup, u[:, 1], cfg.mixup_alpha)
+        x = normalize(x, self.mean, self.std)
+        if cfg.mask_ratio:
+            patch = patch_side(x.shape[-1], cfg.mask_patch)
+            noise = mask_draws(rows, epoch, seed, stream, x.shape[-1], patch)
+            x = x.masked_fill(patch_mask(noise, cfg.mask_ratio, x.shape[-1], patch), 0.0)
+        return x
 
     def describe(self) -> dict[str, Any]:
         """The resolved parameters of both views (for logs, metrics and model cards)."""
