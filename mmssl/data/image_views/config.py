@@ -36,11 +36,10 @@ class ImageViewsConfig:
     gaussian_blur: Probability = 0.0
     blur_sigma: list[PositiveFloat] = field(default_factory=lambda: [0.1, 2.0])
     blur_kernel_size: PositiveInt | None = None
-    # modality-agnostic views (`mmssl.data.image_views.generic`): patch masking and DACL mixup
-    mask_ratio: Annotated[float, Range(0, 1, open_high=True)] = 0.0
-    mask_patch: PositiveInt | None = None  # px of the output view; None: a side of image_size // 8
-    mixup: Probability = 0.0
-    mixup_alpha: Probability = 0.9
+    mask_ratio: Annotated[float, Range(0, 1, open_high=True)] = 0.0  # fraction of patches set to the mean pixel
+    mask_patch: PositiveInt | None = None  # masked patches' side in px of the view; None: image_size // 8
+    mixup: Probability = 0.0  # probability of DACL mixup with another image of the batch
+    mixup_alpha: Probability = 0.9  # mixup's weight of the image itself, lambda ~ U(mixup_alpha, 1)
 
     def __post_init__(self) -> None:
         for name, pair, low in (("crop_scale", self.crop_scale, 0.0), ("crop_ratio", self.crop_ratio, 0.0),
@@ -101,8 +100,8 @@ class TwoViewsConfig(ViewOverrides):
     Presets (`preset_views`): ``simclr`` (Chen et al. 2020) both views alike; ``byol`` (Grill et al. 2020)
     asymmetric blur and solarize; ``none`` no augmentation; ``generic`` no image-specific augmentation, only
     a random half of the patches masked (modality-agnostic; add ``mixup: 1.0`` for DACL mixup). E.g.
-    ``{preset: byol, view2: {solarize: 0.1}}``, ``{preset: generic, mixup: 1.0}``, ``{preset: simclr,
-    mask_ratio: 0.25}``.
+    ``{preset: byol, view2: {solarize: 0.1}}``, ``{preset: generic, mixup: 1.0}`` or a mask on a preset,
+    ``{preset: simclr, mask_ratio: 0.25}``.
     """
 
     preset: Preset = "simclr"
