@@ -68,7 +68,7 @@ def test_hard_debias_finds_the_planted_direction_and_removes_it():
 
 def test_inlp_leaves_a_linear_classifier_at_chance_on_held_out_words():
     g = torch.Generator().manual_seed(2)
-    d, n = 24, 160
+    d, n = 16, 120
     directions = torch.linalg.qr(torch.randn(d, 3, generator=g, dtype=torch.float64))[0].T  # 3 planted directions
     y = torch.arange(n) % 2
     signs = (2 * y - 1).double()[:, None]
@@ -77,14 +77,14 @@ def test_inlp_leaves_a_linear_classifier_at_chance_on_held_out_words():
     words = torch.arange(n) // 2 * 2 + y  # every point its own word (the held-out split is by word)
     plain = fit_linear_classifier(x[: n // 2], y[: n // 2])
     assert accuracy(plain, x[n // 2:], y[n // 2:]) > 0.9
-    result = inlp(x, y, words, seed=0, max_iterations=10, stop_accuracy=0.6)
-    assert 1 <= len(result.directions) <= 10 and result.heldout_accuracy[0] > 0.9
+    result = inlp(x, y, words, seed=0, max_iterations=6, stop_accuracy=0.6)
+    assert 1 <= len(result.directions) <= 6 and result.heldout_accuracy[0] > 0.9
     assert result.final_heldout_accuracy < 0.65
     w = torch.eye(d, dtype=torch.float64) - projection(result.directions)
     projected = x @ w
     fresh = fit_linear_classifier(projected[: n // 2], y[: n // 2])  # another split than INLP's
     assert accuracy(fresh, projected[n // 2:], y[n // 2:]) < 0.7
-    again = inlp(x, y, words, seed=0, max_iterations=10, stop_accuracy=0.6)
+    again = inlp(x, y, words, seed=0, max_iterations=6, stop_accuracy=0.6)
     assert torch.equal(again.directions, result.directions)  # seeded
 
 
@@ -112,6 +112,7 @@ def tiny_st(tmp_path_factory):
     return make_st(root / "model"), pairs
 
 
+@pytest.mark.slow
 def test_export_loads_natively_with_the_projection_applied(tiny_st, tmp_path):
     from sentence_transformers import SentenceTransformer
 
@@ -175,3 +176,22 @@ def test_refusals_name_the_problem_and_lose_nothing(tiny_st, tmp_path):
     assert "'he'" not in error
     assert tree_hashes(model_dir) == kept and not inside.exists()
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_the_projection_goes_before_normalize_or_at_the_end_and_custom_code_is_refused(tmp_path):
+    from mmssl.debias import insert_projection, read_modules
+    from mmssl.errors import MmsslError
+
+    plain = [{"idx": 0, "name": "enc", "path": "", "type": "sentence_transformers.models.Transformer"},
+             {"idx": 1, "name": "pool", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    written = insert_projection(tmp_path, plain, torch.eye(4))
+    assert [(m["idx"], m["name"], m["path"]) for m in written] == [
+        (0, "enc", ""), (1, "pool", "1_Pooling"), (2, "debias_projection", MODULE_DIR)]
+    assert json.loads((tmp_path / "modules.json").read_text()) == written
+    assert json.loads((tmp_path / MODULE_DIR / "config.json").read_text())["activation_function"].startswith("torch.")
+    for modules, needle in (([{"idx": 0, "name": "0", "path": "", "type": "my_package.Encoder"}], "custom module code"),
+                            ([{"idx": 0, "name": "0", "path": "../x", "type": "sentence_transformers.models.Dense"}],
+                             "outside its folder"), ({"not": "a list"}, "not a valid modules.json")):
+        (tmp_path / "modules.json").write_text(json.dumps(modules))
+        with pytest.raises(MmsslError, match=needle):
+            read_modules(tmp_path)
