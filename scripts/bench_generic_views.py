@@ -91,7 +91,8 @@ def train(suite: str, variant: str, seed: int, steps: int | None, out: Path, ove
 
 
 def table(out: Path, suite: str) -> str:
-    """Mean ± sd over the finished seeds of each variant, and the gap to the suite's first (hand-made) row."""
+    """Mean ± sd over the finished seeds of each variant, and in brackets the gap in points (x 100) to the suite's
+    first row (the hand-made views)."""
     _, variants = SUITES[suite]
     rows, first = [], None
     for variant in variants:
@@ -108,12 +109,11 @@ def table(out: Path, suite: str) -> str:
     if not rows:
         return f"({suite}: no finished runs)"
     cols = rows[0][3]
-    lines = [f"| {suite} view | seeds | steps | " + " | ".join(cols) + " | gap to first row (pts, first metric) |",
-             "|---" * (len(cols) + 4) + "|"]
-    for variant, n, steps, _, means, sds, ref in rows:
-        cells = [f"{means[c]:.3f} ± {sds[c]:.3f}" if c in means else "-" for c in cols]
-        gap = 100 * (means[cols[0]] - ref[cols[0]]) if cols[0] in means else float("nan")
-        lines.append(f"| {variant} | {n} | {steps} | " + " | ".join(cells) + f" | {gap:+.1f} |")
+    lines = [f"| {suite} view | seeds | steps | " + " | ".join(cols) + " |", "|---" * (len(cols) + 3) + "|"]
+    for variant, n, steps, _, means, sds, ref in rows:  # (x pts): the gap to the first (hand-made) row
+        cells = [f"{means[c]:.3f} ± {sds[c]:.3f} ({100 * (means[c] - ref[c]):+.1f})" if c in means and c in ref
+                 else "-" for c in cols]
+        lines.append(f"| {variant} | {n} | {steps} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
