@@ -7,8 +7,9 @@
 Bias: WEAT and SEAT effect sizes d (permutation p-values, 20,000 seeded partitions) of `mmssl.eval.bias`.
 Task cost: Spearman of cosine vs human scores on wordsim353 and SimLex-999 (gensim's test data), and recall@1 of
 WordNet gloss -> term retrieval: 1,000 seeded noun synsets (first lemma vs its gloss, among the 1,000 lemmas) and
-the gendered subset (every term of the built-in gender list that WordNet has as a noun, its first-sense gloss,
-among those terms: where a gender projection should cost most: "a female sovereign" -> queen, not king).
+the gendered subset (the 96 terms of the built-in gender list that WordNet has as nouns, among those terms: where a
+gender projection should cost most: "a female actor" -> actress, not actor). One gloss per term: that of the first
+synset listing it in data.noun, which is offset order, not WordNet's sense order (so "boy" gets a rare sense).
 
 Projections (`mmssl.debias`): the embeddings before the Normalize module are encoded once and every projection
 W = I - P is applied to them (as the exported Dense module does; one export is checked against this). Variants:
