@@ -33,9 +33,10 @@ from mmssl.data.captions import Captions, caption_rows
 from mmssl.data.classes import check_classes
 from mmssl.data.image_text import ImageTextSplits, ImageTextTable, load_image_text, streamed_eval_table
 from mmssl.data.image_views import BatchImageViews, ImageViewsConfig
+from mmssl.data.text_views.config import ViewConfig
 from mmssl.data.stream_sources import ImageTransform, collate_images, data_sources, data_stream, wants_streaming
 from mmssl.data.row_indices import RowIndices
-from mmssl.errors import DataError
+from mmssl.errors import DataError, RecipeError
 from mmssl.models.clip import (
     build_open_clip,
     build_tokenizer,
@@ -57,6 +58,9 @@ class ImageTextParams(ObjectiveParams):
 
     views: ImageViewsConfig = field(default_factory=ImageViewsConfig)
     caption_sampling: Literal["random", "first"] = "random"
+    # more captions per training image: each caption's view (e.g. [{type: counterfactual}]) joins that image's
+    # captions where it changes the caption, so the caption drawn each step is the original or its view
+    caption_views: list[ViewConfig] = field(default_factory=list)
     class_names: list[str] | None = None
     eval_batch_size: PositiveInt = 256
     # decoded images: "memory", "disk" (memory-mapped scratch files in image_store_dir, default output_dir,
@@ -86,6 +90,8 @@ class ImageTextObjective(Objective):
         self.mean, self.std = tuple(model.visual.image_mean), tuple(model.visual.image_std)
         self.train: ImageTextTable | None = None
         self.train_captions: Captions | None = None
+        if wants_streaming(recipe.data) and p.caption_views:
+            raise RecipeError("objective.caption_views needs the captions read whole; set data.streaming=false")
         if wants_streaming(recipe.data):  # images decoded and captions tokenised in loader workers
             self.eval, self.class_names = streamed_eval_table(recipe.data, self.image_size, recipe.seed, p.class_names)
             self.train_stream = data_stream(recipe.data, data_sources(recipe.data, "image_text"),
@@ -96,7 +102,8 @@ class ImageTextObjective(Objective):
                                      store=p.image_store, store_dir=Path(p.image_store_dir or recipe.output_dir))
             self.train, self.eval = splits.train, splits.eval
             self.class_names = splits.class_names
-            self.train_captions = Captions(self.train.captions, self.tokenizer)
+            self.train_captions = Captions(with_caption_views(self.train.captions, p.caption_views, recipe.seed),
+                                           self.tokenizer)
             self.train_dataset = RowIndices(len(self.train))  # type: ignore[assignment]
             log.info("%s: %d training images (%d skipped)", self.name, len(self.train), self.train.skipped)
         self.views = BatchImageViews(p.views, self.image_size, self.mean, self.std)
@@ -210,3 +217,14 @@ class ImageTextObjective(Objective):
             "skipped_reasons": reasons,
             "num_classes": len(self.class_names or []),
         }
+
+
+def with_caption_views(captions: list[list[str]], views: list[ViewConfig], seed: int) -> list[list[str]]:
+    """Each image's captions, followed by the views that change them (seeded per caption)."""
+    if not views:
+        return captions
+    from mmssl.data.text_views import TextViews
+
+    flat = [c for caps in captions for c in caps]
+    made = iter(TextViews(views, seed=seed)(flat, list(range(len(flat)))))
+    return [caps + [new for old, new in zip(caps, [next(made) for _ in caps]) if new != old] for caps in captions]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +13,7 @@ from torch import nn
 from mmssl.data.sources import eval_splits, load_splits
 from mmssl.data.stream_sources import PackTransform, data_sources, data_stream, first_records, wants_streaming
 from mmssl.data.text_blocks import TextBlocks, collate_blocks, pack, truncate
+from mmssl.data.text_views.config import ViewConfig
 from mmssl.data.tokenizers import build_tokenizer, load_pretrained_tokenizer
 from mmssl.errors import DataError, RecipeError
 from mmssl.models.lm import (
@@ -36,6 +37,9 @@ TOKENIZER_DIR = "tokenizer"
 class LanguageModelParams(ObjectiveParams):
     max_length: Annotated[int, Range(2)] = 128
     packing: bool = True
+    # extra training text: each training text's view (e.g. [{type: counterfactual}]) is added beside it where the
+    # view changes it (two-sided counterfactual data augmentation); the eval split is left as it is
+    text_views: list[ViewConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -60,6 +64,9 @@ class LanguageModeling(Objective):
     def setup(self) -> None:
         recipe, resume_dir = self.recipe, self.context.resume_dir
         streaming = wants_streaming(recipe.data)
+        if streaming and self.params.text_views:
+            raise RecipeError("objective.text_views adds each text's views to the training data, which a streamed run "
+                              "never holds; set data.streaming=false or remove objective.text_views")
         if streaming:  # train on a stream; evaluate on data.eval_path, read whole
             sources = data_sources(recipe.data, "text")
             column = recipe.data.columns.get("text", "text")
@@ -92,7 +99,8 @@ class LanguageModeling(Objective):
                                       append_eos=self.kind == "clm", column=column, packing=self.params.packing)
             self.train_stream = data_stream(recipe.data, sources, transform, recipe.seed)
         else:
-            self.blocks = self._blocks(splits.train, "the training data")
+            train = with_text_views(splits.train, self.params.text_views, recipe.seed)
+            self.blocks = self._blocks(train, "the training data")
             self.train_dataset = self.blocks.dataset
         self.eval_dataset = None
         if splits.eval is not None and len(splits.eval):
@@ -166,6 +174,22 @@ class LanguageModeling(Objective):
             facts.update(train_texts=self.blocks.num_texts, train_tokens=self.blocks.num_tokens,
                          train_sequences=len(self.train_dataset), truncated_texts=self.blocks.num_truncated)
         return facts
+
+
+def with_text_views(ds, views: list[ViewConfig], seed: int):
+    """`ds` (column ``text``) and, as extra rows, each text's view where a view changes it (seeded per row)."""
+    if not views:
+        return ds
+    import datasets
+
+    from mmssl.data.text_views import TextViews
+
+    texts = [t if isinstance(t, str) else "" for t in ds["text"]]
+    made = TextViews(views, seed=seed)(texts, list(range(len(texts))))
+    extra = [new for old, new in zip(texts, made) if old.strip() and new != old]
+    if not extra:
+        return ds
+    return datasets.concatenate_datasets([ds.select_columns(["text"]), datasets.Dataset.from_dict({"text": extra})])
 
 
 def share_base_model(model, backbone: nn.Module) -> None:
