@@ -259,6 +259,21 @@ def copy_st_folder(source: Path, target: Path, modules: list[dict[str, Any]]) ->
     return copied
 
 
+def copy_run_record(source: Path, target: Path, method: str, word_pairs: str) -> list[str]:
+    """For an mmssl run's folder: its recipe.yaml, and its metrics.json with the held-out metrics moved to
+    ``eval_before_debias`` (they were measured without the projection), so `mmssl push` can publish the debiased
+    folder with a card that claims no figure for it that was not measured on it."""
+    recipe, metrics = source / "recipe.yaml", source / "metrics.json"
+    if not (recipe.is_file() and metrics.is_file()):
+        return []
+    shutil.copy2(recipe, target / recipe.name)
+    data = json.loads(metrics.read_text(encoding="utf-8"))
+    data["eval_before_debias"] = data.pop("eval", {})
+    data["debias"] = {"method": method, "word_pairs": word_pairs}
+    (target / metrics.name).write_text(json.dumps(data, indent=2), encoding="utf-8")
+    return [recipe.name, metrics.name]
+
+
 def dense_module(weight: torch.Tensor):
     """sentence-transformers' Dense: ``x -> weight @ x``, no bias, identity activation."""
     try:
@@ -368,7 +383,7 @@ def debias(model_dir: str | Path, out: str | Path, method: str = "hard", word_pa
         if leftover.is_dir():
             shutil.rmtree(leftover)
     try:
-        copied = copy_st_folder(model_dir, tmp, modules)
+        copied = copy_st_folder(model_dir, tmp, modules) + copy_run_record(model_dir, tmp, method, word_pairs)
         updated = insert_projection(tmp, modules, weight)
         debiased = load_model(tmp)  # loads natively, as a user will
         after_encode = lambda texts: debiased.encode(list(texts), batch_size=64,  # noqa: E731

@@ -195,3 +195,29 @@ def test_the_projection_goes_before_normalize_or_at_the_end_and_custom_code_is_r
         (tmp_path / "modules.json").write_text(json.dumps(modules))
         with pytest.raises(MmsslError, match=needle):
             read_modules(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_debiased_run_publishes_with_its_before_after_table_and_no_unmeasured_claims(tmp_path):
+    from helpers import TINY_BERT
+
+    from mmssl.debias import debias
+    from mmssl.hub import render_card
+    from mmssl.recipes import parse_recipe
+    from mmssl.train.loop import train
+
+    run = tmp_path / "run"
+    train(parse_recipe({
+        "output_dir": str(run), "seed": 0, "data": {"source": "world", "world": {"num_scenes": 200}},
+        "tokenizer": {"vocab_size": 300}, "model": {"arch": "bert", "config": dict(TINY_BERT)},
+        "objective": {"name": "simcse", "max_length": 32, "eval_before": False},
+        "train": {"batch_size": 8, "max_steps": 2, "progress": False, "save_every": 0, "cpu": True}}))
+    assert json.loads((run / "metrics.json").read_text())["eval"]  # the run measured itself
+    pairs = tmp_path / "world_pairs.txt"
+    pairs.write_text("red,blue\ncircle,square\nsmall,large\n")  # words the world's tokenizer knows
+    debias(run, tmp_path / "debiased", word_pairs=str(pairs))
+    metrics = json.loads((tmp_path / "debiased" / "metrics.json").read_text())
+    assert "eval" not in metrics and metrics["eval_before_debias"] and metrics["debias"]["method"] == "hard"
+    card = render_card(tmp_path / "debiased", "org/debiased")
+    assert "debiased copy made by `mmssl debias`" in card and "| weat6_career_family |" in card
+    assert "model-index" not in card  # no held-out figure claimed for the projected model

@@ -89,6 +89,8 @@ def render_card(directory: Path, repo_id: str, license: str | None = None) -> st
     if tokenizer_config.is_file():
         mask_token = json.loads(tokenizer_config.read_text()).get("mask_token", mask_token) or mask_token
     train = recipe.get("train", {})
+    debias_report = directory / "mmssl_debias.json"  # written by `mmssl debias`: the projection and its effect
+    debias = json.loads(debias_report.read_text()) if debias_report.is_file() else None
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(card_templates())),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     template = output.card_template
@@ -104,6 +106,7 @@ def render_card(directory: Path, repo_id: str, license: str | None = None) -> st
             accumulation=train.get("gradient_accumulation_steps", 1), scheduler=train.get("scheduler"),
             weight_decay=train.get("weight_decay"), recipe_yaml=yaml.safe_dump(recipe, sort_keys=False),
             limitations=_limitations(data.get("source")), remote_code=_remote_code(recipe),
+            debias=debias,
         )
     except jinja2.TemplateError as exc:
         raise MmsslError(f"model card template {template!r} failed to render: {exc}") from None
