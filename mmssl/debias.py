@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from mmssl.errors import DataError, MmsslError, RecipeError
+from mmssl.outputs import folder_swapped_in
 
 REPORT = "mmssl_debias.json"
 MODULE_DIR = "debias_projection"  # the Dense module's folder inside the output
@@ -376,13 +376,7 @@ def debias(model_dir: str | Path, out: str | Path, method: str = "hard", word_pa
                                              show_progress_bar=False).float().cpu()
     before = bias_tests(full_encode, seed) if measure else {}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.mmssl-tmp")
-    old = out.with_name(f".{out.name}.mmssl-old")
-    for leftover in (tmp, old):  # our own temporaries of an interrupted run
-        if leftover.is_dir():
-            shutil.rmtree(leftover)
-    try:
+    with folder_swapped_in(out) as tmp:
         copied = copy_st_folder(model_dir, tmp, modules) + copy_run_record(model_dir, tmp, method, word_pairs)
         updated = insert_projection(tmp, modules, weight)
         debiased = load_model(tmp)  # loads natively, as a user will
@@ -398,12 +392,4 @@ def debias(model_dir: str | Path, out: str | Path, method: str = "hard", word_pa
             "seconds": round(time.perf_counter() - started, 2),
         }
         (tmp / REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
-        if out.is_dir():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old.is_dir():
-            shutil.rmtree(old)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
     return report

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -478,22 +476,9 @@ def finetune(folder: str | Path, out: str | Path, settings: FinetuneSettings, da
 
     for fraction in settings.fractions:  # a fraction that leaves a class empty stops here, before any training
         labelled_rows(labelled.train_labels, fraction, seed, labelled.class_names)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.with_name(f".{out.name}.mmssl-tmp")
-    old = out.with_name(f".{out.name}.mmssl-old")
-    for leftover in (work, old):  # our own temporaries of an interrupted run
-        if leftover.exists():
-            shutil.rmtree(leftover)
-    work.mkdir()
-    try:
+    from mmssl.outputs import folder_swapped_in
+
+    with folder_swapped_in(out) as work:
         results = run_finetune(source, labelled, work, replace(settings, seed=seed), progress)
         (work / RESULTS_FILE).write_text(json.dumps(results, indent=2), encoding="utf-8")
-        if out.exists():
-            os.replace(out, old)
-        os.replace(work, out)
-        if old.exists():
-            shutil.rmtree(old)
-    finally:
-        if work.exists():
-            shutil.rmtree(work)
     return results

@@ -20,7 +20,8 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Mapping
 
 from mmssl.errors import MmsslError, RecipeError
 
@@ -232,6 +233,30 @@ def recover_replaced(path: Path) -> None:
     old = path.with_name(f".{path.name}.mmssl-old")
     if not path.exists() and old.exists():
         os.replace(old, path)
+
+
+@contextmanager
+def folder_swapped_in(path: Path) -> Iterator[Path]:
+    """A fresh folder beside `path` (`.NAME.mmssl-tmp`) to write a new folder output into. On success it replaces
+    `path` (an earlier output is moved aside, the new one moved in, the earlier one removed); on an error it is
+    removed and `path` is as it was. Check with `replace_owned_output` first: this replaces what is there."""
+    recover_replaced(path)  # a run killed between the two moves: put the earlier output back first
+    work, old = path.with_name(f".{path.name}.mmssl-tmp"), path.with_name(f".{path.name}.mmssl-old")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in (work, old):  # our own temporaries of an interrupted run (old only beside a live output)
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    work.mkdir()
+    try:
+        yield work
+        if path.exists():
+            os.replace(path, old)
+        os.replace(work, path)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
 
 
 def replace_owned_output(path: Path, key: str, overwrite: bool, owned: bool, how_to_overwrite: str) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from torch import nn
 
 __all__ = [
+    "BackboneClassifier",
     "Layer",
     "MLPHead",
     "simclr_projection",
@@ -172,3 +173,16 @@ def text_head(kind: str, dim: int, out_dim: int | None = None) -> nn.Module:
     if kind == "mlp":
         return MLPHead([Layer(dim, dim, False, nn.Tanh()), Layer(dim, out_dim)])
     raise ValueError(f"head must be 'none', 'linear' or 'mlp', got {kind!r}")
+
+
+class BackboneClassifier(nn.Module):
+    """A backbone and a classifier on its features (RotNet's rotation head, FixMatch's class head):
+    ``forward(images) -> (features, logits)``."""
+
+    def __init__(self, backbone: nn.Module, classifier: nn.Module):
+        super().__init__()
+        self.backbone, self.classifier = backbone, classifier
+
+    def forward(self, images):  # noqa: ANN001 - [B, C, H, W] -> ([B, D], [B, classes])
+        features = self.backbone(images)
+        return features, self.classifier(features)

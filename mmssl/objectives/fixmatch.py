@@ -35,7 +35,7 @@ from mmssl.data.label_fraction import labelled_rows
 from mmssl.eval.frozen_backbone import ProbeSettings, labelled_features
 from mmssl.eval.linear_probe import linear_probe_accuracy
 from mmssl.losses.fixmatch import fixmatch_loss
-from mmssl.models.heads import classifier_head
+from mmssl.models.heads import BackboneClassifier, classifier_head
 from mmssl.models.image_features import image_features, precise_bn
 from mmssl.models.vision import Backbone
 from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams
@@ -60,16 +60,6 @@ class FixMatchParams(ImageSSLParams):
     lambda_u: NonNegativeFloat = 1.0  # the unlabelled term's weight; 0: supervised on the labelled rows alone
     mu: PositiveInt = 7  # unlabelled images per labelled image in a step
     head: Literal["linear", "mlp"] = "linear"  # the classifier; mlp: Linear-BN-ReLU-Linear, hidden_dim wide
-
-
-class FixMatchModule(nn.Module):
-    def __init__(self, backbone: Backbone, classifier: nn.Module):
-        super().__init__()
-        self.backbone, self.classifier = backbone, classifier
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.backbone(images)
-        return features, self.classifier(features)
 
 
 @torch.no_grad()
@@ -105,7 +95,7 @@ class FixMatch(ImageSSL):
         self.labelled = labelled_rows(self.train.labels, p.label_fraction, self.recipe.seed, self.class_names)
         self.labelled_index = self.labelled.nonzero().flatten()
         classes = len(self.class_names) if self.class_names else int(self.train.labels.max()) + 1
-        return FixMatchModule(backbone, classifier_head(backbone.dim, p.hidden_dim if p.head == "mlp" else None,
+        return BackboneClassifier(backbone, classifier_head(backbone.dim, p.hidden_dim if p.head == "mlp" else None,
                                                         classes))
 
     def labelled_batch(self, ids: torch.Tensor) -> torch.Tensor:
@@ -154,7 +144,7 @@ class FixMatch(ImageSSL):
         return out
 
     @torch.no_grad()
-    def classifier_metrics(self, inner: FixMatchModule, device: torch.device) -> dict[str, float]:
+    def classifier_metrics(self, inner: BackboneClassifier, device: torch.device) -> dict[str, float]:
         """``classifier_top1``: the trained classifier's top-1 on the labelled eval images (the model as trained:
         its running batch-norm statistics); ``labelled_probe_top1`` (`labelled_probe_top1`); ``labelled_images``."""
         s = self.settings()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmssl.data.image_views import TwoViewsConfig
-from mmssl.models.heads import classifier_head
+from mmssl.models.heads import BackboneClassifier, classifier_head
 from mmssl.models.vision import Backbone
 from mmssl.objectives.image_ssl import ImageSSL, ImageSSLParams
 from mmssl.registry import register_objective
@@ -41,16 +41,6 @@ class RotNetParams(ImageSSLParams):
     head: Literal["linear", "mlp"] = "mlp"  # the rotation classifier; mlp: Linear-BN-ReLU-Linear, hidden_dim wide
 
 
-class RotNetModule(nn.Module):
-    def __init__(self, backbone: Backbone, classifier: nn.Module):
-        super().__init__()
-        self.backbone, self.classifier = backbone, classifier
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.backbone(images)
-        return features, self.classifier(features)
-
-
 @register_objective("rotnet")
 class RotNet(ImageSSL):
     Params = RotNetParams
@@ -59,7 +49,7 @@ class RotNet(ImageSSL):
     def build_module(self, backbone: Backbone) -> nn.Module:
         p = self.params
         classifier = classifier_head(backbone.dim, p.hidden_dim if p.head == "mlp" else None, ROTATIONS)
-        return RotNetModule(backbone, classifier)
+        return BackboneClassifier(backbone, classifier)
 
     def loss(self, module: nn.Module, view1: torch.Tensor, view2: torch.Tensor | None) -> dict[str, torch.Tensor]:
         images, labels = rotate_batch(view1)
